@@ -1,0 +1,285 @@
+"""Typed, frozen settings for one experiment: how each network is fitted and how the student distils.
+
+Every dataclass has ``from_dict`` that rejects unknown keys (naming the valid ones) and validates eagerly,
+and ``to_dict`` that round-trips. ``ExperimentConfig.with_overrides`` takes dotted paths
+(``"kd.alpha"``, ``"student.lr"``) so that a search space can name any knob without knowing the nesting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from kdcore.errors import ConfigError
+
+DEFAULT_SEEDS: tuple[int, ...] = (0, 10, 1234, 99, 2021)
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "step", "cyclic", "onecycle")
+KD_METHODS = ("hinton", "annealing")
+PROTOCOLS = ("honest", "seed")
+
+
+def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must be a mapping, but got {type(data).__name__}: {data!r}")
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys are {valid}")
+
+
+def _number(value: Any, name: str, *, integer: bool = False) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{name} must be {kind}, but got {value!r}")
+    if integer:
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{name} must be an integer, but got {value!r}")
+        return int(value)
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be finite, but got {value!r}")
+    return float(value)
+
+
+def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {list(choices)}, but got {value!r}")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How one network (baseline, teacher or student) is built and trained.
+
+    ``batch_size=None`` means full batch. ``patience=None`` disables early stopping (train all epochs);
+    ``restore_best`` then still decides whether the best-by-selection-loss weights or the last ones are kept.
+    Schedule parameters are read only by their schedule: ``step_size``/``gamma`` (step, in epochs),
+    ``max_lr`` (cyclic peak and one-cycle peak), ``cycle_epochs`` (cyclic: epochs per half cycle),
+    ``pct_start`` (one-cycle warm-up fraction).
+    """
+
+    hidden: tuple[int, ...] = (20, 10)
+    batch_norm: bool = False
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int | None = None
+    epochs: int = 1000
+    patience: int | None = None
+    restore_best: bool = True
+    schedule: str = "constant"
+    step_size: int = 100
+    gamma: float = 0.5
+    max_lr: float = 1e-2
+    cycle_epochs: int = 20
+    pct_start: float = 0.3
+
+    def __post_init__(self) -> None:
+        where = "fit settings"
+        hidden = self.hidden
+        if isinstance(hidden, int) or not isinstance(hidden, (list, tuple)) or not hidden:
+            raise ConfigError(f"{where}: hidden must be a non-empty list of widths, but got {hidden!r}")
+        widths = tuple(_number(h, "hidden width", integer=True) for h in hidden)
+        if min(widths) < 1:
+            raise ConfigError(f"{where}: every hidden width must be >= 1, but got {list(widths)}")
+        object.__setattr__(self, "hidden", widths)
+        if not isinstance(self.batch_norm, bool):
+            raise ConfigError(f"{where}: batch_norm must be true or false, but got {self.batch_norm!r}")
+        if not isinstance(self.restore_best, bool):
+            raise ConfigError(f"{where}: restore_best must be true or false, but got {self.restore_best!r}")
+        _choice(self.optimizer, "optimizer", OPTIMIZERS)
+        _choice(self.schedule, "schedule", SCHEDULES)
+        for name in ("lr", "weight_decay", "gamma", "max_lr", "pct_start"):
+            object.__setattr__(self, name, _number(getattr(self, name), name))
+        for name in ("epochs", "step_size", "cycle_epochs"):
+            value = _number(getattr(self, name), name, integer=True)
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, but got {value}")
+            object.__setattr__(self, name, value)
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, but got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, but got {self.weight_decay}")
+        if self.weight_decay > 0 and self.optimizer != "adamw":
+            raise ConfigError(
+                f"weight_decay={self.weight_decay} applies only to optimizer 'adamw', "
+                f"but optimizer is {self.optimizer!r}; set weight_decay to 0 or use adamw"
+            )
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"0 < gamma <= 1 must hold, but got gamma={self.gamma}")
+        if self.max_lr <= 0:
+            raise ConfigError(f"max_lr must be > 0, but got {self.max_lr}")
+        if not 0 < self.pct_start < 1:
+            raise ConfigError(f"0 < pct_start < 1 must hold, but got pct_start={self.pct_start}")
+        for name in ("batch_size", "patience"):
+            value = getattr(self, name)
+            if value is not None:
+                value = _number(value, name, integer=True)
+                if value < 1:
+                    raise ConfigError(f"{name} must be >= 1 or null, but got {value}")
+                object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "fit settings") -> FitConfig:
+        _check_keys(cls, data, where)
+        return cls(**dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["hidden"] = list(self.hidden)
+        return out
+
+
+@dataclass(frozen=True)
+class KDConfig:
+    """The distillation knobs.
+
+    ``hinton``: ``(1 - alpha) * CE + alpha * T^2 * KL``. ``annealing`` (Jafari et al. 2021): phase 1 of
+    ``anneal_epochs`` epochs regresses the student's logits on ``phi(t) * teacher`` with ``tau_max`` steps,
+    then phase 2 trains on hard labels (the student's ``epochs``); alpha and temperature are not used.
+    """
+
+    method: str = "hinton"
+    alpha: float = 0.5
+    temperature: float = 9.0
+    tau_max: int = 10
+    anneal_epochs: int = 500
+
+    def __post_init__(self) -> None:
+        _choice(self.method, "kd.method", KD_METHODS)
+        alpha = _number(self.alpha, "alpha")
+        if not 0 <= alpha <= 1:
+            raise ConfigError(f"0 <= alpha <= 1 must hold, but got alpha={alpha}")
+        temperature = _number(self.temperature, "temperature")
+        if temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, but got {temperature}")
+        tau_max = _number(self.tau_max, "tau_max", integer=True)
+        if tau_max < 1:
+            raise ConfigError(f"tau_max must be >= 1, but got {tau_max}")
+        anneal_epochs = _number(self.anneal_epochs, "anneal_epochs", integer=True)
+        if anneal_epochs < tau_max:
+            raise ConfigError(
+                f"anneal_epochs >= tau_max must hold (one epoch per annealing step at least), "
+                f"but got anneal_epochs={anneal_epochs}, tau_max={tau_max}"
+            )
+        object.__setattr__(self, "alpha", alpha)
+        object.__setattr__(self, "temperature", temperature)
+        object.__setattr__(self, "tau_max", tau_max)
+        object.__setattr__(self, "anneal_epochs", anneal_epochs)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "kd") -> KDConfig:
+        _check_keys(cls, data, where)
+        return cls(**dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _default_fit() -> FitConfig:
+    return FitConfig()
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: the seeds, the selection protocol, and the fit settings of every method.
+
+    ``protocol='honest'`` selects on an inner split of ``inner_fraction`` of the training set (stratified
+    by domain and class, drawn with ``split_seed``) and reports the given validation set as holdout;
+    ``protocol='seed'`` trains on the whole training set and selects and reports on the given validation
+    set, as the published work did. Metrics are evaluated every ``eval_every`` epochs.
+    """
+
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    protocol: str = "honest"
+    inner_fraction: float = 0.2
+    split_seed: int = 0
+    eval_every: int = 1
+    baseline: FitConfig = field(default_factory=_default_fit)
+    teacher: FitConfig = field(default_factory=_default_fit)
+    student: FitConfig = field(default_factory=_default_fit)
+    kd: KDConfig = field(default_factory=KDConfig)
+
+    def __post_init__(self) -> None:
+        seeds = self.seeds
+        if isinstance(seeds, int) or not isinstance(seeds, (list, tuple)) or not seeds:
+            raise ConfigError(f"seeds must be a non-empty list of integers, but got {seeds!r}")
+        seeds = tuple(_number(s, "seed", integer=True) for s in seeds)
+        if min(seeds) < 0:
+            raise ConfigError(f"seeds must be >= 0, but got {list(seeds)}")
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"seeds must be distinct, but got {list(seeds)}")
+        object.__setattr__(self, "seeds", seeds)
+        _choice(self.protocol, "protocol", PROTOCOLS)
+        frac = _number(self.inner_fraction, "inner_fraction")
+        if not 0 < frac < 1:
+            raise ConfigError(f"0 < inner_fraction < 1 must hold, but got inner_fraction={frac}")
+        object.__setattr__(self, "inner_fraction", frac)
+        object.__setattr__(self, "split_seed", _number(self.split_seed, "split_seed", integer=True))
+        every = _number(self.eval_every, "eval_every", integer=True)
+        if every < 1:
+            raise ConfigError(f"eval_every must be >= 1, but got {every}")
+        object.__setattr__(self, "eval_every", every)
+        for name, cls in (("baseline", FitConfig), ("teacher", FitConfig), ("student", FitConfig),
+                          ("kd", KDConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(f"{name} must be {cls.__name__}, but got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExperimentConfig:
+        _check_keys(cls, data, "experiment settings")
+        kwargs: dict[str, Any] = dict(data)
+        for name in ("baseline", "teacher", "student"):
+            if name in kwargs:
+                kwargs[name] = FitConfig.from_dict(kwargs[name] or {}, where=name)
+        if "kd" in kwargs:
+            kwargs["kd"] = KDConfig.from_dict(kwargs["kd"] or {})
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seeds": list(self.seeds),
+            "protocol": self.protocol,
+            "inner_fraction": self.inner_fraction,
+            "split_seed": self.split_seed,
+            "eval_every": self.eval_every,
+            "baseline": self.baseline.to_dict(),
+            "teacher": self.teacher.to_dict(),
+            "student": self.student.to_dict(),
+            "kd": self.kd.to_dict(),
+        }
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> ExperimentConfig:
+        """Return a copy with dotted-path overrides applied (``{"kd.alpha": 0.3, "seeds": [0, 1]}``)."""
+        data = self.to_dict()
+        for path, value in overrides.items():
+            set_path(data, path, value)
+        return ExperimentConfig.from_dict(data)
+
+
+def set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``data[a][b] = value`` for ``path='a.b'``, rejecting paths that name no setting."""
+    parts = path.split(".")
+    node = data
+    for depth, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            valid = sorted(node) if isinstance(node, dict) else []
+            where = ".".join(parts[:depth]) or "the experiment"
+            raise ConfigError(f"unknown setting {path!r}: {where} has no key {part!r}; valid keys are {valid}")
+        if depth == len(parts) - 1:
+            node[part] = value
+        else:
+            node = node[part]
+
+
+def knob_paths() -> list[str]:
+    """Every dotted path a search space or a ``--set`` flag may name."""
+    paths: list[str] = []
+    for key, value in ExperimentConfig().to_dict().items():
+        if isinstance(value, dict):
+            paths.extend(f"{key}.{sub}" for sub in value)
+        else:
+            paths.append(key)
+    return paths
