@@ -1,0 +1,253 @@
+"""Multi-domain classification data: the typed dataset, safe loading, the built-in generator, the inner split.
+
+The reference files are pickles; a pickle runs whatever code its author chose, so they are read through
+``_NumpyOnlyUnpickler``, which admits numpy arrays and dtypes and refuses every other global *before*
+anything is called.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdcore.errors import DataError
+
+ARRAY_KEYS = ("x_train", "y_train", "d_train", "x_valid", "y_valid", "d_valid")
+BUILTIN_DISTANCES = (0.25, 0.5, 0.75, 1.0)
+# The built-in sets mirror the reference files: 800 train and 100 validation points per domain.
+BUILTIN_TRAIN_PER_DOMAIN = 800
+BUILTIN_VALID_PER_DOMAIN = 100
+BUILTIN_SEED = 20211
+
+
+@dataclass(frozen=True, eq=False)
+class MultiDomainData:
+    """Train and holdout (the given validation set) arrays of a multi-domain classification task.
+
+    x: (N, F) float32 features; y: (N,) int64 class in 0..C-1; d: (N,) int64 domain in 0..K-1.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    d_train: np.ndarray
+    x_valid: np.ndarray
+    y_valid: np.ndarray
+    d_valid: np.ndarray
+    source: str = "arrays"
+
+    def __post_init__(self) -> None:
+        validate_arrays({k: getattr(self, k) for k in ARRAY_KEYS}, self.source)
+        for key in ARRAY_KEYS:
+            arr = getattr(self, key)
+            arr = arr.astype(np.float32 if key.startswith("x") else np.int64, copy=True)
+            arr.setflags(write=False)
+            object.__setattr__(self, key, arr)
+
+    @property
+    def n_domains(self) -> int:
+        return int(self.d_train.max()) + 1
+
+    @property
+    def n_classes(self) -> int:
+        return int(max(self.y_train.max(), self.y_valid.max())) + 1
+
+    @property
+    def n_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+    def fingerprint(self) -> str:
+        """sha256 over every array's dtype, shape and bytes, in a fixed order: the dataset's identity."""
+        digest = hashlib.sha256()
+        for key in ARRAY_KEYS:
+            arr = np.ascontiguousarray(getattr(self, key))
+            digest.update(f"{key}:{arr.dtype.str}:{arr.shape};".encode())
+            digest.update(arr.tobytes())
+        return digest.hexdigest()
+
+
+def validate_arrays(arrays: dict[str, Any], source: str) -> None:
+    """Raise DataError naming ``source`` and the first thing wrong with the arrays."""
+    for key in ARRAY_KEYS:
+        if key not in arrays:
+            raise DataError(f"{source}: missing key {key!r}; a dataset needs {list(ARRAY_KEYS)}")
+        if not isinstance(arrays[key], np.ndarray):
+            raise DataError(f"{source}: {key} must be a numpy array, but got {type(arrays[key]).__name__}")
+    for split in ("train", "valid"):
+        x, y, d = (arrays[f"{p}_{split}"] for p in "xyd")
+        if x.ndim != 2 or x.shape[1] < 1:
+            raise DataError(f"{source}: x_{split} must have shape (N, F), but got {x.shape}")
+        if x.shape[0] == 0:
+            raise DataError(f"{source}: x_{split} is empty")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise DataError(f"{source}: x_{split} must be floating point, but got dtype {x.dtype}")
+        if not np.isfinite(x).all():
+            raise DataError(f"{source}: x_{split} holds NaN or infinite values")
+        for name, arr in ((f"y_{split}", y), (f"d_{split}", d)):
+            if arr.ndim != 1:
+                raise DataError(f"{source}: {name} must have shape (N,), but got {arr.shape}")
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise DataError(f"{source}: {name} must hold integers, but got dtype {arr.dtype}")
+            if arr.shape[0] != x.shape[0]:
+                raise DataError(
+                    f"{source}: x_{split}, y_{split} and d_{split} must have the same length, "
+                    f"but got {x.shape[0]}, {y.shape[0]}, {d.shape[0]}"
+                )
+            if arr.min() < 0:
+                raise DataError(f"{source}: {name} must be >= 0, but got min {arr.min()}")
+    if arrays["x_train"].shape[1] != arrays["x_valid"].shape[1]:
+        raise DataError(
+            f"{source}: x_train and x_valid must have the same number of features, "
+            f"but got {arrays['x_train'].shape[1]} and {arrays['x_valid'].shape[1]}"
+        )
+    n_domains = int(arrays["d_train"].max()) + 1
+    n_classes = int(arrays["y_train"].max()) + 1
+    if n_classes < 2:
+        raise DataError(f"{source}: y_train must hold at least two classes, but only class 0 occurs")
+    if int(arrays["y_valid"].max()) >= n_classes:
+        raise DataError(
+            f"{source}: y_valid holds class {int(arrays['y_valid'].max())}, "
+            f"which never occurs in y_train (classes 0..{n_classes - 1})"
+        )
+    if int(arrays["d_valid"].max()) >= n_domains:
+        raise DataError(
+            f"{source}: d_valid holds domain {int(arrays['d_valid'].max())}, "
+            f"but d_train has domains 0..{n_domains - 1} only"
+        )
+    counts = np.bincount(arrays["d_train"], minlength=n_domains)
+    if (counts == 0).any():
+        empty = [int(k) for k in np.flatnonzero(counts == 0)]
+        raise DataError(f"{source}: domain(s) {empty} have no training samples; domains must be 0..K-1, each used")
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Admits the globals numpy needs to rebuild arrays, and nothing else."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        if module.startswith("numpy.dtypes") and name.endswith("DType"):
+            return super().find_class(module, name)
+        raise DataError(
+            f"refusing to load {module}.{name}: a dataset pickle may hold numpy arrays only "
+            "(this file would run code when loaded)"
+        )
+
+
+def load_pickle(path: str | Path) -> MultiDomainData:
+    """Load a reference-format pickle (a dict of numpy arrays) safely and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    raw = path.read_bytes()
+    try:
+        obj = _NumpyOnlyUnpickler(io.BytesIO(raw)).load()
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    except Exception as exc:  # any other unpickling failure means a corrupt or foreign file
+        raise DataError(f"{path}: not a readable dataset pickle ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a dict of numpy arrays, but the pickle holds {type(obj).__name__}")
+    validate_arrays(obj, str(path))
+    return MultiDomainData(**{k: obj[k] for k in ARRAY_KEYS}, source=str(path.resolve()))
+
+
+def generate(
+    distance: float,
+    *,
+    train_per_domain: int = BUILTIN_TRAIN_PER_DOMAIN,
+    valid_per_domain: int = BUILTIN_VALID_PER_DOMAIN,
+    n_domains: int = 3,
+    seed: int,
+    source: str | None = None,
+) -> MultiDomainData:
+    """The project's own member of the reference family of tasks.
+
+    Domain k is N(c_k, I) with c_k = 4·d·(cos θ_k, sin θ_k), θ_k = 360°·k/K (0°, 120°, 240° for K = 3);
+    class 0 lies within the median radius sqrt(2 ln 2) of its centre (so classes are balanced in
+    expectation), class 1 outside. Samples are stored domain after domain, as in the reference files.
+    """
+    if not math.isfinite(distance) or distance < 0:
+        raise DataError(f"distance must be a finite number >= 0, but got {distance!r}")
+    if n_domains < 1 or train_per_domain < 2 or valid_per_domain < 1:
+        raise DataError(
+            "n_domains >= 1, train_per_domain >= 2 and valid_per_domain >= 1 must hold, but got "
+            f"n_domains={n_domains}, train_per_domain={train_per_domain}, valid_per_domain={valid_per_domain}"
+        )
+    rng = np.random.default_rng(seed)
+    radius = math.sqrt(2 * math.log(2))
+    theta = 2 * math.pi * np.arange(n_domains) / n_domains
+    centres = 4 * distance * np.stack([np.cos(theta), np.sin(theta)], axis=1)
+
+    def draw(per_domain: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        noise = rng.standard_normal((n_domains, per_domain, 2))
+        x = (centres[:, None, :] + noise).reshape(-1, 2)
+        y = (np.linalg.norm(noise, axis=2) > radius).astype(np.int64).reshape(-1)
+        d = np.repeat(np.arange(n_domains, dtype=np.int64), per_domain)
+        return x, y, d
+
+    xt, yt, dt = draw(train_per_domain)
+    xv, yv, dv = draw(valid_per_domain)
+    return MultiDomainData(xt, yt, dt, xv, yv, dv, source=source or f"generated:d{distance}:seed{seed}")
+
+
+def builtin(name: str) -> MultiDomainData:
+    """``'d0.5'`` -> the built-in set at that centre distance (fixed seed, reference sizes)."""
+    try:
+        distance = float(name.removeprefix("d"))
+    except ValueError:
+        distance = -1.0
+    if not name.startswith("d") or distance not in BUILTIN_DISTANCES:
+        names = [f"builtin:d{d}" for d in BUILTIN_DISTANCES]
+        raise DataError(f"unknown built-in dataset 'builtin:{name}'; choose one of {names}")
+    return generate(distance, seed=BUILTIN_SEED, source=f"builtin:d{distance}")
+
+
+def load(spec: str) -> MultiDomainData:
+    """``builtin:d0.5`` for a built-in set, anything else is a path to a reference-format pickle."""
+    if spec.startswith("builtin:"):
+        return builtin(spec.removeprefix("builtin:"))
+    return load_pickle(spec)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Index arrays into the training set: what trains (``fit``), what selects (``select``)."""
+
+    fit: np.ndarray
+    select: np.ndarray
+
+
+def inner_split(data: MultiDomainData, fraction: float, seed: int) -> Split:
+    """Stratified (domain × class) split of the training set: ``fraction`` of each cell goes to ``select``.
+
+    Every non-empty cell keeps at least one training sample; cells of one sample stay wholly in ``fit``.
+    """
+    if not 0 < fraction < 1:
+        raise DataError(f"0 < fraction < 1 must hold, but got fraction={fraction}")
+    rng = np.random.default_rng(seed)
+    fit: list[np.ndarray] = []
+    select: list[np.ndarray] = []
+    cells = data.d_train * data.n_classes + data.y_train
+    for cell in np.unique(cells):
+        idx = np.flatnonzero(cells == cell)
+        idx = idx[rng.permutation(idx.size)]
+        n_select = min(int(round(fraction * idx.size)), idx.size - 1)
+        select.append(idx[:n_select])
+        fit.append(idx[n_select:])
+    return Split(fit=np.sort(np.concatenate(fit)), select=np.sort(np.concatenate(select)))

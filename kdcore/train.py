@@ -1,0 +1,419 @@
+"""Training: the mixed-domain baseline, the per-domain teachers and the distilled student, all seeds at once.
+
+Every method trains one ``BatchedFFNN`` whose seed axis holds the runs of all seeds. The loss is the sum
+over seeds of each seed's batch-mean loss, and Adam/AdamW act elementwise, so seed s receives exactly the
+updates it would receive alone (tests hold a batched run against standalone runs).
+
+Selection: each method evaluates every ``eval_every`` epochs on its *selection* set (the inner split under
+the honest protocol, the given validation set under the seed protocol), keeps each seed's best weights by
+selection loss, stops early when no seed improved for ``patience`` epochs, and restores the best weights.
+The holdout (the given validation set) is only ever reported.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from kdcore import losses
+from kdcore.config import ExperimentConfig, FitConfig, KDConfig
+from kdcore.data import MultiDomainData, inner_split
+from kdcore.errors import TrainingError
+from kdcore.models import BatchedFFNN
+from kdcore.schedules import annealing_phi, lr_at
+
+
+@dataclass(frozen=True)
+class Subset:
+    """Features (N, F), labels (N,) and domains (N,) on the training device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    d: torch.Tensor
+
+    def domain(self, k: int) -> Subset:
+        mask = self.d == k
+        return Subset(self.x[mask], self.y[mask], self.d[mask])
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The three roles data plays in an experiment, as tensors: fit on, select on, report on."""
+
+    fit: Subset
+    select: Subset
+    holdout: Subset
+    n_features: int
+    n_classes: int
+    n_domains: int
+    device: torch.device
+
+
+def prepare(data: MultiDomainData, config: ExperimentConfig, device: str | torch.device = "cpu") -> Prepared:
+    """Split ``data`` by ``config.protocol`` and move it to ``device``."""
+    dev = torch.device(device)
+
+    def subset(x: np.ndarray, y: np.ndarray, d: np.ndarray) -> Subset:
+        return Subset(torch.tensor(x, device=dev), torch.tensor(y, device=dev), torch.tensor(d, device=dev))
+
+    holdout = subset(data.x_valid, data.y_valid, data.d_valid)
+    if config.protocol == "seed":
+        fit = subset(data.x_train, data.y_train, data.d_train)
+        select = holdout
+    else:
+        split = inner_split(data, config.inner_fraction, config.split_seed)
+        fit = subset(data.x_train[split.fit], data.y_train[split.fit], data.d_train[split.fit])
+        select = subset(data.x_train[split.select], data.y_train[split.select], data.d_train[split.select])
+    return Prepared(fit, select, holdout, data.n_features, data.n_classes, data.n_domains, dev)
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """Metrics of every seed after ``epoch`` epochs (1-based) of one method; arrays are (S,)."""
+
+    method: str
+    epoch: int
+    inner_acc: np.ndarray
+    inner_loss: np.ndarray
+    holdout_acc: np.ndarray
+    holdout_loss: np.ndarray
+
+    @property
+    def inner_acc_mean(self) -> float:
+        return float(self.inner_acc.mean())
+
+
+ReportFn = Callable[[EpochReport], None]
+
+
+@dataclass
+class FitResult:
+    """One method's outcome at its selected epoch, per seed; ``model`` holds the selected weights."""
+
+    method: str
+    seeds: tuple[int, ...]
+    inner_acc: np.ndarray
+    inner_loss: np.ndarray
+    holdout_acc: np.ndarray
+    holdout_loss: np.ndarray
+    best_epoch: np.ndarray
+    epochs_run: int
+    seconds: float
+    model: BatchedFFNN
+    history: list[EpochReport] = field(default_factory=list)
+
+    def summary(self) -> dict[str, object]:
+        """Seed means and sample standard deviations (ddof=1; 0 for a single seed) plus per-seed rows."""
+
+        def std(a: np.ndarray) -> float:
+            return float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+        return {
+            "holdout_acc_mean": float(self.holdout_acc.mean()),
+            "holdout_acc_std": std(self.holdout_acc),
+            "inner_acc_mean": float(self.inner_acc.mean()),
+            "inner_acc_std": std(self.inner_acc),
+            "inner_loss_mean": float(self.inner_loss.mean()),
+            "holdout_loss_mean": float(self.holdout_loss.mean()),
+            "best_epoch_mean": float(self.best_epoch.mean()),
+            "epochs_run": self.epochs_run,
+            "seconds": self.seconds,
+            "per_seed": [
+                {
+                    "seed": s,
+                    "holdout_acc": float(self.holdout_acc[i]),
+                    "inner_acc": float(self.inner_acc[i]),
+                    "inner_loss": float(self.inner_loss[i]),
+                    "holdout_loss": float(self.holdout_loss[i]),
+                    "best_epoch": int(self.best_epoch[i]),
+                }
+                for i, s in enumerate(self.seeds)
+            ],
+        }
+
+
+# A batch loss maps (logits (S, B, C), sample indices (S, B) into the fit set, epoch) -> per-seed loss (S,).
+BatchLoss = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+# A selection loss maps logits on the selection set (S, M, C) -> per-seed loss (S,).
+SelectLoss = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _make_optimizer(model: BatchedFFNN, fit: FitConfig) -> torch.optim.Optimizer:
+    if fit.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=fit.lr)
+
+
+def _accuracy_and_ce(logits: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    acc = (logits.argmax(dim=-1) == y).float().mean(dim=-1)
+    return acc.cpu().numpy(), losses.cross_entropy(logits, y).cpu().numpy()
+
+
+def _run_fit(
+    method: str,
+    model: BatchedFFNN,
+    fit: FitConfig,
+    train: Subset,
+    select: Subset,
+    holdout: Subset,
+    batch_loss: BatchLoss,
+    select_loss: SelectLoss,
+    *,
+    eval_every: int,
+    on_epoch: ReportFn | None,
+    epoch_offset: int = 0,
+    epochs: int | None = None,
+    patience: int | None | str = "config",
+    restore_best: bool | None = None,
+) -> FitResult:
+    """The one training loop: shuffled per-seed mini-batches, scheduled LR, selection and early stopping."""
+    start = time.perf_counter()
+    epochs = fit.epochs if epochs is None else epochs
+    patience = fit.patience if patience == "config" else patience
+    restore_best = fit.restore_best if restore_best is None else restore_best
+    seeds = model.seeds
+    n_seeds, n = model.n_seeds, len(train)
+    device = train.x.device
+    full_batch = fit.batch_size is None or fit.batch_size >= n
+    batch_size = n if full_batch else int(fit.batch_size)  # type: ignore[arg-type]
+    steps_per_epoch = math.ceil(n / batch_size)
+    total_steps = steps_per_epoch * epochs
+    # Shuffling draws from its own generator per seed, so the order seed s sees does not depend on S.
+    shufflers = [torch.Generator().manual_seed(s) for s in seeds]
+    optimizer = _make_optimizer(model, fit)
+    all_idx = torch.arange(n, device=device).expand(n_seeds, n)
+
+    best_loss = np.full(n_seeds, np.inf)
+    best_epoch = np.zeros(n_seeds, dtype=np.int64)
+    best_metrics = {k: np.full(n_seeds, np.nan) for k in ("inner_acc", "inner_loss", "holdout_acc", "holdout_loss")}
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    history: list[EpochReport] = []
+    step = 0
+    epoch = 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        if full_batch:
+            batches: Sequence[torch.Tensor] = [all_idx]
+        else:
+            perm = torch.stack([torch.randperm(n, generator=g) for g in shufflers]).to(device)  # (S, N)
+            batches = perm.split(batch_size, dim=1)
+        for idx in batches:
+            lr = lr_at(fit, step, steps_per_epoch, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x = train.x if full_batch else train.x[idx]  # (N, F) shared or (S, B, F) per seed
+            loss = batch_loss(model(x), idx, epoch - 1).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+
+        if epoch % eval_every and epoch != epochs:
+            continue
+        model.eval()
+        with torch.no_grad():
+            sel_logits = model(select.x)
+            hold_logits = model(holdout.x)
+            sel_loss = select_loss(sel_logits).cpu().numpy()
+            inner_acc, inner_ce = _accuracy_and_ce(sel_logits, select.y)
+            holdout_acc, holdout_ce = _accuracy_and_ce(hold_logits, holdout.y)
+        if not np.isfinite(sel_loss).all():
+            bad = [seeds[i] for i in np.flatnonzero(~np.isfinite(sel_loss))]
+            raise TrainingError(f"{method}: loss became NaN or infinite at epoch {epoch_offset + epoch} (seeds {bad})")
+        report = EpochReport(method, epoch_offset + epoch, inner_acc, inner_ce, holdout_acc, holdout_ce)
+        history.append(report)
+        improved = sel_loss < best_loss
+        if improved.any() or not restore_best:
+            keep = improved if restore_best else np.ones(n_seeds, dtype=bool)
+            best_loss = np.where(improved, sel_loss, best_loss)
+            best_epoch = np.where(keep, epoch_offset + epoch, best_epoch)
+            for key, value in (("inner_acc", inner_acc), ("inner_loss", inner_ce),
+                               ("holdout_acc", holdout_acc), ("holdout_loss", holdout_ce)):
+                best_metrics[key] = np.where(keep, value, best_metrics[key])
+            mask = torch.as_tensor(keep, device=device)
+            for key, value in model.state_dict().items():
+                shape = (n_seeds,) + (1,) * (value.dim() - 1)
+                best_state[key] = torch.where(mask.view(shape), value.detach(), best_state[key])
+        if on_epoch is not None:
+            on_epoch(report)
+        if patience is not None and (epoch_offset + epoch - best_epoch >= patience).all():
+            break
+
+    model.load_state_dict(best_state)
+    return FitResult(
+        method=method,
+        seeds=seeds,
+        best_epoch=best_epoch,
+        epochs_run=epoch_offset + epoch,
+        seconds=time.perf_counter() - start,
+        model=model,
+        history=history,
+        **best_metrics,
+    )
+
+
+def _new_model(prep: Prepared, fit: FitConfig, seeds: Sequence[int]) -> BatchedFFNN:
+    model = BatchedFFNN(prep.n_features, fit.hidden, prep.n_classes, seeds, batch_norm=fit.batch_norm)
+    return model.to(prep.device)
+
+
+def _ce_losses(train: Subset, select: Subset) -> tuple[BatchLoss, SelectLoss]:
+    def batch_loss(logits: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        return losses.cross_entropy(logits, train.y[idx])
+
+    def select_loss(logits: torch.Tensor) -> torch.Tensor:
+        return losses.cross_entropy(logits, select.y)
+
+    return batch_loss, select_loss
+
+
+def train_supervised(
+    prep: Prepared,
+    fit: FitConfig,
+    seeds: Sequence[int],
+    *,
+    method: str,
+    eval_every: int = 1,
+    on_epoch: ReportFn | None = None,
+    domain: int | None = None,
+) -> FitResult:
+    """Cross-entropy training on hard labels: the mixed baseline (``domain=None``) or one domain's teacher."""
+    train, select, holdout = prep.fit, prep.select, prep.holdout
+    if domain is not None:
+        train, select, holdout = train.domain(domain), select.domain(domain), holdout.domain(domain)
+    batch_loss, select_loss = _ce_losses(train, select)
+    return _run_fit(method, _new_model(prep, fit, seeds), fit, train, select, holdout, batch_loss, select_loss,
+                    eval_every=eval_every, on_epoch=on_epoch)
+
+
+def train_baseline(prep: Prepared, config: ExperimentConfig, on_epoch: ReportFn | None = None) -> FitResult:
+    """The mixed-domain FFNN trained on all domains with hard labels."""
+    return train_supervised(prep, config.baseline, config.seeds, method="baseline",
+                            eval_every=config.eval_every, on_epoch=on_epoch)
+
+
+def train_teachers(prep: Prepared, config: ExperimentConfig, on_epoch: ReportFn | None = None) -> list[FitResult]:
+    """One teacher per domain, each fitted, selected and reported on its own domain's samples only."""
+    return [
+        train_supervised(prep, config.teacher, config.seeds, method=f"teacher_{k}",
+                         eval_every=config.eval_every, on_epoch=on_epoch, domain=k)
+        for k in range(prep.n_domains)
+    ]
+
+
+def teacher_logits(teachers: Sequence[BatchedFFNN], x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Per-sample routing: row i gets the logits of teacher ``d[i]`` (each seed its own). -> (S, N, C).
+
+    The only place teachers run: eval mode, no gradient.
+    """
+    out: torch.Tensor | None = None
+    with torch.no_grad():
+        for k, teacher in enumerate(teachers):
+            teacher.eval()
+            mask = d == k
+            logits = teacher(x[mask])  # (S, n_k, C)
+            if out is None:
+                out = x.new_zeros(logits.shape[0], x.shape[0], logits.shape[2])
+            out[:, mask] = logits
+    if out is None:
+        raise TrainingError("teacher_logits needs at least one teacher")
+    return out
+
+
+def _gather(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """table (S, N, C), idx (S, B) -> (S, B, C): each seed's rows of its own batch."""
+    return table.gather(1, idx.unsqueeze(-1).expand(-1, -1, table.shape[-1]))
+
+
+def train_student(
+    prep: Prepared,
+    config: ExperimentConfig,
+    teachers: Sequence[BatchedFFNN],
+    on_epoch: ReportFn | None = None,
+) -> FitResult:
+    """The multi-domain student distilled from the domain teachers (Hinton KD or annealing KD)."""
+    kd: KDConfig = config.kd
+    fit = config.student
+    train, select, holdout = prep.fit, prep.select, prep.holdout
+    targets = teacher_logits(teachers, train.x, train.d)  # (S, N, C) routed by domain
+    model = _new_model(prep, fit, config.seeds)
+    if model.n_seeds != targets.shape[0]:
+        raise TrainingError(f"teachers have {targets.shape[0]} seeds, but the student has {model.n_seeds}")
+
+    if kd.method == "hinton":
+        _, select_ce = _ce_losses(train, select)
+
+        def hinton_loss(logits: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+            return losses.hinton_kd(logits, _gather(targets, idx), train.y[idx], kd.alpha, kd.temperature)
+
+        return _run_fit("student", model, fit, train, select, holdout, hinton_loss, select_ce,
+                        eval_every=config.eval_every, on_epoch=on_epoch)
+
+    # Annealing KD, phase 1: regress on phi * teacher logits, no labels; select by MSE to the full teacher.
+    select_targets = teacher_logits(teachers, select.x, select.d)
+
+    def phase1_loss(logits: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        phi = annealing_phi(epoch, epochs=kd.anneal_epochs, tau_max=kd.tau_max)
+        return losses.annealing_mse(logits, losses.annealing_target(_gather(targets, idx), phi))
+
+    def phase1_select(logits: torch.Tensor) -> torch.Tensor:
+        return losses.annealing_mse(logits, select_targets)
+
+    phase1 = _run_fit("student", model, fit, train, select, holdout, phase1_loss, phase1_select,
+                      eval_every=config.eval_every, on_epoch=on_epoch, epochs=kd.anneal_epochs,
+                      patience=None, restore_best=True)
+    # Phase 2 starts from the best phase-1 weights with a fresh optimizer and a restarted LR schedule.
+    batch_ce, select_ce = _ce_losses(train, select)
+    phase2 = _run_fit("student", phase1.model, fit, train, select, holdout, batch_ce, select_ce,
+                      eval_every=config.eval_every, on_epoch=on_epoch, epoch_offset=phase1.epochs_run)
+    phase2.history = phase1.history + phase2.history
+    phase2.seconds += phase1.seconds
+    return phase2
+
+
+@dataclass
+class ExperimentResult:
+    """Every method's FitResult, keyed ``baseline``, ``teacher_0`` .. ``teacher_{K-1}``, ``student``."""
+
+    config: ExperimentConfig
+    fingerprint: str
+    methods: dict[str, FitResult]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "methods": {name: r.summary() for name, r in self.methods.items()},
+            "protocol": self.config.protocol,
+            "seeds": list(self.config.seeds),
+            "config": self.config.to_dict(),
+            "data": {"fingerprint": self.fingerprint},
+        }
+
+
+def run_experiment(
+    data: MultiDomainData,
+    config: ExperimentConfig,
+    *,
+    device: str | torch.device = "cpu",
+    on_epoch: ReportFn | None = None,
+    methods: Sequence[str] = ("baseline", "teachers", "student"),
+) -> ExperimentResult:
+    """Train the baseline, the teachers and the student of one configuration over all its seeds."""
+    prep = prepare(data, config, device)
+    out: dict[str, FitResult] = {}
+    if "baseline" in methods:
+        out["baseline"] = train_baseline(prep, config, on_epoch)
+    if "teachers" in methods or "student" in methods:
+        teachers = train_teachers(prep, config, on_epoch)
+        for t in teachers:
+            out[t.method] = t
+        if "student" in methods:
+            out["student"] = train_student(prep, config, [t.model for t in teachers], on_epoch)
+    return ExperimentResult(config, data.fingerprint(), out)

@@ -1,0 +1,200 @@
+"""The ``kdtune`` command line: ``train``, ``spaces``, ``search``, ``analyse``.
+
+Only ``main()`` configures the process. Each subcommand imports what it needs when it runs, so that
+``kdtune train`` never pays for importing Ray. Every error a user can cause ends as one line on stderr and
+exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from tune.errors import KDTuneError
+
+EXIT_USAGE = 2
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, but got {text!r}") from None
+
+
+def _parse_batch(text: str) -> int | None:
+    if text.lower() in ("full", "none", "null"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch size must be an integer or 'full', but got {text!r}") from None
+
+
+def _parse_set(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE (e.g. kd.alpha=0.3), but got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"--set {key}: value {value!r} is not valid YAML") from None
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise KDTuneError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise KDTuneError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise KDTuneError(f"{p}: expected a mapping of settings, but got {type(data).__name__}")
+    return data
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from kdcore.config import ExperimentConfig
+
+    config = ExperimentConfig.from_dict(_read_yaml(args.config)) if args.config else ExperimentConfig()
+    overrides: dict[str, Any] = {}
+    methods = ("baseline", "teacher", "student")
+    for flag, key in (("epochs", "epochs"), ("lr", "lr"), ("optimizer", "optimizer"), ("patience", "patience")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.update({f"{m}.{key}": value for m in methods})
+    if args.batch_size is not False:
+        overrides.update({f"{m}.batch_size": args.batch_size for m in methods})
+    for flag, key in (("alpha", "kd.alpha"), ("temperature", "kd.temperature"), ("protocol", "protocol"),
+                      ("seeds", "seeds"), ("eval_every", "eval_every"), ("kd_method", "kd.method")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[key] = value
+    overrides.update(dict(args.set or []))
+    return config.with_overrides(overrides) if overrides else config
+
+
+def _format_method_table(result: dict[str, Any]) -> str:
+    label = "validation" if result["protocol"] == "seed" else "holdout"
+    rows = [f"{'method':<11} {label + ' acc %':>17} {'inner acc %':>13} {'best epoch':>11}"]
+    for name, m in result["methods"].items():
+        rows.append(
+            f"{name:<11} {100 * m['holdout_acc_mean']:>8.2f} ± {100 * m['holdout_acc_std']:<6.2f} "
+            f"{100 * m['inner_acc_mean']:>13.2f} {m['best_epoch_mean']:>11.0f}"
+        )
+    return "\n".join(rows)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from kdcore import data as kdata
+    from kdcore.train import EpochReport, run_experiment
+    from tune.progress import ProgressLine
+
+    config = _train_config(args)
+    dataset = kdata.load(args.data)
+    device = _resolve_device(args.device)
+    torch.set_num_threads(args.threads)
+    progress = ProgressLine(enabled=not args.quiet)
+    totals = {"baseline": config.baseline.epochs, "student": config.student.epochs
+              + (config.kd.anneal_epochs if config.kd.method == "annealing" else 0)}
+
+    def on_epoch(report: EpochReport) -> None:
+        total = totals.get(report.method, config.teacher.epochs)
+        progress.update(f"[{report.method}] epoch {report.epoch}/{total}  "
+                        f"inner acc {100 * report.inner_acc_mean:.2f} %")
+
+    result = run_experiment(dataset, config, device=device, on_epoch=on_epoch).to_dict()
+    progress.done()
+    result["data"]["source"] = dataset.source
+    if args.json:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(f"data {dataset.source} (sha256 {result['data']['fingerprint'][:12]}), protocol {config.protocol}, "
+              f"seeds {list(config.seeds)}")
+        print(_format_method_table(result))
+        if config.protocol == "seed":
+            print("protocol 'seed': checkpoints were selected on the same validation set that is reported "
+                  "(as published); these figures are optimistic.")
+    return 0
+
+
+def _resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise KDTuneError(f"--device {name}: no CUDA device is available on this machine; use --device cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise KDTuneError(f"--device must be cpu, cuda, cuda:N or auto, but got {name!r}")
+    return name
+
+
+def cmd_spaces(args: argparse.Namespace) -> int:
+    from search_spaces import builtin_spaces, load_space
+
+    for name in builtin_spaces():
+        space = load_space(name)
+        knobs = ", ".join(k.path for k in space.knobs)
+        print(f"{name:<10} {space.description}\n{'':<10} knobs: {knobs}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdtune", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="run one configuration over all seeds and print mean ± std per method")
+    p.add_argument("--data", default="builtin:d0.5", help="builtin:d0.25|d0.5|d0.75|d1.0 or a pickle path")
+    p.add_argument("--config", help="YAML file of experiment settings (see kdcore/config.py)")
+    p.add_argument("--set", action="append", type=_parse_set, metavar="KEY=VALUE",
+                   help="override any setting by dotted path, e.g. --set student.lr=0.003 (repeatable)")
+    p.add_argument("--protocol", choices=["honest", "seed"])
+    p.add_argument("--seeds", type=_parse_seeds, help="comma-separated, default 0,10,1234,99,2021")
+    p.add_argument("--alpha", type=float)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--kd-method", choices=["hinton", "annealing"])
+    p.add_argument("--epochs", type=int, help="epochs for baseline, teachers and student")
+    p.add_argument("--lr", type=float, help="learning rate for baseline, teachers and student")
+    p.add_argument("--optimizer", choices=["adam", "adamw"])
+    p.add_argument("--batch-size", type=_parse_batch, default=False, help="an integer or 'full'")
+    p.add_argument("--patience", type=int)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("spaces", help="list the built-in search spaces")
+    p.set_defaults(func=cmd_spaces)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from kdcore.errors import KDCoreError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (KDCoreError, KDTuneError) as exc:
+        print(f"kdtune {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"kdtune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
