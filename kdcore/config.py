@@ -56,8 +56,9 @@ class FitConfig:
     ``batch_size=None`` means full batch. ``patience=None`` disables early stopping (train all epochs);
     ``restore_best`` then still decides whether the best-by-selection-loss weights or the last ones are kept.
     Schedule parameters are read only by their schedule: ``step_size``/``gamma`` (step, in epochs),
-    ``max_lr`` (cyclic peak and one-cycle peak), ``cycle_epochs`` (cyclic: epochs per half cycle),
-    ``pct_start`` (one-cycle warm-up fraction).
+    ``max_lr`` (cyclic: the other end of the triangle from ``lr``; one-cycle: the peak, which alone sets
+    the one-cycle curve, ``lr`` unused), ``cycle_epochs`` (cyclic: epochs per half cycle),
+    ``pct_start`` (one-cycle warm-up fraction). ``patience`` counts epochs (not evaluations).
     """
 
     hidden: tuple[int, ...] = (20, 10)
@@ -124,7 +125,10 @@ class FitConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "fit settings") -> FitConfig:
         _check_keys(cls, data, where)
-        return cls(**dict(data))
+        try:
+            return cls(**dict(data))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -159,7 +163,9 @@ class KDConfig:
         if tau_max < 1:
             raise ConfigError(f"tau_max must be >= 1, but got {tau_max}")
         anneal_epochs = _number(self.anneal_epochs, "anneal_epochs", integer=True)
-        if anneal_epochs < tau_max:
+        if anneal_epochs < 1:
+            raise ConfigError(f"anneal_epochs must be >= 1, but got {anneal_epochs}")
+        if self.method == "annealing" and anneal_epochs < tau_max:
             raise ConfigError(
                 f"anneal_epochs >= tau_max must hold (one epoch per annealing step at least), "
                 f"but got anneal_epochs={anneal_epochs}, tau_max={tau_max}"

@@ -1,0 +1,114 @@
+"""Content-addressed cache of trained teachers, shared by every trial (and node) of a study.
+
+Teachers depend only on the dataset, the teacher settings, the split and the seeds, never on the KD knobs,
+so a study trains them once per key. An entry is one file ``<key>.pt`` written to a temporary name and
+renamed into place (readers never see half a file). A per-key ``flock`` makes a second trial that wants the
+same key wait for the first instead of training it again; the lock needs a filesystem with POSIX locks
+(local disks, NFSv4, most shared filesystems).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdcore.config import ExperimentConfig
+from kdcore.errors import KDCoreError
+from kdcore.models import BatchedFFNN
+from kdcore.train import FitResult, Prepared, train_teachers
+
+CACHE_FORMAT = 1
+
+
+def teacher_key(fingerprint: str, config: ExperimentConfig) -> str:
+    """sha256 of everything teachers depend on: data, teacher settings, split, protocol and seeds."""
+    parts = {
+        "format": CACHE_FORMAT,
+        "data": fingerprint,
+        "teacher": config.teacher.to_dict(),
+        "seeds": list(config.seeds),
+        "protocol": config.protocol,
+        "inner_fraction": config.inner_fraction if config.protocol == "honest" else None,
+        "split_seed": config.split_seed if config.protocol == "honest" else None,
+        "eval_every": config.eval_every,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class CachedTeachers:
+    """Trained teachers (one BatchedFFNN per domain) with their summaries, and whether the cache had them."""
+
+    key: str
+    models: list[BatchedFFNN]
+    summaries: list[dict[str, Any]]
+    hit: bool
+
+
+class TeacherCache:
+    """Teachers on disk under ``root``, one file per key."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.pt"
+
+    def get_or_train(self, prep: Prepared, config: ExperimentConfig, fingerprint: str) -> CachedTeachers:
+        """Load the teachers for this key, or train and store them while holding the key's lock."""
+        key = teacher_key(fingerprint, config)
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.path(key)
+        if path.exists():
+            return self._load(key, prep, config, hit=True)
+        with open(self.root / f"{key}.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if path.exists():  # another trial trained them while we waited
+                    return self._load(key, prep, config, hit=True)
+                results = train_teachers(prep, config)
+                self._store(key, results)
+                return CachedTeachers(key, [r.model for r in results], [r.summary() for r in results], hit=False)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _store(self, key: str, results: list[FitResult]) -> None:
+        payload = {
+            "format": CACHE_FORMAT,
+            "states": [{k: v.detach().cpu() for k, v in r.model.state_dict().items()} for r in results],
+            "summaries": json.dumps([r.summary() for r in results]),
+        }
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(buffer.getvalue())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path(key))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _load(self, key: str, prep: Prepared, config: ExperimentConfig, *, hit: bool) -> CachedTeachers:
+        try:
+            payload = torch.load(self.path(key), map_location=prep.device, weights_only=True)
+        except Exception as exc:
+            raise KDCoreError(f"teacher cache entry {self.path(key)} is unreadable ({exc}); delete it to retrain")
+        models = []
+        for state in payload["states"]:
+            fit = config.teacher
+            model = BatchedFFNN(prep.n_features, fit.hidden, prep.n_classes, config.seeds, batch_norm=fit.batch_norm)
+            model.load_state_dict(state)
+            models.append(model.to(prep.device))
+        return CachedTeachers(key, models, json.loads(payload["summaries"]), hit=hit)
