@@ -20,6 +20,8 @@ from search_spaces.errors import SpaceError
 from search_spaces.knobs import Knob, Trial, knob_from_dict, same_value
 
 MODES = ("max", "min")
+# The holdout is never an objective: choosing on it is what the honest protocol exists to prevent.
+METRICS = ("inner_acc", "inner_loss")
 TOP_LEVEL_KEYS = ("name", "description", "fixed", "objective", "knobs")
 
 
@@ -31,8 +33,8 @@ class Objective:
     mode: str = "max"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.metric, str) or not self.metric:
-            raise SpaceError(f"objective.metric must be a non-empty string, but got {self.metric!r}")
+        if self.metric not in METRICS:
+            raise SpaceError(f"objective.metric must be one of {list(METRICS)}, but got {self.metric!r}")
         if self.mode not in MODES:
             raise SpaceError(f"objective.mode must be one of {list(MODES)}, but got {self.mode!r}")
 

@@ -151,6 +151,42 @@ def cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from tune.runner import SearchSettings, search
+
+    settings = SearchSettings(
+        data=args.data, space=args.space, name=args.name, storage=Path(args.storage),
+        num_samples=args.num_samples, max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, address=args.address, seed=args.seed,
+        grace_period=args.grace_period, reduction_factor=args.reduction_factor, max_t=args.max_t,
+        max_failures=args.max_failures,
+    )
+    outcome = search(settings, quiet=args.quiet)
+    _print_outcome(outcome.to_dict(), args.json)
+    return 130 if outcome.interrupted and outcome.trials.get("total", 0) < args.num_samples else 0
+
+
+def _print_outcome(outcome: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        json.dump(outcome, sys.stdout)
+        sys.stdout.write("\n")
+        return
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in outcome["trials"].items() if k != "total")
+    print(f"study {outcome['study']}: {outcome['trials'].get('total', 0)} trials ({counts}) "
+          f"in {outcome['seconds']:.0f} s")
+    if outcome.get("interrupted"):
+        print(f"stopped before all trials ran; continue with: kdtune resume {outcome['study']}")
+    best = outcome.get("best")
+    if not best:
+        print("no trial completed, so there is no best configuration yet")
+        return
+    hold = best.get("holdout_acc_mean")
+    hold_text = f", holdout {100 * hold:.2f} ± {100 * best.get('holdout_acc_std', 0):.2f} %" if hold else ""
+    print(f"best: trial {best['number']}, inner acc {100 * best['inner_acc_mean']:.2f} %{hold_text}")
+    for key, value in best["params"].items():
+        print(f"  {key} = {value:.4g}" if isinstance(value, float) else f"  {key} = {value}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdtune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -177,6 +213,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("search", help="run an Optuna-guided (TPE) Ray Tune study with ASHA")
+    p.add_argument("--data", default="builtin:d0.5", help="builtin:d0.25|d0.5|d0.75|d1.0 or a pickle path")
+    p.add_argument("--space", default="default", help="a built-in space (kdtune spaces) or a YAML file")
+    p.add_argument("--name", required=True, help="the study's name (a folder under --storage)")
+    p.add_argument("--storage", default="studies", help="the folder that holds studies (default ./studies)")
+    p.add_argument("--num-samples", type=int, default=20, help="how many trials (default 20)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: as resources allow)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.25")
+    p.add_argument("--address", help="join this Ray cluster (default: start Ray locally)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    p.add_argument("--grace-period", type=int, default=10, help="ASHA: evaluations before a trial can stop")
+    p.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1 in this many per rung")
+    p.add_argument("--max-t", type=int, help="ASHA: most evaluations (default: from the space)")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose worker died")
+    p.add_argument("--json", action="store_true", help="print the outcome as one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=cmd_search)
+
     p = sub.add_parser("spaces", help="list the built-in search spaces")
     p.set_defaults(func=cmd_spaces)
     return parser
@@ -186,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kdcore.errors import KDCoreError
 
     args = build_parser().parse_args(argv)
+    if args.command in ("search", "resume"):
+        from tune import cluster
+
+        cluster.prepare_environment()
     try:
         return int(args.func(args))
     except (KDCoreError, KDTuneError) as exc:

@@ -1,0 +1,83 @@
+"""Starting (or joining) Ray quietly, on loopback, writing nothing into the user's home directory.
+
+The environment must be in place before ``import ray``: some of it is read at import time.
+- ``RAY_AUTH_TOKEN`` in the environment keeps Ray's token authentication on without Ray writing
+  ``~/.ray/auth_token``; processes that join a cluster need the same token in their environment.
+- The temp dir (sockets, logs, object spilling) is a fresh short folder under the system temp dir
+  (Unix socket paths must stay under 108 characters), removed when kdtune stops the Ray it started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from tune.errors import KDTuneError
+
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "token",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV/JSON/TensorBoard logger files per trial
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",  # trials keep the driver's working directory
+    "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0 the old output engine prints nothing
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",  # one line per failed trial from our callback, not a traceback
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "PYTHONWARNINGS": "ignore::DeprecationWarning",
+}
+
+
+def prepare_environment() -> None:
+    """Set Ray's environment for this process and its workers (call before importing ray)."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+
+
+@dataclass
+class RayHandle:
+    """The Ray kdtune is using; ``stop()`` shuts down and cleans up only what kdtune started."""
+
+    started: bool
+    temp_dir: str | None
+    cpus: float
+    gpus: float
+
+    def stop(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        if self.started and self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def start(address: str | None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> RayHandle:
+    """Start a local Ray bound to 127.0.0.1 (``address=None``) or join the cluster at ``address``."""
+    prepare_environment()
+    import ray
+
+    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
+                                  logging_level=logging.ERROR, configure_logging=True)
+    temp_dir = None
+    if address is None:
+        temp_dir = tempfile.mkdtemp(prefix="kdt-ray-")
+        try:
+            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _temp_dir=temp_dir, _node_ip_address="127.0.0.1",
+                     **kwargs)
+        except Exception as exc:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            raise KDTuneError(f"could not start a local Ray: {exc}") from None
+    else:
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise KDTuneError(f"could not join the Ray cluster at {address}: {first}") from None
+    resources = ray.cluster_resources()
+    return RayHandle(started=address is None, temp_dir=temp_dir,
+                     cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)))

@@ -1,0 +1,272 @@
+"""Running a study: Ray Tune + PruneAwareOptunaSearch (TPE) + ASHA over the trainable.
+
+The Optuna study in ``DIR/NAME/optuna.journal`` is the source of truth for what each trial became; the
+outcome printed at the end is read back from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from tune.errors import KDTuneError
+from tune.progress import ProgressLine
+from tune.study import StudyMeta, StudyPaths, check_name
+from tune.trainable import METRIC, STUDY_KEY, kd_trial
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything ``kdtune search`` takes."""
+
+    data: str
+    space: str
+    name: str
+    storage: Path
+    num_samples: int
+    max_concurrent: int | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    address: str | None = None
+    seed: int = 0
+    grace_period: int = 10
+    reduction_factor: int = 3
+    max_t: int | None = None
+    max_failures: int = 2
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        checks = [
+            (self.num_samples >= 1, f"--num-samples must be >= 1, but got {self.num_samples}"),
+            (self.max_concurrent is None or self.max_concurrent >= 1,
+             f"--max-concurrent must be >= 1, but got {self.max_concurrent}"),
+            (self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, but got {self.cpus_per_trial}"),
+            (self.gpus_per_trial >= 0, f"--gpus-per-trial must be >= 0, but got {self.gpus_per_trial}"),
+            (self.grace_period >= 1, f"--grace-period must be >= 1, but got {self.grace_period}"),
+            (self.reduction_factor >= 2, f"--reduction-factor must be >= 2, but got {self.reduction_factor}"),
+            (self.max_t is None or self.max_t >= self.grace_period,
+             f"`max_t >= grace_period` must hold, but got max_t={self.max_t}, grace_period={self.grace_period}"),
+            (self.max_failures >= 0, f"--max-failures must be >= 0, but got {self.max_failures}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise KDTuneError(message)
+
+
+@dataclass
+class SearchOutcome:
+    """What a finished (or stopped) study holds, read from its Optuna study."""
+
+    study_dir: str
+    trials: dict[str, int]
+    best: dict[str, Any] | None
+    interrupted: bool = False
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"study": self.study_dir, "trials": self.trials, "best": self.best,
+                "interrupted": self.interrupted, "seconds": round(self.seconds, 2)}
+
+
+def max_evaluations(space: Any) -> int:
+    """The most evaluations (reports) any trial of ``space`` can make: ASHA's ``max_t``."""
+    base = space.base
+    epochs, anneal = base.student.epochs, base.kd.anneal_epochs if base.kd.method == "annealing" else 0
+    for knob in space.knobs:
+        if knob.path == "student.epochs":
+            epochs = max(epochs, int(knob.high))
+        elif knob.path == "kd.anneal_epochs":
+            anneal = max(anneal, int(knob.high))
+        elif knob.path == "kd.method" and "annealing" in getattr(knob, "choices", ()):
+            anneal = max(anneal, base.kd.anneal_epochs)
+    every = base.eval_every
+    return math.ceil(epochs / every) + (math.ceil(anneal / every) if anneal else 0) + 2
+
+
+def _versions() -> dict[str, str]:
+    import optuna
+    import ray
+    import torch
+
+    import kdcore
+
+    return {"kdtune": kdcore.__version__, "torch": torch.__version__, "ray": ray.__version__,
+            "optuna": optuna.__version__}
+
+
+def journal_storage(paths: StudyPaths) -> Any:
+    import optuna
+
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(paths.journal)))
+
+
+def create_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
+    """Validate the inputs and write the study folder's record; nothing is written if anything is wrong."""
+    from kdcore import data as kdata
+    from search_spaces import load_space
+
+    paths = StudyPaths(settings.storage.expanduser().resolve() / settings.name)
+    if paths.root.exists() and any(paths.root.iterdir()):
+        raise KDTuneError(f"study {paths.root} already exists; continue it with `kdtune resume {paths.root}` "
+                          "or choose another --name")
+    if paths.storage.exists() and not paths.storage.is_dir():
+        raise KDTuneError(f"--storage {paths.storage} is a file, not a folder")
+    space = load_space(settings.space)
+    spec = settings.data if settings.data.startswith("builtin:") else str(Path(settings.data).resolve())
+    dataset = kdata.load(spec)
+    max_t = settings.max_t or max_evaluations(space)
+    meta = StudyMeta(
+        name=settings.name, data=spec, data_source=dataset.source, fingerprint=dataset.fingerprint(),
+        space_name=space.name, space_text=space.source_text, num_samples=settings.num_samples,
+        seed=settings.seed, max_t=max_t, grace_period=min(settings.grace_period, max_t),
+        reduction_factor=settings.reduction_factor, cpus_per_trial=settings.cpus_per_trial,
+        gpus_per_trial=settings.gpus_per_trial, max_concurrent=settings.max_concurrent or 0,
+        versions=_versions(),
+    )
+    meta.write(paths)
+    return paths, meta
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"t_{trial.trial_id}"
+
+
+def _make_progress_callback(total: int, stream: TextIO | None, quiet: bool) -> Any:
+    from ray import tune
+
+    class Progress(tune.Callback):
+        """One compact status line: trials done / running / pruned / failed and the best so far."""
+
+        def __init__(self) -> None:
+            self.line = ProgressLine(stream, enabled=not quiet)
+            self.ends: Counter[str] = Counter()
+            self.best: float | None = None
+            self.start = time.monotonic()
+
+        def _show(self, trials: list[Any], force: bool = False) -> None:
+            running = sum(1 for t in trials if t.status == "RUNNING")
+            best = f"{100 * self.best:.2f} %" if self.best is not None else "-"
+            self.line.update(
+                f"trials {sum(self.ends.values())}/{total} done: {self.ends['complete']} complete, "
+                f"{self.ends['pruned']} pruned, {self.ends['error']} error; {running} running; "
+                f"best inner acc {best}; {time.monotonic() - self.start:.0f} s", force=force)
+
+        def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any) -> None:
+            self._show(trials)
+
+        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            result = trial.last_result or {}
+            if result.get("is_final"):
+                self.ends["complete"] += 1
+                value = result.get(METRIC)
+                if value is not None and (self.best is None or value > self.best):
+                    self.best = float(value)
+            else:
+                self.ends["pruned"] += 1
+            self._show(trials, force=True)
+
+        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self.ends["error"] += 1
+            self._show(trials, force=True)
+
+        def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+            self._show(trials, force=True)
+            self.line.done()
+
+    return Progress()
+
+
+def read_outcome(paths: StudyPaths, meta: StudyMeta) -> SearchOutcome:
+    """Counts by state and the best COMPLETE trial, from the Optuna study (the source of truth)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=meta.name, storage=journal_storage(paths))
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state.name for t in trials)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = None
+    if complete:
+        bt = study.best_trial
+        best = {"number": bt.number, "params": bt.params, "inner_acc_mean": bt.value,
+                **{k: bt.user_attrs[k] for k in ("holdout_acc_mean", "holdout_acc_std", "inner_acc_std",
+                                                 "best_epoch_mean") if k in bt.user_attrs}}
+    return SearchOutcome(str(paths.root), {"total": len(trials), **dict(counts)}, best)
+
+
+def run_study(paths: StudyPaths, meta: StudyMeta, *, address: str | None, max_failures: int,
+              stream: TextIO | None = None, quiet: bool = False) -> SearchOutcome:
+    """Start (or join) Ray, run the study's trials with TPE + ASHA, and read the outcome back."""
+    from tune import cluster
+
+    handle = cluster.start(address)
+    started = time.monotonic()
+    interrupted = False
+    try:
+        if meta.cpus_per_trial > handle.cpus or meta.gpus_per_trial > handle.gpus:
+            raise KDTuneError(
+                f"impossible resource request: each trial asks for {meta.cpus_per_trial:g} CPU and "
+                f"{meta.gpus_per_trial:g} GPU, but the cluster has {handle.cpus:g} CPU and {handle.gpus:g} GPU"
+            )
+        tuner = _build_tuner(paths, meta, max_failures=max_failures, stream=stream, quiet=quiet)
+        # Tune logs "Trials did not complete" with every trial id; the progress line already counts errors.
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:
+            interrupted = True
+    finally:
+        handle.stop()
+    outcome = read_outcome(paths, meta)
+    outcome.interrupted = interrupted or outcome.trials.get("total", 0) < meta.num_samples
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def _build_tuner(paths: StudyPaths, meta: StudyMeta, *, max_failures: int, stream: TextIO | None,
+                 quiet: bool) -> Any:
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from search_spaces import parse_space
+    from tune.searcher import PruneAwareOptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = parse_space(meta.space_text, source=f"{paths.meta}:space")
+    mode = space.objective.mode
+    searcher = PruneAwareOptunaSearch(
+        space=space.sample, metric=space.objective.metric, mode=mode,
+        sampler=optuna.samplers.TPESampler(seed=meta.seed), study_name=meta.name,
+        storage=journal_storage(paths),
+    )
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=meta.max_t,
+                              grace_period=meta.grace_period, reduction_factor=meta.reduction_factor)
+    resources = {"cpu": meta.cpus_per_trial, "gpu": meta.gpus_per_trial}
+    return tune.Tuner(
+        tune.with_resources(kd_trial, resources),
+        param_space={STUDY_KEY: str(paths.root)},
+        tune_config=tune.TuneConfig(
+            metric=space.objective.metric, mode=mode, search_alg=searcher, scheduler=scheduler,
+            num_samples=meta.num_samples, max_concurrent_trials=meta.max_concurrent or None,
+            reuse_actors=True, trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=meta.name, storage_path=str(paths.storage), verbose=0,
+            callbacks=[_make_progress_callback(meta.num_samples, stream, quiet)],
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+        ),
+    )
+
+
+def search(settings: SearchSettings, *, stream: TextIO | None = None, quiet: bool = False) -> SearchOutcome:
+    """``kdtune search``: create the study folder, then run it."""
+    paths, meta = create_study(settings)
+    return run_study(paths, meta, address=settings.address, max_failures=settings.max_failures,
+                     stream=stream, quiet=quiet)

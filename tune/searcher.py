@@ -1,0 +1,87 @@
+"""OptunaSearch that tells Optuna how a trial really ended.
+
+Ray's stock OptunaSearch tells Optuna COMPLETE with the last reported value when ASHA stops a trial, so a
+one-epoch score reaches TPE as if it were a finished trial's. Here:
+
+- every result is reported to the Optuna trial as an intermediate value at its ``training_iteration``
+  (including the result on which the scheduler said STOP, which Tune passes to ``on_trial_complete`` only);
+- a trial whose last result carries ``is_final=True`` (the trainable finished: last epoch, or its own early
+  stopping) is told COMPLETE with that result's metric;
+- any other end without error (ASHA stopped it, the experiment was stopped) is told PRUNED, and Optuna
+  keeps its intermediate values;
+- a trial that ended in error is told FAIL.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+FINAL_KEY = "is_final"
+# Optuna user attribute <- result key: where the trial ran and, once COMPLETE, its selected figures.
+_USER_ATTRS = {
+    "holdout_acc_mean": "holdout_acc",
+    "holdout_acc_std": "holdout_acc_std",
+    "inner_acc_std": "inner_acc_std",
+    "best_epoch_mean": "best_epoch",
+    "teacher_cache_hit": "teacher_cache_hit",
+    "node": "node",
+    "device": "device",
+}
+_log = logging.getLogger("kdtune")
+
+
+class PruneAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch with truthful trial states (COMPLETE / PRUNED / FAIL) and intermediate values."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_step: dict[str, int] = {}
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        params = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+        return params
+
+    def _report(self, trial_id: str, result: dict[str, Any]) -> None:
+        step, value = result.get("training_iteration"), result.get(self.metric)
+        if step is None or value is None or trial_id not in self._ot_trials:
+            return
+        if step <= self._last_step.get(trial_id, 0):
+            return  # a retried trial reports its early steps again: keep the first value
+        self._ot_trials[trial_id].report(float(value), int(step))
+        self._last_step[trial_id] = int(step)
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id not in self._completed_trials:
+            self._report(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if result:
+            self._report(trial_id, result)
+        value = result.get(self.metric) if result else None
+        if error:
+            state, value = TrialState.FAIL, None
+        elif value is not None and result and result.get(FINAL_KEY):
+            state = TrialState.COMPLETE
+        else:
+            state, value = TrialState.PRUNED, None
+        ot_trial = self._ot_trials[trial_id]
+        try:
+            if result:
+                ot_trial.set_user_attr("epochs_run", int(result.get("epoch", 0)))
+                for attr, key in _USER_ATTRS.items():
+                    if result.get(key) is not None:
+                        ot_trial.set_user_attr(attr, result[key])
+            self._ot_study.tell(ot_trial, value, state=state)
+        except Exception as exc:  # e.g. a NaN value; bookkeeping must never end the experiment
+            _log.warning("could not tell Optuna the end of trial %s: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)
+        self._last_step.pop(trial_id, None)

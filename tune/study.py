@@ -1,0 +1,123 @@
+"""A study folder, ``DIR/NAME/``: what it holds and its ``study.json``.
+
+```
+DIR/NAME/
+  study.json          kdtune's record of the study: data, space (as written), budget, ASHA, seed
+  optuna.journal      the Optuna study NAME (JournalFileBackend): any Optuna tool opens it
+  teachers/           teacher cache shared by every trial (kdcore.teacher_cache)
+  results/            Parquet tables (results package)
+  experiment_state-*  Ray Tune's experiment state, and one t_<id>/ folder per trial
+```
+Paths inside ``study.json`` are absolute: Ray Tune changes a trial's working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tune.errors import KDTuneError
+
+STUDY_FILE = "study.json"
+JOURNAL_FILE = "optuna.journal"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    """Where everything of one study lives."""
+
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def storage(self) -> Path:
+        return self.root.parent
+
+    @property
+    def meta(self) -> Path:
+        return self.root / STUDY_FILE
+
+    @property
+    def journal(self) -> Path:
+        return self.root / JOURNAL_FILE
+
+    @property
+    def teachers(self) -> Path:
+        return self.root / "teachers"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.match(name):
+        raise KDTuneError(
+            f"study name must be 1-64 letters, digits, '_', '.' or '-' (not starting with '.', '_' or '-'), "
+            f"but got {name!r}"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class StudyMeta:
+    """The study's own record, written once at creation (and its budget raised by ``resume --more``)."""
+
+    name: str
+    data: str  # "builtin:d0.5" or an absolute pickle path
+    data_source: str
+    fingerprint: str
+    space_name: str
+    space_text: str
+    num_samples: int
+    seed: int
+    max_t: int
+    grace_period: int
+    reduction_factor: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int
+    versions: dict[str, str] = field(default_factory=dict)
+    format: int = 1
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def read(cls, paths: StudyPaths) -> StudyMeta:
+        if not paths.meta.is_file():
+            if paths.root.is_dir():
+                raise KDTuneError(f"{paths.root} is not a kdtune study (no {STUDY_FILE} in it)")
+            raise KDTuneError(f"no study at {paths.root}")
+        try:
+            data: dict[str, Any] = json.loads(paths.meta.read_text())
+            return cls(**data)
+        except (ValueError, TypeError) as exc:
+            raise KDTuneError(f"{paths.meta} is damaged ({exc}); it is not a readable kdtune study record")
+
+    def write(self, paths: StudyPaths) -> None:
+        write_atomic(paths.meta, self.to_json().encode())
+
+
+def write_atomic(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to a temporary file beside ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
