@@ -106,8 +106,8 @@ def journal_storage(paths: StudyPaths) -> Any:
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(paths.journal)))
 
 
-def create_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
-    """Validate the inputs and write the study folder's record; nothing is written if anything is wrong."""
+def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
+    """Validate every input and describe the study; writes nothing (``run_study`` writes once Ray is up)."""
     from kdcore import data as kdata
     from search_spaces import load_space
 
@@ -129,7 +129,6 @@ def create_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
         gpus_per_trial=settings.gpus_per_trial, max_concurrent=settings.max_concurrent or 0,
         versions=_versions(),
     )
-    meta.write(paths)
     return paths, meta
 
 
@@ -201,8 +200,13 @@ def read_outcome(paths: StudyPaths, meta: StudyMeta) -> SearchOutcome:
 
 
 def run_study(paths: StudyPaths, meta: StudyMeta, *, address: str | None, max_failures: int,
-              stream: TextIO | None = None, quiet: bool = False) -> SearchOutcome:
-    """Start (or join) Ray, run the study's trials with TPE + ASHA, and read the outcome back."""
+              stream: TextIO | None = None, quiet: bool = False, new: bool = False) -> SearchOutcome:
+    """Start (or join) Ray, run the study's trials with TPE + ASHA, and read the outcome back.
+
+    With ``new``, the study folder is created only once Ray is up and can hold a trial, so a search that
+    fails before it starts leaves nothing behind.
+    """
+    from search_spaces import parse_space
     from tune import cluster
 
     handle = cluster.start(address)
@@ -214,7 +218,14 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, address: str | None, max_fa
                 f"impossible resource request: each trial asks for {meta.cpus_per_trial:g} CPU and "
                 f"{meta.gpus_per_trial:g} GPU, but the cluster has {handle.cpus:g} CPU and {handle.gpus:g} GPU"
             )
-        tuner = _build_tuner(paths, meta, max_failures=max_failures, stream=stream, quiet=quiet)
+        if new:
+            meta.write(paths)
+        space = parse_space(meta.space_text, source=f"{paths.meta}:space")
+        tables = _study_tables(paths, meta, space)
+        if new:
+            tables.write_metadata()
+            _train_reference(paths, meta, space, tables, stream=stream, quiet=quiet)
+        tuner = _build_tuner(paths, meta, space, tables, max_failures=max_failures, stream=stream, quiet=quiet)
         # Tune logs "Trials did not complete" with every trial id; the progress line already counts errors.
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
         try:
@@ -229,17 +240,65 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, address: str | None, max_fa
     return outcome
 
 
-def _build_tuner(paths: StudyPaths, meta: StudyMeta, *, max_failures: int, stream: TextIO | None,
-                 quiet: bool) -> Any:
+def _study_tables(paths: StudyPaths, meta: StudyMeta, space: Any) -> Any:
+    from results.writer import StudyTables
+    from tune.recorder import space_param_types
+
+    base = space.base
+    metadata = {
+        "study": meta.name, "data": meta.data, "data_source": meta.data_source, "fingerprint": meta.fingerprint,
+        "space_name": meta.space_name, "space": meta.space_text, "protocol": base.protocol,
+        "protocol_note": ("seed protocol: checkpoints selected on the given validation set, which is also "
+                          "reported as holdout (as published): holdout figures are optimistic")
+        if base.protocol == "seed" else "honest protocol: selection on an inner split; holdout never chooses",
+        "seeds": list(base.seeds), "inner_fraction": base.inner_fraction, "split_seed": base.split_seed,
+        "objective": space.objective.to_dict(), "versions": meta.versions,
+    }
+    return StudyTables(paths.results, space_param_types(space), metadata)
+
+
+def _train_reference(paths: StudyPaths, meta: StudyMeta, space: Any, tables: Any, *, stream: TextIO | None,
+                     quiet: bool) -> None:
+    """Train the mixed baseline and the teachers once, on the study's seeds, in the driver.
+
+    The teachers go into the study's teacher cache, so the trials that share the base teacher settings
+    never train them; the baseline gives every analysis its "student vs baseline" on equal terms.
+    """
+    import torch
+
+    from kdcore import data as kdata
+    from kdcore.teacher_cache import TeacherCache
+    from kdcore.train import prepare, train_baseline
+
+    line = ProgressLine(stream, enabled=not quiet)
+    config = space.base
+    dataset = kdata.load(meta.data)
+    prep = prepare(dataset, config)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    line.update("training the reference teachers (once per study) ...", force=True)
+    teachers = TeacherCache(paths.teachers).get_or_train(prep, config, dataset.fingerprint())
+    line.update("training the reference mixed baseline ...", force=True)
+    baseline = train_baseline(prep, config).summary()
+    line.done()
+    rows = []
+    for method, summary in [("baseline", baseline), *((f"teacher_{k}", s) for k, s in enumerate(teachers.summaries))]:
+        for s in summary["per_seed"]:  # type: ignore[union-attr]
+            rows.append({"study": meta.name, "method": method, "seed": s["seed"], "inner_acc": s["inner_acc"],
+                         "holdout_acc": s["holdout_acc"], "inner_loss": s["inner_loss"],
+                         "holdout_loss": s["holdout_loss"], "best_epoch": s["best_epoch"]})
+    tables.append("reference", rows)
+
+
+def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: Any, tables: Any, *, max_failures: int,
+                 stream: TextIO | None, quiet: bool) -> Any:
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from search_spaces import parse_space
+    from tune.recorder import ResultsRecorder
     from tune.searcher import PruneAwareOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = parse_space(meta.space_text, source=f"{paths.meta}:space")
     mode = space.objective.mode
     searcher = PruneAwareOptunaSearch(
         space=space.sample, metric=space.objective.metric, mode=mode,
@@ -259,7 +318,9 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, *, max_failures: int, strea
         ),
         run_config=tune.RunConfig(
             name=meta.name, storage_path=str(paths.storage), verbose=0,
-            callbacks=[_make_progress_callback(meta.num_samples, stream, quiet)],
+            callbacks=[ResultsRecorder(tables, searcher, meta.name, space.objective.metric,
+                                       [k.path for k in space.knobs]),
+                       _make_progress_callback(meta.num_samples, stream, quiet)],
             failure_config=tune.FailureConfig(max_failures=max_failures),
         ),
     )
@@ -267,6 +328,6 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, *, max_failures: int, strea
 
 def search(settings: SearchSettings, *, stream: TextIO | None = None, quiet: bool = False) -> SearchOutcome:
     """``kdtune search``: create the study folder, then run it."""
-    paths, meta = create_study(settings)
+    paths, meta = plan_study(settings)
     return run_study(paths, meta, address=settings.address, max_failures=settings.max_failures,
-                     stream=stream, quiet=quiet)
+                     stream=stream, quiet=quiet, new=True)

@@ -34,6 +34,18 @@ _USER_ATTRS = {
 _log = logging.getLogger("kdtune")
 
 
+def trial_status(result: dict[str, Any] | None, error: bool, metric: str) -> str:
+    """How a trial ended: COMPLETE (its own last result says so), ERROR, or PRUNED (stopped from outside)."""
+    if error:
+        return "ERROR"
+    if result and result.get(FINAL_KEY) and result.get(metric) is not None:
+        return "COMPLETE"
+    return "PRUNED"
+
+
+_OPTUNA_STATE = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "ERROR": TrialState.FAIL}
+
+
 class PruneAwareOptunaSearch(OptunaSearch):
     """OptunaSearch with truthful trial states (COMPLETE / PRUNED / FAIL) and intermediate values."""
 
@@ -66,13 +78,8 @@ class PruneAwareOptunaSearch(OptunaSearch):
             return
         if result:
             self._report(trial_id, result)
-        value = result.get(self.metric) if result else None
-        if error:
-            state, value = TrialState.FAIL, None
-        elif value is not None and result and result.get(FINAL_KEY):
-            state = TrialState.COMPLETE
-        else:
-            state, value = TrialState.PRUNED, None
+        state = _OPTUNA_STATE[trial_status(result, error, self.metric)]
+        value = result.get(self.metric) if result and state == TrialState.COMPLETE else None
         ot_trial = self._ot_trials[trial_id]
         try:
             if result:
@@ -85,3 +92,8 @@ class PruneAwareOptunaSearch(OptunaSearch):
             _log.warning("could not tell Optuna the end of trial %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
         self._last_step.pop(trial_id, None)
+
+    def optuna_number(self, trial_id: str) -> int | None:
+        """The Optuna trial number behind a Tune trial id (None if this searcher never proposed it)."""
+        ot_trial = self._ot_trials.get(trial_id)
+        return None if ot_trial is None else int(ot_trial.number)

@@ -45,8 +45,9 @@ def _prepared(spec: str, config: ExperimentConfig, device: str) -> tuple[Prepare
     return _PREP[key], data.fingerprint()
 
 
-def _metrics(report: EpochReport) -> dict[str, Any]:
+def _metrics(report: EpochReport, seeds: tuple[int, ...]) -> dict[str, Any]:
     return {
+        "seeds": list(seeds),
         "epoch": report.epoch,
         "inner_acc": float(report.inner_acc.mean()),
         "inner_loss": float(report.inner_loss.mean()),
@@ -96,12 +97,13 @@ def kd_trial(config: dict[str, Any]) -> None:
 
     def on_epoch(report: EpochReport) -> None:
         if pending:
-            tune.report({**_metrics(pending.pop()), **where, FINAL_KEY: False})
+            tune.report({**_metrics(pending.pop(), exp.seeds), **where, FINAL_KEY: False})
         pending.append(report)
 
     result = train_student(prep, exp, teachers.models, on_epoch)
-    final = _metrics(pending.pop())
+    final = _metrics(pending.pop(), exp.seeds)
     summary = result.summary()
+    final.update({f"last_{m}": final[m] for m in ("inner_acc", "inner_loss", "holdout_acc", "holdout_loss")})
     final.update({
         "inner_acc": summary["inner_acc_mean"],
         "inner_loss": summary["inner_loss_mean"],

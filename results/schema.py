@@ -1,0 +1,85 @@
+"""The Parquet tables of a study: names, columns, types and units.
+
+Accuracies are fractions in 0..1, losses are mean cross-entropy in nats, times are seconds. ``_mean`` and
+``_std`` are over seeds (std is the sample std, ddof=1). "inner" is the selection set: the inner split of
+the training set under the honest protocol, the given validation set under the seed protocol; "holdout" is
+the given validation set (reported, never used to choose anything under the honest protocol).
+
+trials (one row per trial)
+    study str, trial_id str (Ray Tune id), number int64 (Optuna trial number),
+    status str (COMPLETE | PRUNED | ERROR), error str (message, ERROR rows only),
+    param_<knob> one typed column per knob of the space (dots become '__': ``param_kd__alpha``),
+        null where the knob was inactive,
+    inner_acc_mean, inner_acc_std, holdout_acc_mean, holdout_acc_std, inner_loss_mean, holdout_loss_mean
+        float64, at the selected epoch (COMPLETE) or at the last evaluation (PRUNED),
+    best_epoch float64 (seed mean), epochs_run int64, iterations int64 (evaluations reported),
+    wall_seconds float64, teacher_cache_hit bool, node str (Ray node id, 12 hex), hostname str, device str
+epochs (one row per trial and evaluation)
+    study, trial_id, number, iteration int64, epoch int64,
+    inner_acc_mean, inner_loss_mean, holdout_acc_mean, holdout_loss_mean float64
+seeds (one row per trial and seed)
+    study, trial_id, number, seed int64, inner_acc, holdout_acc float64,
+    inner_loss, holdout_loss float64 (null for PRUNED trials: only accuracies are reported per epoch),
+    best_epoch int64 (null for PRUNED)
+reference (one row per reference method and seed: the mixed baseline and each teacher, trained once)
+    study, method str (baseline | teacher_K), seed int64, inner_acc, holdout_acc, inner_loss,
+    holdout_loss float64, best_epoch int64
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import pyarrow as pa
+
+TABLES = ("trials", "epochs", "seeds", "reference")
+STATUSES = ("COMPLETE", "PRUNED", "ERROR")
+METADATA_KEY = b"kdtune.study"
+
+_ID = [("study", pa.string()), ("trial_id", pa.string()), ("number", pa.int64())]
+_F = pa.float64()
+
+TRIAL_METRICS = [
+    ("inner_acc_mean", _F), ("inner_acc_std", _F), ("holdout_acc_mean", _F), ("holdout_acc_std", _F),
+    ("inner_loss_mean", _F), ("holdout_loss_mean", _F), ("best_epoch", _F), ("epochs_run", pa.int64()),
+    ("iterations", pa.int64()), ("wall_seconds", _F), ("teacher_cache_hit", pa.bool_()), ("node", pa.string()),
+    ("hostname", pa.string()), ("device", pa.string()),
+]
+EPOCH_COLUMNS = [*_ID, ("iteration", pa.int64()), ("epoch", pa.int64()), ("inner_acc_mean", _F),
+                 ("inner_loss_mean", _F), ("holdout_acc_mean", _F), ("holdout_loss_mean", _F)]
+SEED_COLUMNS = [*_ID, ("seed", pa.int64()), ("inner_acc", _F), ("holdout_acc", _F), ("inner_loss", _F),
+                ("holdout_loss", _F), ("best_epoch", pa.int64())]
+REFERENCE_COLUMNS = [("study", pa.string()), ("method", pa.string()), ("seed", pa.int64()), ("inner_acc", _F),
+                     ("holdout_acc", _F), ("inner_loss", _F), ("holdout_loss", _F), ("best_epoch", pa.int64())]
+
+
+def param_column(path: str) -> str:
+    """``kd.alpha`` -> ``param_kd__alpha``: a name every SQL engine takes unquoted."""
+    return "param_" + path.replace(".", "__")
+
+
+def param_type(kind: str, choices: Iterable[Any] = ()) -> pa.DataType:
+    """Arrow type of a knob: float and int knobs as numbers; categorical by the type of its choices."""
+    if kind == "float":
+        return _F
+    if kind == "int":
+        return pa.int64()
+    values = [c for c in choices if c is not None]
+    if values and all(isinstance(c, bool) for c in values):
+        return pa.bool_()
+    if values and all(isinstance(c, int) and not isinstance(c, bool) for c in values):
+        return pa.int64()
+    if values and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in values):
+        return _F
+    return pa.string()
+
+
+def trials_schema(params: list[tuple[str, pa.DataType]]) -> pa.Schema:
+    """The trials table for a space whose knobs are ``params`` (path, arrow type), in knob order."""
+    fields = [*_ID, ("status", pa.string()), ("error", pa.string())]
+    fields += [(param_column(path), kind) for path, kind in params]
+    return pa.schema(fields + TRIAL_METRICS)
+
+
+def fixed_schema(table: str) -> pa.Schema:
+    return pa.schema({"epochs": EPOCH_COLUMNS, "seeds": SEED_COLUMNS, "reference": REFERENCE_COLUMNS}[table])

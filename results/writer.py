@@ -1,0 +1,99 @@
+"""Writing a study's tables: one Parquet file per table, replaced atomically on every append.
+
+Each append reads the table, adds the rows, writes a temporary file beside it and renames it into place,
+so a reader (or a study killed at any moment) only ever sees a complete file holding every trial recorded
+so far, and there is never a part and its compacted copy side by side. A trial written again (a retried or
+resumed trial) replaces its earlier rows, so ids stay unique. Trials are written last: a trial that
+appears in ``trials`` always has its ``epochs`` and ``seeds`` rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from results.errors import ResultsError
+from results.schema import METADATA_KEY, fixed_schema, trials_schema
+
+META_FILE = "study.json"
+
+
+def table_path(results_dir: Path, table: str) -> Path:
+    return results_dir / f"{table}.parquet"
+
+
+class StudyTables:
+    """The tables of one study under ``results_dir``; only the driver of the study writes them."""
+
+    def __init__(self, results_dir: str | Path, params: Sequence[tuple[str, pa.DataType]],
+                 metadata: dict[str, Any]) -> None:
+        self.root = Path(results_dir)
+        self.metadata = metadata
+        self.schemas = {"trials": trials_schema(list(params))}
+        for table in ("epochs", "seeds", "reference"):
+            self.schemas[table] = fixed_schema(table)
+        meta_bytes = json.dumps(metadata, sort_keys=True, default=str).encode()
+        self._kv = {METADATA_KEY: meta_bytes}
+
+    def write_metadata(self) -> None:
+        """The study's metadata as a small JSON beside the tables (also inside every Parquet file)."""
+        _write_atomic(self.root / META_FILE,
+                      json.dumps(self.metadata, indent=2, sort_keys=True, default=str).encode())
+
+    def append(self, table: str, rows: list[dict[str, Any]], *, replace_trial: str | None = None) -> None:
+        """Add ``rows`` to ``table``; with ``replace_trial``, first drop that trial's earlier rows."""
+        schema = self.schemas[table]
+        try:
+            new = pa.Table.from_pylist(rows, schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ResultsError(f"rows for table {table!r} do not fit its schema: {exc}") from None
+        path = table_path(self.root, table)
+        if path.exists():
+            old = pq.read_table(path)
+            if replace_trial is not None and "trial_id" in old.column_names:
+                old = old.filter(pc.not_equal(old["trial_id"], replace_trial))
+            old = old.cast(schema) if old.schema != schema else old
+            new = pa.concat_tables([old, new])
+        self._write(path, new)
+
+    def record_trial(self, trial: dict[str, Any], epochs: list[dict[str, Any]], seeds: list[dict[str, Any]]) -> None:
+        """One finished trial: its epoch and seed rows first, then its trial row."""
+        tid = trial["trial_id"]
+        self.append("epochs", epochs, replace_trial=tid)
+        self.append("seeds", seeds, replace_trial=tid)
+        self.append("trials", [trial], replace_trial=tid)
+
+    def _write(self, path: Path, table: pa.Table) -> None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **self._kv})
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{path.stem}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _write_atomic(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
