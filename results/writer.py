@@ -63,6 +63,25 @@ class StudyTables:
             new = pa.concat_tables([old, new])
         self._write(path, new)
 
+    def drop_trials(self, trial_ids: set[str]) -> None:
+        """Remove every row of these trials from every per-trial table (trials first, then its details)."""
+        if not trial_ids:
+            return
+        for table in ("trials", "epochs", "seeds"):
+            path = table_path(self.root, table)
+            if path.exists():
+                old = pq.read_table(path)
+                keep = pc.invert(pc.is_in(old["trial_id"], value_set=pa.array(sorted(trial_ids))))
+                self._write(path, old.filter(keep))
+
+    def trial_ids(self) -> set[str]:
+        path = table_path(self.root, "trials")
+        return set(pq.read_table(path, columns=["trial_id"])["trial_id"].to_pylist()) if path.exists() else set()
+
+    def has_rows(self, table: str) -> bool:
+        path = table_path(self.root, table)
+        return path.exists() and pq.read_metadata(path).num_rows > 0
+
     def record_trial(self, trial: dict[str, Any], epochs: list[dict[str, Any]], seeds: list[dict[str, Any]]) -> None:
         """One finished trial: its epoch and seed rows first, then its trial row."""
         tid = trial["trial_id"]

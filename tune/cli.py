@@ -163,7 +163,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     outcome = search(settings, quiet=args.quiet)
     _print_outcome(outcome.to_dict(), args.json)
-    return 130 if outcome.interrupted and outcome.trials.get("total", 0) < args.num_samples else 0
+    return 130 if outcome.interrupted else 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from tune.resume import resume
+
+    outcome = resume(args.study, more=args.more, address=args.address, max_failures=args.max_failures,
+                     quiet=args.quiet)
+    if outcome.extra.get("note") and not args.json:
+        print(outcome.extra["note"])
+    _print_outcome(outcome.to_dict(), args.json)
+    return 130 if outcome.interrupted else 0
 
 
 def _print_outcome(outcome: dict[str, Any], as_json: bool) -> None:
@@ -171,7 +182,7 @@ def _print_outcome(outcome: dict[str, Any], as_json: bool) -> None:
         json.dump(outcome, sys.stdout)
         sys.stdout.write("\n")
         return
-    counts = ", ".join(f"{v} {k.lower()}" for k, v in outcome["trials"].items() if k != "total")
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in outcome["trials"].items() if k != "total") or "none"
     print(f"study {outcome['study']}: {outcome['trials'].get('total', 0)} trials ({counts}) "
           f"in {outcome['seconds']:.0f} s")
     if outcome.get("interrupted"):
@@ -231,6 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the outcome as one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("resume", help="continue an interrupted study, or extend a finished one (--more N)")
+    p.add_argument("study", help="the study folder, DIR/NAME")
+    p.add_argument("--more", type=int, default=0, help="add N trials to the study's budget")
+    p.add_argument("--address", help="join this Ray cluster (default: start Ray locally)")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose worker died")
+    p.add_argument("--json", action="store_true", help="print the outcome as one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("spaces", help="list the built-in search spaces")
     p.set_defaults(func=cmd_spaces)

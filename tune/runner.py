@@ -6,6 +6,7 @@ outcome printed at the end is read back from it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -16,7 +17,7 @@ from typing import Any, TextIO
 
 from tune.errors import KDTuneError
 from tune.progress import ProgressLine
-from tune.study import StudyMeta, StudyPaths, check_name
+from tune.study import StudyMeta, StudyPaths, check_name, driver_lock
 from tune.trainable import METRIC, STUDY_KEY, kd_trial
 
 
@@ -188,23 +189,43 @@ def read_outcome(paths: StudyPaths, meta: StudyMeta) -> SearchOutcome:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=meta.name, storage=journal_storage(paths))
     trials = study.get_trials(deepcopy=False)
-    counts = Counter(t.state.name for t in trials)
+    counts = trial_counts(trials)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = None
     if complete:
         bt = study.best_trial
-        best = {"number": bt.number, "params": bt.params, "inner_acc_mean": bt.value,
-                **{k: bt.user_attrs[k] for k in ("holdout_acc_mean", "holdout_acc_std", "inner_acc_std",
-                                                 "best_epoch_mean") if k in bt.user_attrs}}
-    return SearchOutcome(str(paths.root), {"total": len(trials), **dict(counts)}, best)
+        attrs = bt.user_attrs
+        best = {"number": bt.number, "params": bt.params, "inner_acc_mean": attrs.get("inner_acc", bt.value),
+                "inner_acc_std": attrs.get("inner_acc_std"), "holdout_acc_mean": attrs.get("holdout_acc"),
+                "holdout_acc_std": attrs.get("holdout_acc_std"), "best_epoch_mean": attrs.get("best_epoch")}
+    return SearchOutcome(str(paths.root), counts, best)
 
 
-def run_study(paths: StudyPaths, meta: StudyMeta, *, address: str | None, max_failures: int,
-              stream: TextIO | None = None, quiet: bool = False, new: bool = False) -> SearchOutcome:
-    """Start (or join) Ray, run the study's trials with TPE + ASHA, and read the outcome back.
+def is_interrupted(trial: Any) -> bool:
+    """A trial ``kdtune resume`` found RUNNING after a crash and ended as FAIL (its parameters re-run)."""
+    return bool(trial.user_attrs.get("interrupted"))
 
-    With ``new``, the study folder is created only once Ray is up and can hold a trial, so a search that
-    fails before it starts leaves nothing behind.
+
+def trial_counts(trials: list[Any]) -> dict[str, int]:
+    """Trials by state; ``total`` counts those that ended (COMPLETE, PRUNED, FAIL), which the budget counts.
+
+    Trials found RUNNING after a crash are counted apart as INTERRUPTED: they do not use the budget.
+    """
+    counts: Counter[str] = Counter()
+    for t in trials:
+        counts["INTERRUPTED" if is_interrupted(t) else t.state.name] += 1
+    total = counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"]
+    return {"total": total, **{k: v for k, v in sorted(counts.items()) if v}}
+
+
+def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: int, address: str | None,
+              max_failures: int, stream: TextIO | None = None, quiet: bool = False, new: bool = False
+              ) -> SearchOutcome:
+    """Start (or join) Ray and run ``budget`` more trials of the study with TPE + ASHA; read the outcome back.
+
+    With ``new``, the study folder is created only once Ray is up and can hold a trial (so a search that
+    fails before it starts leaves nothing behind), under the driver lock. Without it, the caller holds
+    the lock (``kdtune resume`` reconciles the study under it first).
     """
     from search_spaces import parse_space
     from tune import cluster
@@ -218,24 +239,26 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, address: str | None, max_fa
                 f"impossible resource request: each trial asks for {meta.cpus_per_trial:g} CPU and "
                 f"{meta.gpus_per_trial:g} GPU, but the cluster has {handle.cpus:g} CPU and {handle.gpus:g} GPU"
             )
-        if new:
-            meta.write(paths)
-        space = parse_space(meta.space_text, source=f"{paths.meta}:space")
-        tables = _study_tables(paths, meta, space)
-        if new:
+        with driver_lock(paths) if new else contextlib.nullcontext():
+            if new:
+                meta.write(paths)
+            space = parse_space(meta.space_text, source=f"{paths.meta}:space")
+            tables = _study_tables(paths, meta, space)
             tables.write_metadata()
-            _train_reference(paths, meta, space, tables, stream=stream, quiet=quiet)
-        tuner = _build_tuner(paths, meta, space, tables, max_failures=max_failures, stream=stream, quiet=quiet)
-        # Tune logs "Trials did not complete" with every trial id; the progress line already counts errors.
-        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-        try:
-            tuner.fit()
-        except KeyboardInterrupt:
-            interrupted = True
+            if not tables.has_rows("reference"):
+                _train_reference(paths, meta, space, tables, stream=stream, quiet=quiet)
+            tuner = _build_tuner(paths, meta, space, tables, budget=budget, sampler_seed=sampler_seed,
+                                 max_failures=max_failures, stream=stream, quiet=quiet)
+            # Tune logs "Trials did not complete" with every trial id; the progress line already counts errors.
+            logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+            try:
+                tuner.fit()
+            except KeyboardInterrupt:
+                interrupted = True
     finally:
         handle.stop()
     outcome = read_outcome(paths, meta)
-    outcome.interrupted = interrupted or outcome.trials.get("total", 0) < meta.num_samples
+    outcome.interrupted = interrupted or outcome.trials["total"] < meta.num_samples
     outcome.seconds = time.monotonic() - started
     return outcome
 
@@ -289,8 +312,8 @@ def _train_reference(paths: StudyPaths, meta: StudyMeta, space: Any, tables: Any
     tables.append("reference", rows)
 
 
-def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: Any, tables: Any, *, max_failures: int,
-                 stream: TextIO | None, quiet: bool) -> Any:
+def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: Any, tables: Any, *, budget: int, sampler_seed: int,
+                 max_failures: int, stream: TextIO | None, quiet: bool) -> Any:
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -302,7 +325,7 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: Any, tables: Any, *,
     mode = space.objective.mode
     searcher = PruneAwareOptunaSearch(
         space=space.sample, metric=space.objective.metric, mode=mode,
-        sampler=optuna.samplers.TPESampler(seed=meta.seed), study_name=meta.name,
+        sampler=optuna.samplers.TPESampler(seed=sampler_seed), study_name=meta.name,
         storage=journal_storage(paths),
     )
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=meta.max_t,
@@ -313,14 +336,14 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: Any, tables: Any, *,
         param_space={STUDY_KEY: str(paths.root)},
         tune_config=tune.TuneConfig(
             metric=space.objective.metric, mode=mode, search_alg=searcher, scheduler=scheduler,
-            num_samples=meta.num_samples, max_concurrent_trials=meta.max_concurrent or None,
+            num_samples=budget, max_concurrent_trials=meta.max_concurrent or None,
             reuse_actors=True, trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=meta.name, storage_path=str(paths.storage), verbose=0,
             callbacks=[ResultsRecorder(tables, searcher, meta.name, space.objective.metric,
                                        [k.path for k in space.knobs]),
-                       _make_progress_callback(meta.num_samples, stream, quiet)],
+                       _make_progress_callback(budget, stream, quiet)],
             failure_config=tune.FailureConfig(max_failures=max_failures),
         ),
     )
@@ -329,5 +352,5 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: Any, tables: Any, *,
 def search(settings: SearchSettings, *, stream: TextIO | None = None, quiet: bool = False) -> SearchOutcome:
     """``kdtune search``: create the study folder, then run it."""
     paths, meta = plan_study(settings)
-    return run_study(paths, meta, address=settings.address, max_failures=settings.max_failures,
-                     stream=stream, quiet=quiet, new=True)
+    return run_study(paths, meta, budget=meta.num_samples, sampler_seed=meta.seed, address=settings.address,
+                     max_failures=settings.max_failures, stream=stream, quiet=quiet, new=True)

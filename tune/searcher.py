@@ -21,22 +21,22 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 FINAL_KEY = "is_final"
-# Optuna user attribute <- result key: where the trial ran and, once COMPLETE, its selected figures.
-_USER_ATTRS = {
-    "holdout_acc_mean": "holdout_acc",
-    "holdout_acc_std": "holdout_acc_std",
-    "inner_acc_std": "inner_acc_std",
-    "best_epoch_mean": "best_epoch",
-    "teacher_cache_hit": "teacher_cache_hit",
-    "node": "node",
-    "device": "device",
-}
+# Result keys kept as Optuna user attributes: with them the Optuna study alone can rebuild a trial's
+# Parquet rows, which is what lets ``kdtune resume`` make the tables agree with it after a crash.
+RECORDED_KEYS = (
+    "epoch", "inner_acc", "inner_loss", "holdout_acc", "holdout_loss", "inner_acc_std", "holdout_acc_std",
+    "best_epoch", "epochs_run", "trial_seconds", "teacher_cache_hit", "node", "hostname", "device",
+    "seeds", "seed_inner_acc", "seed_holdout_acc", "per_seed", "trial_error", "training_iteration",
+)
 _log = logging.getLogger("kdtune")
 
 
 def trial_status(result: dict[str, Any] | None, error: bool, metric: str) -> str:
-    """How a trial ended: COMPLETE (its own last result says so), ERROR, or PRUNED (stopped from outside)."""
-    if error:
+    """How a trial ended: COMPLETE (its own last result says so), ERROR, or PRUNED (stopped from outside).
+
+    A trial that raised, or whose trainable reported ``trial_error`` (a loss that became NaN), is ERROR.
+    """
+    if error or (result and result.get("trial_error")):
         return "ERROR"
     if result and result.get(FINAL_KEY) and result.get(metric) is not None:
         return "COMPLETE"
@@ -83,10 +83,9 @@ class PruneAwareOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         try:
             if result:
-                ot_trial.set_user_attr("epochs_run", int(result.get("epoch", 0)))
-                for attr, key in _USER_ATTRS.items():
+                for key in RECORDED_KEYS:
                     if result.get(key) is not None:
-                        ot_trial.set_user_attr(attr, result[key])
+                        ot_trial.set_user_attr(key, result[key])
             self._ot_study.tell(ot_trial, value, state=state)
         except Exception as exc:  # e.g. a NaN value; bookkeeping must never end the experiment
             _log.warning("could not tell Optuna the end of trial %s: %s", trial_id, exc)

@@ -13,13 +13,15 @@ Paths inside ``study.json`` are absolute: Ray Tune changes a trial's working dir
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tune.errors import KDTuneError
 
@@ -121,3 +123,19 @@ def write_atomic(path: Path, payload: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def driver_lock(paths: StudyPaths) -> Iterator[None]:
+    """Hold the study's driver lock: one kdtune process drives a study at a time (released if it dies)."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with open(paths.root / ".driver.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise KDTuneError(f"study {paths.root} is being run by another kdtune process; wait for it to end "
+                              "(or stop it) before resuming") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -7,6 +7,9 @@ worker process runs many trials, so the dataset and its tensors are cached per p
 Reports: one per evaluation (``training_iteration`` counts them; ``epoch`` is the epoch it was taken at).
 Each result is held back until the next one exists, so that the trial's last result can carry
 ``is_final=True`` and the *selected* metrics (best weights restored); a trial ASHA stops never sends it.
+A loss that turns NaN or infinite ends the trial at once with ``trial_error`` in its last result (the
+searcher and the tables record it as ERROR) rather than raising: Tune would retry a raised error, and a
+deterministic divergence would only diverge again.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 
 from kdcore import data as kdata
 from kdcore.config import ExperimentConfig
+from kdcore.errors import TrainingError
 from kdcore.teacher_cache import TeacherCache
 from kdcore.train import EpochReport, Prepared, prepare, train_student
 from tune.searcher import FINAL_KEY
@@ -100,7 +104,15 @@ def kd_trial(config: dict[str, Any]) -> None:
             tune.report({**_metrics(pending.pop(), exp.seeds), **where, FINAL_KEY: False})
         pending.append(report)
 
-    result = train_student(prep, exp, teachers.models, on_epoch)
+    try:
+        result = train_student(prep, exp, teachers.models, on_epoch)
+    except TrainingError as exc:
+        # Deterministic divergence: end now as an error with its reason (a retry would diverge again).
+        last = _metrics(pending.pop(), exp.seeds) if pending else {"epoch": 0, "seeds": list(exp.seeds)}
+        last.setdefault(METRIC, float("nan"))
+        tune.report({**last, **where, FINAL_KEY: False, "trial_error": f"TrainingError: {exc}",
+                     "trial_seconds": time.perf_counter() - start})
+        return
     final = _metrics(pending.pop(), exp.seeds)
     summary = result.summary()
     final.update({f"last_{m}": final[m] for m in ("inner_acc", "inner_loss", "holdout_acc", "holdout_loss")})

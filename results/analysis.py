@@ -1,0 +1,535 @@
+"""The numbers behind ``kdtune analyse``, computed from a study's Parquet tables alone (no Ray, no journal).
+
+Works on a running, interrupted or finished study: every function accepts tables that are partial, hold only
+PRUNED trials, or hold no rows at all, and says so through ``None`` results and notes rather than raising.
+Accuracies stay fractions in 0..1 here; the report and the plots turn them into percentages.
+
+The comparison with the mixed baseline pairs seed s of a trial with seed s of the baseline (the same data
+split and initialisation seed) and tests the per-seed holdout differences with an exact sign-flip
+permutation test: with a handful of seeds it assumes nothing about their distribution, and its p-value can
+be checked by hand (5 seeds, all differences of one sign: p = 2 / 2**5 = 0.0625, the smallest possible).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from results.errors import ResultsError
+from results.reader import read_metadata, read_table, results_dir
+from results.schema import STATUSES, TABLES, param_column
+from results.writer import table_path
+
+STUDY_FILE = "study.json"  # the study's own record beside results/ (written by tune.study; read here as JSON)
+DEFAULT_OBJECTIVE = {"metric": "inner_acc", "mode": "max"}
+MIN_IMPORTANCE_TRIALS = 3
+MAX_EXACT_SEEDS = 16  # 2**16 sign assignments; beyond that the permutation test samples them
+
+_TRIAL_COLUMNS = ("trial_id", "number", "status", "inner_acc_mean", "inner_acc_std", "holdout_acc_mean",
+                  "holdout_acc_std", "inner_loss_mean", "holdout_loss_mean", "best_epoch", "epochs_run",
+                  "iterations")
+_EPOCH_COLUMNS = ("trial_id", "number", "iteration", "epoch", "inner_acc_mean", "holdout_acc_mean")
+_SEED_COLUMNS = ("trial_id", "seed", "inner_acc", "holdout_acc")
+_REFERENCE_COLUMNS = ("method", "seed", "inner_acc", "holdout_acc")
+
+
+@dataclass(frozen=True)
+class AshaSettings:
+    """The ASHA scheduler of a study: a trial is compared with its peers at ``grace_period * rf**k``."""
+
+    grace_period: int
+    reduction_factor: int
+    max_t: int
+
+    def rungs(self) -> list[int]:
+        """Milestones (evaluations reported) at which ASHA compares trials, as Ray Tune places them."""
+        out, milestone = [], self.grace_period
+        while milestone <= self.max_t:
+            out.append(milestone)
+            milestone *= self.reduction_factor
+        return out
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """A study's tables and metadata as read from ``DIR/NAME/results`` (tables may be empty)."""
+
+    root: Path
+    name: str
+    metadata: dict[str, Any]
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    seeds: pd.DataFrame
+    reference: pd.DataFrame
+    tables: dict[str, Path]
+    asha: AshaSettings | None = None
+    planned: int | None = None
+    space: Any = None  # search_spaces.SearchSpace, or None when the stored space text no longer parses
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def objective(self) -> dict[str, str]:
+        objective = self.metadata.get("objective") or {}
+        return {"metric": str(objective.get("metric", DEFAULT_OBJECTIVE["metric"])),
+                "mode": str(objective.get("mode", DEFAULT_OBJECTIVE["mode"]))}
+
+    @property
+    def objective_column(self) -> str:
+        return f"{self.objective['metric']}_mean"
+
+    @property
+    def maximize(self) -> bool:
+        return self.objective["mode"] != "min"
+
+    def param_columns(self) -> dict[str, str]:
+        """``{column: knob path}`` for every parameter column of the trials table, in knob order."""
+        present = [c for c in self.trials.columns if str(c).startswith("param_")]
+        known = {param_column(k.path): k.path for k in self.space.knobs} if self.space is not None else {}
+        ordered = [c for c in known if c in present] + [c for c in present if c not in known]
+        return {c: known.get(c, c.removeprefix("param_").replace("__", ".")) for c in ordered}
+
+
+def load_study(study_dir: str | Path) -> StudyData:
+    """Read every table of the study at ``study_dir``; ResultsError if it is not a study with tables."""
+    root = Path(study_dir).expanduser()
+    if not root.is_dir():
+        raise ResultsError(f"no study at {root} (not a folder); give the study folder DIR/NAME")
+    if root.name == "results" and not results_dir(root).is_dir() and (root / "trials.parquet").exists():
+        raise ResultsError(f"{root} is the tables folder of a study; give the study folder {root.parent}")
+    if not results_dir(root).is_dir():
+        raise ResultsError(f"{root} is not a kdtune study with results (no results/ folder in it); "
+                           "give the study folder DIR/NAME that `kdtune search` created")
+    metadata = read_metadata(root)
+    root = root.resolve()
+    paths = {t: table_path(results_dir(root), t) for t in TABLES}
+    tables = {t: p for t, p in paths.items() if p.is_file()}
+    if not tables:
+        raise ResultsError(f"{root} has no tables yet (no .parquet file in {results_dir(root)}); "
+                           "the study has recorded nothing so far")
+    frames = {t: read_table(root, t) for t in TABLES}
+    notes: list[str] = []
+    space = _parse_space(metadata.get("space"), notes)
+    asha, planned = _study_record(root)
+    study = StudyData(
+        root=root, name=str(metadata.get("study") or root.name), metadata=metadata,
+        trials=_with_columns(frames["trials"], _TRIAL_COLUMNS),
+        epochs=_with_columns(frames["epochs"], _EPOCH_COLUMNS),
+        seeds=_with_columns(frames["seeds"], _SEED_COLUMNS),
+        reference=_with_columns(frames["reference"], _REFERENCE_COLUMNS),
+        tables=tables, asha=asha, planned=planned, space=space, notes=notes,
+    )
+    if study.objective_column not in study.trials.columns:
+        study.trials[study.objective_column] = np.nan
+    return study
+
+
+def _with_columns(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """The frame with every column the analysis reads (all-null where a missing table had none)."""
+    frame = frame.copy()
+    for column in columns:
+        if column not in frame.columns:
+            frame[column] = pd.Series(np.nan, index=frame.index, dtype="float64")
+    return frame
+
+
+def _parse_space(text: Any, notes: list[str]) -> Any:
+    if not isinstance(text, str) or not text.strip():
+        notes.append("the metadata holds no search space: knob names are read from the column names")
+        return None
+    from search_spaces import SpaceError, parse_space
+
+    try:
+        return parse_space(text, source="metadata:space")
+    except SpaceError as exc:
+        notes.append(f"the stored search space no longer parses ({exc}); knob names are read from the "
+                     "column names and importance is not computed")
+        return None
+
+
+def _study_record(root: Path) -> tuple[AshaSettings | None, int | None]:
+    """ASHA settings and the planned number of trials, from ``DIR/NAME/study.json`` when it is readable."""
+    path = root / STUDY_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None, None
+    planned = record.get("num_samples")
+    planned = int(planned) if isinstance(planned, int) and planned > 0 else None
+    try:
+        asha = AshaSettings(int(record["grace_period"]), int(record["reduction_factor"]), int(record["max_t"]))
+    except (KeyError, TypeError, ValueError):
+        return None, planned
+    valid = asha.grace_period >= 1 and asha.reduction_factor >= 2 and asha.max_t >= asha.grace_period
+    return (asha if valid else None), planned
+
+
+# --------------------------------------------------------------------------------------------- statistics
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with ``df`` degrees of freedom (via the regularized incomplete beta)."""
+    if df <= 0:
+        raise ValueError(f"`df > 0` must hold, but got df={df}")
+    if math.isinf(t):
+        return 1.0 if t > 0 else 0.0
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on ``t_cdf``)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"`0 < p < 1` must hold, but got p={p}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b) by its continued fraction (Numerical Recipes, betacf)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    tiny, eps = 1e-300, 1e-15
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        m2 = 2 * m
+        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
+
+
+def sign_flip_p_value(diffs: Any, *, max_exact: int = MAX_EXACT_SEEDS, n_resamples: int = 65536,
+                      random_state: int = 0) -> float:
+    """Two-sided p-value of "the paired differences are symmetric about 0" (sign-flip permutation test).
+
+    Exact over all ``2**n`` sign assignments for ``n <= max_exact``; otherwise ``n_resamples`` random
+    assignments drawn with ``random_state``, counted with the observed one, so p is never 0.
+    """
+    d = np.asarray(diffs, dtype=float)
+    if d.ndim != 1 or d.size == 0 or not np.isfinite(d).all():
+        raise ValueError(f"diffs must be a non-empty 1-D array of finite numbers, but got {diffs!r}")
+    n = d.size
+    observed = abs(d.mean())
+    tolerance = 1e-12 * max(1.0, float(np.abs(d).max()))
+    if n <= max_exact:
+        # (2**n, n) matrix of +-1: row i flips the signs given by the bits of i
+        signs = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2 - 1
+        means = np.abs(signs @ d) / n
+        return float(np.mean(means >= observed - tolerance))
+    rng = np.random.default_rng(random_state)
+    signs = rng.choice(np.array([-1.0, 1.0]), size=(n_resamples, n))
+    hits = int(np.sum(np.abs(signs @ d) / n >= observed - tolerance))
+    return (hits + 1) / (n_resamples + 1)
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Trial minus baseline on per-seed holdout accuracy: mean difference, 95 % t interval, p-value."""
+
+    n: int
+    diff_mean: float
+    ci95: tuple[float, float] | None
+    p_value: float
+    test: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"diff_mean": self.diff_mean, "ci95": list(self.ci95) if self.ci95 else None,
+                "p_value": self.p_value, "test": self.test, "n_seeds": self.n}
+
+
+def paired_test(trial: Mapping[int, float], baseline: Mapping[int, float]) -> PairedTest | None:
+    """Compare ``{seed: accuracy}`` of a trial with the baseline's on the seeds both have (None if none)."""
+    seeds = sorted(s for s in trial if s in baseline
+                   and _finite(trial[s]) and _finite(baseline[s]))
+    if not seeds:
+        return None
+    d = np.array([float(trial[s]) - float(baseline[s]) for s in seeds])
+    n = d.size
+    mean = float(d.mean())
+    ci = None
+    if n >= 2:
+        half = t_quantile(0.975, n - 1) * float(d.std(ddof=1)) / math.sqrt(n)
+        ci = (mean - half, mean + half)
+    exact = n <= MAX_EXACT_SEEDS
+    how = f"exact over 2^{n} sign assignments" if exact else "65536 random sign assignments"
+    test = (f"paired sign-flip permutation test, two-sided, {how}, {n} seed{'s' if n != 1 else ''}; "
+            f"95% CI: Student t (df={n - 1})" if n >= 2 else
+            "paired sign-flip permutation test, two-sided, 1 seed (uninformative: p = 1); no CI")
+    return PairedTest(n=n, diff_mean=mean, ci95=ci, p_value=sign_flip_p_value(d), test=test)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+# -------------------------------------------------------------------------------------------- summaries
+
+def status_counts(trials: pd.DataFrame) -> dict[str, int]:
+    """Trials by status (every known status, zeros included, then any other) and ``total``."""
+    counts = trials["status"].value_counts(dropna=False) if len(trials) else pd.Series(dtype="int64")
+    out = {s: int(counts.get(s, 0)) for s in STATUSES}
+    for status, count in counts.items():
+        key = "UNKNOWN" if pd.isna(status) else str(status)
+        if key not in out:
+            out[key] = out.get(key, 0) + int(count)
+    out["total"] = int(len(trials))
+    return out
+
+
+def ranked_complete(study: StudyData) -> pd.DataFrame:
+    """COMPLETE trials with a finite objective, best first (ties: lower trial number first)."""
+    trials, column = study.trials, study.objective_column
+    objective = pd.to_numeric(trials[column], errors="coerce")
+    done = trials[(trials["status"] == "COMPLETE") & np.isfinite(objective.to_numpy(dtype=float))].copy()
+    done["_objective"] = objective[done.index].astype(float)
+    done["_number"] = pd.to_numeric(done["number"], errors="coerce").fillna(np.inf)
+    return done.sort_values(["_objective", "_number"], ascending=[not study.maximize, True], kind="mergesort")
+
+
+def trial_params(row: Mapping[str, Any], study: StudyData) -> dict[str, Any]:
+    """``{knob path: value}`` of the knobs active in a trials row (inactive knobs are null there)."""
+    knobs = {k.path: k for k in study.space.knobs} if study.space is not None else {}
+    out: dict[str, Any] = {}
+    for column, path in study.param_columns().items():
+        value = _python(row.get(column))
+        if value is None:
+            continue
+        out[path] = _as_knob_value(value, knobs.get(path))
+    return out
+
+
+def _python(value: Any) -> Any:
+    """A plain Python scalar, or None for null / NaN."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _as_knob_value(value: Any, knob: Any) -> Any:
+    """Undo what a nullable column did to a value: integer knobs read back as floats."""
+    kind = getattr(knob, "kind", None)
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind == "categorical":
+        for choice in knob.choices:
+            if isinstance(choice, bool) == isinstance(value, bool) and choice == value:
+                return choice
+    return value
+
+
+def _mean_std(values: pd.Series) -> tuple[float | None, float | None]:
+    v = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=float)
+    if v.size == 0:
+        return None, None
+    return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else None)
+
+
+def reference_summary(reference: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per reference method (baseline first, then teachers): seeds, inner and holdout mean and std."""
+    if reference.empty:
+        return []
+    out = []
+    methods = sorted(reference["method"].dropna().unique(), key=lambda m: (m != "baseline", str(m)))
+    for method in methods:
+        rows = reference[reference["method"] == method]
+        inner_mean, inner_std = _mean_std(rows["inner_acc"])
+        holdout_mean, holdout_std = _mean_std(rows["holdout_acc"])
+        out.append({"method": str(method), "n_seeds": int(rows["seed"].nunique()),
+                    "inner_acc_mean": inner_mean, "inner_acc_std": inner_std,
+                    "holdout_acc_mean": holdout_mean, "holdout_acc_std": holdout_std})
+    return out
+
+
+def baseline_summary(reference: pd.DataFrame) -> dict[str, Any] | None:
+    """The mixed baseline's holdout and inner accuracy over seeds, or None if it is not recorded."""
+    for entry in reference_summary(reference):
+        if entry["method"] == "baseline":
+            return {k: v for k, v in entry.items() if k != "method"}
+    return None
+
+
+def _seed_accuracies(rows: pd.DataFrame, column: str = "holdout_acc") -> dict[int, float]:
+    rows = rows[["seed", column]].dropna()
+    return {int(s): float(a) for s, a in zip(rows["seed"], rows[column])}
+
+
+def top_configurations(study: StudyData, top_k: int, ranked: pd.DataFrame | None = None) -> list[dict[str, Any]]:
+    """The ``top_k`` best COMPLETE trials with their spread and the paired comparison with the baseline."""
+    ranked = ranked_complete(study) if ranked is None else ranked
+    top = ranked.head(top_k)
+    baseline = study.reference[study.reference["method"] == "baseline"]
+    baseline_acc = _seed_accuracies(baseline)
+    seeds = study.seeds[study.seeds["trial_id"].isin(top["trial_id"])]
+    by_trial = {tid: rows for tid, rows in seeds.groupby("trial_id", sort=False)}
+    out = []
+    for rank, row in enumerate(top.to_dict("records"), start=1):
+        rows = by_trial.get(row["trial_id"], seeds.iloc[:0])
+        test = paired_test(_seed_accuracies(rows), baseline_acc) if baseline_acc else None
+        number = _python(row.get("number"))
+        entry = {
+            "rank": rank, "number": int(number) if number is not None else None,
+            "trial_id": _python(row.get("trial_id")), "params": trial_params(row, study),
+            "objective": float(row["_objective"]),
+            **{k: _python(row.get(k)) for k in ("inner_acc_mean", "inner_acc_std", "holdout_acc_mean",
+                                                "holdout_acc_std", "inner_loss_mean", "holdout_loss_mean",
+                                                "best_epoch", "epochs_run", "wall_seconds")},
+            "n_seeds": int(rows["seed"].nunique()),
+            "vs_baseline": test.to_dict() if test else None,
+        }
+        if entry["epochs_run"] is not None:
+            entry["epochs_run"] = int(entry["epochs_run"])
+        out.append(entry)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- importance
+
+@dataclass(frozen=True)
+class Importance:
+    """Parameter importance (``values`` sums to 1, largest first) or None with the reason in ``note``."""
+
+    values: dict[str, float] | None
+    evaluator: str
+    n_trials: int
+    note: str | None = None
+
+
+def param_importance(study: StudyData, ranked: pd.DataFrame | None = None, *,
+                     min_trials: int = MIN_IMPORTANCE_TRIALS) -> Importance:
+    """PED-ANOVA importance (Optuna's own, no scikit-learn) over the COMPLETE trials' objective values.
+
+    An in-memory Optuna study is rebuilt from the trials rows, with distributions from the stored search
+    space, so conditional knobs count only where they were active. The target quantile is Optuna's 10 %,
+    raised for small studies so that at least two trials define "good" (capped at 50 %).
+    """
+    ranked = ranked_complete(study) if ranked is None else ranked
+    n = len(ranked)
+    evaluator_name = "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator)"
+    if study.space is None:
+        return Importance(None, evaluator_name, n, "no readable search space in the metadata")
+    if n < min_trials:
+        return Importance(None, evaluator_name, n, f"{n} COMPLETE trial{'s' if n != 1 else ''} with an "
+                          f"objective value; importance needs at least {min_trials}")
+    import optuna
+
+    knobs = {k.path: k for k in study.space.knobs}
+    distributions = {path: _distribution(k, optuna) for path, k in knobs.items()}
+    columns = study.param_columns()
+    frozen, skipped = [], 0
+    for row in ranked.to_dict("records"):
+        params = {}
+        for column, path in columns.items():
+            value = _python(row.get(column))
+            if value is not None and path in distributions:
+                params[path] = _as_knob_value(value, knobs[path])
+        try:
+            frozen.append(optuna.trial.create_trial(
+                params=params, distributions={p: distributions[p] for p in params},
+                value=float(row["_objective"])))
+        except ValueError:
+            skipped += 1  # a value outside the stored space (the space was edited after the trial ran)
+    if len(frozen) < min_trials:
+        return Importance(None, evaluator_name, len(frozen),
+                          f"only {len(frozen)} COMPLETE trials fit the stored space; importance needs {min_trials}")
+    quantile = min(0.5, max(0.1, 2.0 / len(frozen)))
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=quantile)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        rebuilt = optuna.create_study(direction="maximize" if study.maximize else "minimize")
+        rebuilt.add_trials(frozen)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = optuna.importance.get_param_importances(rebuilt, evaluator=evaluator, normalize=False)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    total = sum(raw.values())
+    note = (f"importance of reaching the top {100 * quantile:.0f} % of {len(frozen)} COMPLETE trials by "
+            f"{study.objective_column}")
+    if skipped:
+        note += f"; {skipped} trial(s) left out: values outside the stored space"
+    if not total > 0:
+        return Importance({p: 0.0 for p in raw}, evaluator_name, len(frozen),
+                          note + "; no knob separates the best trials from the rest (all importances 0)")
+    values = {p: float(v) / total for p, v in sorted(raw.items(), key=lambda kv: -kv[1])}
+    return Importance(values, f"{evaluator_name}, target quantile {quantile:.2f}", len(frozen), note)
+
+
+def _distribution(knob: Any, optuna: Any) -> Any:
+    dist = optuna.distributions
+    if knob.kind == "float":
+        return dist.FloatDistribution(knob.low, knob.high, log=knob.log, step=knob.step)
+    if knob.kind == "int":
+        return dist.IntDistribution(knob.low, knob.high, log=knob.log, step=knob.step)
+    return dist.CategoricalDistribution(list(knob.choices))
+
+
+# ------------------------------------------------------------------------------------------------- ASHA
+
+def iterations_reached(study: StudyData) -> pd.DataFrame:
+    """Per recorded trial: its status and how many evaluations it reported (epochs table, else trials)."""
+    trials = study.trials[["trial_id", "status", "iterations"]].dropna(subset=["trial_id"])
+    if trials.empty:
+        return pd.DataFrame({"trial_id": [], "status": [], "iterations": []})
+    reached = study.epochs.dropna(subset=["trial_id"]).groupby("trial_id")["iteration"].max()
+    out = trials.drop_duplicates("trial_id", keep="last").set_index("trial_id")
+    from_epochs = reached.reindex(out.index)
+    out["iterations"] = from_epochs.fillna(pd.to_numeric(out["iterations"], errors="coerce")).fillna(0)
+    out["iterations"] = out["iterations"].astype("int64")
+    return out.reset_index()
+
+
+def rung_survivors(study: StudyData) -> list[dict[str, int]] | None:
+    """Per ASHA milestone: trials that reached it, and how many of those went on to COMPLETE.
+
+    None when the study's ASHA settings are unknown (no readable ``study.json``).
+    """
+    if study.asha is None:
+        return None
+    reached = iterations_reached(study)
+    iters = reached["iterations"].to_numpy()
+    complete = (reached["status"] == "COMPLETE").to_numpy(dtype=bool)
+    return [{"milestone": r, "reached": int((iters >= r).sum()), "complete": int(((iters >= r) & complete).sum())}
+            for r in [1, *[m for m in study.asha.rungs() if m > 1]]]

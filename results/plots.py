@@ -1,0 +1,171 @@
+"""The figures of a study's analysis, as PNG files (matplotlib, imported only when a figure is drawn).
+
+Each function draws one figure from plain data and writes it atomically. Figures are built on an explicit
+Agg canvas rather than through ``pyplot``, so drawing one neither needs a display nor changes the
+process-wide matplotlib backend of a caller (a notebook, say). Accuracies are drawn in percent.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+_COMPLETE, _PRUNED, _BEST, _BASE = "#1f77b4", "#ff7f0e", "#2ca02c", "#7f7f7f"
+
+
+def _figure(width: float = 7.0, height: float = 4.2) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _percent(values: Any) -> np.ndarray:
+    return 100.0 * np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
+
+
+def plot_history(trials: pd.DataFrame, column: str, *, maximize: bool, path: Path, label: str,
+                 baseline: float | None = None) -> Path:
+    """Objective per trial number: COMPLETE dots, PRUNED crosses (last evaluation), best-so-far line."""
+    scale = 100.0 if column.endswith("_acc_mean") else 1.0
+    frame = trials[["number", "status", column]].copy()
+    frame["x"] = pd.to_numeric(frame["number"], errors="coerce")
+    frame["x"] = frame["x"].fillna(pd.Series(np.arange(len(frame), dtype=float), index=frame.index))
+    frame["y"] = pd.to_numeric(frame[column], errors="coerce") * scale
+    frame = frame.sort_values("x", kind="mergesort")
+    fig = _figure()
+    ax = fig.add_subplot()
+    done = frame[(frame["status"] == "COMPLETE") & frame["y"].notna()]
+    pruned = frame[(frame["status"] == "PRUNED") & frame["y"].notna()]
+    failed = int((frame["status"] == "ERROR").sum())
+    ax.scatter(pruned["x"], pruned["y"], marker="x", color=_PRUNED, alpha=0.7, s=28,
+               label=f"PRUNED ({len(pruned)}), at its last evaluation")
+    ax.scatter(done["x"], done["y"], marker="o", color=_COMPLETE, s=30, zorder=3, label=f"COMPLETE ({len(done)})")
+    if len(done):
+        best = done["y"].cummax() if maximize else done["y"].cummin()
+        ax.step(done["x"], best, where="post", color=_BEST, lw=1.8, label="best so far (COMPLETE)")
+    if baseline is not None:
+        ax.axhline(baseline * scale, color=_BASE, ls="--", lw=1, label="mixed baseline")
+    if failed:
+        ax.plot([], [], " ", label=f"ERROR: {failed} (no value)")
+    unit = " (%)" if scale == 100.0 else ""
+    ax.set(xlabel="trial number", ylabel=f"{label}{unit}", title=f"Optimisation history ({label}, "
+           f"{'higher' if maximize else 'lower'} is better)")
+    ax.grid(alpha=0.3)
+    if len(frame):
+        ax.legend(fontsize=8, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no trials recorded yet", ha="center", va="center", transform=ax.transAxes)
+    return _save(fig, path)
+
+
+def plot_importance(values: dict[str, float], *, path: Path, title: str) -> Path:
+    """Horizontal bars, most important knob on top."""
+    names = list(values)[::-1]
+    fig = _figure(7.0, max(2.2, 0.4 * len(names) + 1.2))
+    ax = fig.add_subplot()
+    bars = ax.barh(names, [values[n] for n in names], color=_COMPLETE)
+    ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
+    ax.set(xlabel="importance (sums to 1)", title=title)
+    ax.set_xlim(0, max(1e-9, max(values.values(), default=0.0)) * 1.15)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_curves(epochs: pd.DataFrame, curves: Sequence[tuple[str, str]], *, path: Path,
+                baseline: float | None = None) -> Path:
+    """Seed-mean inner accuracy against epoch for each ``(trial_id, label)`` in ``curves``."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    wanted = epochs[epochs["trial_id"].isin([tid for tid, _ in curves])]
+    by_trial = {tid: rows for tid, rows in wanted.groupby("trial_id", sort=False)}
+    for tid, label in curves:
+        rows = by_trial.get(tid)
+        if rows is None or rows.empty:
+            continue
+        rows = rows.sort_values("iteration")
+        ax.plot(rows["epoch"], _percent(rows["inner_acc_mean"]), lw=1.5, label=label)
+    if baseline is not None:
+        ax.axhline(100 * baseline, color=_BASE, ls="--", lw=1, label="mixed baseline (selected epoch)")
+    ax.set(xlabel="epoch", ylabel="inner accuracy, seed mean (%)",
+           title=f"Learning curves of the top {len(curves)} trials")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def plot_accuracy_vs(complete: pd.DataFrame, column: str, *, path: Path, knob: str, log_x: bool = False,
+                     baseline_holdout: float | None = None) -> Path:
+    """COMPLETE trials' inner and holdout accuracy (seed means) against one knob."""
+    rows = complete[complete[column].notna()]
+    x = pd.to_numeric(rows[column], errors="coerce")
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.scatter(x, _percent(rows["inner_acc_mean"]), marker="o", color=_COMPLETE, s=28, label="inner")
+    ax.scatter(x, _percent(rows["holdout_acc_mean"]), marker="^", color=_PRUNED, s=28, label="holdout")
+    if baseline_holdout is not None:
+        ax.axhline(100 * baseline_holdout, color=_BASE, ls="--", lw=1, label="mixed baseline, holdout")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set(xlabel=knob + (" (log scale)" if log_x else ""), ylabel="accuracy, seed mean (%)",
+           title=f"Accuracy against {knob} ({len(rows)} COMPLETE trials)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def plot_rungs(survivors: Sequence[dict[str, int]], *, path: Path, subtitle: str) -> Path:
+    """Trials that reached each ASHA milestone, split by whether they went on to COMPLETE."""
+    labels = [f"{s['milestone']}" for s in survivors]
+    complete = np.array([s["complete"] for s in survivors])
+    other = np.array([s["reached"] for s in survivors]) - complete
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.bar(labels, complete, color=_COMPLETE, label="went on to COMPLETE")
+    bars = ax.bar(labels, other, bottom=complete, color=_PRUNED, label="stopped later (PRUNED / ERROR)")
+    ax.bar_label(bars, labels=[str(s["reached"]) for s in survivors], fontsize=9, padding=2)
+    ax.set(xlabel="evaluations reported (ASHA milestone; 1 = started)", ylabel="trials reaching it",
+           title=f"Trials surviving each ASHA rung ({subtitle})")
+    ax.set_ylim(0, max(1, max((s["reached"] for s in survivors), default=0)) * 1.15)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_iterations_histogram(reached: pd.DataFrame, *, path: Path) -> Path:
+    """How many evaluations each trial reported, by status (when the ASHA settings are unknown)."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    top = int(reached["iterations"].max()) if len(reached) else 1
+    bins = np.arange(0.5, top + 1.5, max(1, (top + 29) // 30))
+    groups = [(s, reached.loc[reached["status"] == s, "iterations"]) for s in ("COMPLETE", "PRUNED", "ERROR")]
+    groups = [(s, v) for s, v in groups if len(v)]
+    if groups:
+        ax.hist([v for _, v in groups], bins=bins, stacked=True, label=[s for s, _ in groups],
+                color=[{"COMPLETE": _COMPLETE, "PRUNED": _PRUNED, "ERROR": "#d62728"}[s] for s, _ in groups])
+        ax.legend(fontsize=8)
+    ax.set(xlabel="evaluations reported", ylabel="trials",
+           title="Evaluations reached per trial (ASHA settings unknown)")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,101 @@
+"""``kdtune resume``: continue an interrupted study, or extend a finished one, from its folder alone.
+
+One source of truth: the Optuna study (``optuna.journal``). Ray Tune's own experiment state is not
+restored: after a SIGKILL it lags Optuna by seconds, and ``Tuner.restore`` then fails with
+``UpdateFinishedTrialError`` and leaves stale RUNNING trials behind. Instead, under the study's driver lock:
+
+1. every Optuna trial still RUNNING (or its driver died) is ended FAIL with ``interrupted=True`` and its
+   parameters are enqueued, so the same configuration runs again; interrupted trials use no budget;
+2. the Parquet tables are made to agree with Optuna: rows of trials Optuna does not hold as ended are
+   dropped, and ended trials without rows (the driver died between telling Optuna and writing) get rows
+   rebuilt from what the searcher stored on the Optuna trial;
+3. a fresh Tune experiment in the same folder runs what is left of the budget, with TPE seeing every
+   earlier trial (the sampler is re-seeded from the number of trials so far, so it does not replay).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, TextIO
+
+from tune.errors import KDTuneError
+from tune.runner import (SearchOutcome, _study_tables, is_interrupted, journal_storage, read_outcome, run_study,
+                         trial_counts)
+from tune.study import StudyMeta, StudyPaths, driver_lock
+
+
+def _load_study(paths: StudyPaths, meta: StudyMeta) -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not paths.journal.is_file():
+        raise KDTuneError(f"{paths.root} has no {paths.journal.name}: it is not a resumable kdtune study")
+    try:
+        return optuna.load_study(study_name=meta.name, storage=journal_storage(paths))
+    except KeyError:
+        raise KDTuneError(f"{paths.journal} holds no Optuna study named {meta.name!r}") from None
+
+
+def end_stale_trials(study: Any) -> list[int]:
+    """End RUNNING trials as FAIL (interrupted) and enqueue their parameters to run again."""
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    for t in stale:
+        storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        if t.params:
+            study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number}, skip_if_exists=False)
+    return [t.number for t in stale]
+
+
+def reconcile_tables(paths: StudyPaths, meta: StudyMeta, study: Any) -> dict[str, int]:
+    """Make the Parquet tables hold exactly the trials the Optuna study holds as ended."""
+    from optuna.trial import TrialState
+
+    from search_spaces import parse_space
+    from tune.recorder import rows_from_optuna
+
+    space = parse_space(meta.space_text, source=f"{paths.meta}:space")
+    tables = _study_tables(paths, meta, space)
+    ended = {TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL}
+    truth = {t.user_attrs.get("ray_trial_id", f"optuna-{t.number}"): t
+             for t in study.get_trials(deepcopy=False) if t.state in ended and not is_interrupted(t)}
+    present = tables.trial_ids()
+    stray = present - set(truth)
+    tables.drop_trials(stray)
+    knobs = [k.path for k in space.knobs]
+    missing = [t for tid, t in truth.items() if tid not in present]
+    for t in missing:
+        tables.record_trial(*rows_from_optuna(meta.name, t, knobs))
+    return {"dropped": len(stray), "rebuilt": len(missing)}
+
+
+def resume(study_dir: str | Path, *, more: int = 0, address: str | None = None, max_failures: int = 2,
+           stream: TextIO | None = None, quiet: bool = False) -> SearchOutcome:
+    """Continue the study at ``study_dir`` up to its budget, plus ``more`` trials."""
+    if more < 0:
+        raise KDTuneError(f"--more must be >= 0, but got {more}")
+    root = Path(study_dir).expanduser()
+    if not root.exists():
+        raise KDTuneError(f"no study at {root}")
+    paths = StudyPaths(root.resolve())
+    meta = StudyMeta.read(paths)
+    with driver_lock(paths):
+        study = _load_study(paths, meta)
+        end_stale_trials(study)
+        if more:
+            meta = dataclasses.replace(meta, num_samples=meta.num_samples + more)
+            meta.write(paths)
+        reconcile_tables(paths, meta, study)
+        trials = study.get_trials(deepcopy=False)
+        left = meta.num_samples - trial_counts(trials)["total"]
+        if left <= 0:
+            outcome = read_outcome(paths, meta)
+            outcome.extra["note"] = (f"the study already holds its {meta.num_samples} trials; "
+                                     "add more with --more N")
+            return outcome
+        return run_study(paths, meta, budget=left, sampler_seed=meta.seed + len(trials), address=address,
+                         max_failures=max_failures, stream=stream, quiet=quiet)
