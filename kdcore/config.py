@@ -25,7 +25,7 @@ def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where} must be a mapping, but got {type(data).__name__}: {data!r}")
     valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(valid))
+    unknown = sorted((str(k) for k in data if k not in valid), key=str)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys are {valid}")
 

@@ -120,6 +120,10 @@ def validate_arrays(arrays: dict[str, Any], source: str) -> None:
             f"{source}: d_valid holds domain {int(arrays['d_valid'].max())}, "
             f"but d_train has domains 0..{n_domains - 1} only"
         )
+    valid_domains = set(np.unique(arrays["d_valid"]).tolist())
+    absent = [k for k in range(n_domains) if k not in valid_domains]
+    if absent:
+        raise DataError(f"{source}: domain(s) {absent} have no validation samples; every domain needs some")
     counts = np.bincount(arrays["d_train"], minlength=n_domains)
     if (counts == 0).any():
         empty = [int(k) for k in np.flatnonzero(counts == 0)]
@@ -136,6 +140,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.numeric", "_frombuffer"),
         ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # protocol 2 stores array bytes as latin-1 text; encode only turns it back
     }
 
     def find_class(self, module: str, name: str) -> Any:

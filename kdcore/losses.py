@@ -23,7 +23,7 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
     """``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``, mean over samples. Shapes (..., B, C) -> (...)."""
     log_p_s = F.log_softmax(student_logits / temperature, dim=-1)
     log_p_t = F.log_softmax(teacher_logits / temperature, dim=-1)
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1).clamp_min(0)  # >= 0; rounding can dip below
     return temperature**2 * kl.mean(dim=-1)
 
 

@@ -40,16 +40,17 @@ class FFNN(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         widths = [n_in, *hidden]
-        for a, b in zip(widths[:-1], widths[1:]):
-            linear = nn.Linear(a, b)
-            _init_linear_(linear, generator)
-            layers.append(linear)
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(b, eps=BN_EPS, momentum=BN_MOMENTUM))
-            layers.append(nn.ReLU())
-        head = nn.Linear(widths[-1], n_out)
-        _init_linear_(head, generator)
-        layers.append(head)
+        with torch.random.fork_rng(devices=[]):  # nn.Linear() first draws from the global generator
+            for a, b in zip(widths[:-1], widths[1:]):
+                linear = nn.Linear(a, b)
+                _init_linear_(linear, generator)
+                layers.append(linear)
+                if batch_norm:
+                    layers.append(nn.BatchNorm1d(b, eps=BN_EPS, momentum=BN_MOMENTUM))
+                layers.append(nn.ReLU())
+            head = nn.Linear(widths[-1], n_out)
+            _init_linear_(head, generator)
+            layers.append(head)
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

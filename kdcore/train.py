@@ -7,6 +7,8 @@ updates it would receive alone (tests hold a batched run against standalone runs
 Selection: each method evaluates every ``eval_every`` epochs on its *selection* set (the inner split under
 the honest protocol, the given validation set under the seed protocol), keeps each seed's best weights by
 selection loss, stops early when no seed improved for ``patience`` epochs, and restores the best weights.
+With early stopping the batched run stops when *every* seed has stalled, so a seed may train past the
+point where it would have stopped alone and find a later best; without it, batched equals standalone.
 The holdout (the given validation set) is only ever reported.
 """
 
@@ -23,7 +25,7 @@ import torch
 from kdcore import losses
 from kdcore.config import ExperimentConfig, FitConfig, KDConfig
 from kdcore.data import MultiDomainData, inner_split
-from kdcore.errors import TrainingError
+from kdcore.errors import DataError, TrainingError
 from kdcore.models import BatchedFFNN
 from kdcore.schedules import annealing_phi, lr_at
 
@@ -65,11 +67,20 @@ def prepare(data: MultiDomainData, config: ExperimentConfig, device: str | torch
         return Subset(torch.tensor(x, device=dev), torch.tensor(y, device=dev), torch.tensor(d, device=dev))
 
     holdout = subset(data.x_valid, data.y_valid, data.d_valid)
+    if config.protocol == "honest":
+        split = inner_split(data, config.inner_fraction, config.split_seed)
+        for role, idx in (("inner-validation", split.select), ("training", split.fit)):
+            missing = sorted(set(range(data.n_domains)) - set(data.d_train[idx].tolist()))
+            if missing:
+                raise DataError(
+                    f"{data.source}: the honest protocol's {role} split has no samples of domain(s) {missing} "
+                    f"(inner_fraction={config.inner_fraction}); use more data, another inner_fraction, "
+                    "or --protocol seed"
+                )
     if config.protocol == "seed":
         fit = subset(data.x_train, data.y_train, data.d_train)
         select = holdout
     else:
-        split = inner_split(data, config.inner_fraction, config.split_seed)
         fit = subset(data.x_train[split.fit], data.y_train[split.fit], data.d_train[split.fit])
         select = subset(data.x_train[split.select], data.y_train[split.select], data.d_train[split.select])
     return Prepared(fit, select, holdout, data.n_features, data.n_classes, data.n_domains, dev)
@@ -193,6 +204,7 @@ def _run_fit(
 
     best_loss = np.full(n_seeds, np.inf)
     best_epoch = np.zeros(n_seeds, dtype=np.int64)
+    last_improved = np.full(n_seeds, epoch_offset, dtype=np.int64)  # patience counts from here
     best_metrics = {k: np.full(n_seeds, np.nan) for k in ("inner_acc", "inner_loss", "holdout_acc", "holdout_loss")}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     history: list[EpochReport] = []
@@ -205,16 +217,20 @@ def _run_fit(
         else:
             perm = torch.stack([torch.randperm(n, generator=g) for g in shufflers]).to(device)  # (S, N)
             batches = perm.split(batch_size, dim=1)
-        for idx in batches:
-            lr = lr_at(fit, step, steps_per_epoch, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x = train.x if full_batch else train.x[idx]  # (N, F) shared or (S, B, F) per seed
-            loss = batch_loss(model(x), idx, epoch - 1).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
+        try:
+            for idx in batches:
+                lr = lr_at(fit, step, steps_per_epoch, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                x = train.x if full_batch else train.x[idx]  # (N, F) shared or (S, B, F) per seed
+                loss = batch_loss(model(x), idx, epoch - 1).sum()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+        except RuntimeError as exc:  # e.g. an update too large for float32: the run diverged
+            raise TrainingError(f"{method}: training failed at epoch {epoch_offset + epoch}: "
+                                f"{str(exc).splitlines()[0]}") from None
 
         if epoch % eval_every and epoch != epochs:
             continue
@@ -231,6 +247,7 @@ def _run_fit(
         report = EpochReport(method, epoch_offset + epoch, inner_acc, inner_ce, holdout_acc, holdout_ce)
         history.append(report)
         improved = sel_loss < best_loss
+        last_improved = np.where(improved, epoch_offset + epoch, last_improved)
         if improved.any() or not restore_best:
             keep = improved if restore_best else np.ones(n_seeds, dtype=bool)
             best_loss = np.where(improved, sel_loss, best_loss)
@@ -244,7 +261,7 @@ def _run_fit(
                 best_state[key] = torch.where(mask.view(shape), value.detach(), best_state[key])
         if on_epoch is not None:
             on_epoch(report)
-        if patience is not None and (epoch_offset + epoch - best_epoch >= patience).all():
+        if patience is not None and (epoch_offset + epoch - last_improved >= patience).all():
             break
 
     model.load_state_dict(best_state)

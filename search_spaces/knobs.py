@@ -55,7 +55,7 @@ def _number(value: Any, name: str, *, integer: bool = False) -> Any:
     if isinstance(value, str) and _parses_as_float(value):
         # PyYAML follows YAML 1.1, where 1e-4 (no dot) is a string
         raise SpaceError(
-            f"{name} must be {kind}, but got the string {value!r}; unquote it, and write 1e-4 as 1.0e-4"
+            f"{name} must be {kind}, but got the string {value!r}; unquote it"
         )
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         raise SpaceError(f"{name} must be {kind}, but got {value!r}")

@@ -8,14 +8,16 @@ from pathlib import Path
 
 import yaml
 
+from kdcore.yaml_loader import safe_load
+
 from search_spaces.errors import SpaceError
 from search_spaces.space import SearchSpace
 
 
 def parse_space(text: str, source: str = "<string>") -> SearchSpace:
-    """Parse YAML ``text`` (with ``yaml.safe_load`` only) into a validated space; errors name ``source``."""
+    """Parse YAML ``text`` (safe loading only; ``1e-4`` is a float) into a validated space; errors name ``source``."""
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

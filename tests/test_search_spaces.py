@@ -316,7 +316,7 @@ def test_space_error_is_a_kdcore_error_and_a_value_error() -> None:
             "kd.alpha: {type: float, low: abc, high: 1.0}",
             "knob 'kd.alpha': low must be a finite number, but got 'abc'",
         ),
-        ("student.lr: {type: float, low: 1e-4, high: 1.0e-2}", "unquote it, and write 1e-4 as 1.0e-4"),
+        ("student.lr: {type: float, low: '1.0e-4', high: 1.0e-2}", "unquote it"),
         (
             "kd.tau_max: {type: int, low: 1.5, high: 4}",
             "knob 'kd.tau_max': low must be an integer, but got 1.5",
@@ -475,3 +475,11 @@ def test_a_knob_may_also_be_fixed_for_when_it_is_inactive(tmp_path: Path) -> Non
     space = load_space(path)
     assert space.experiment({"kd.method": "annealing"}).kd.alpha == 0.25
     assert space.experiment({"kd.method": "hinton", "kd.alpha": 0.75}).kd.alpha == 0.75
+
+
+def test_exponent_without_a_dot_is_a_float(tmp_path: Path) -> None:
+    """YAML 1.1 reads 1e-4 as a string; spaces are read as YAML 1.2 does, so it is the float 0.0001."""
+    path = tmp_path / "space.yaml"
+    path.write_text("name: e\nknobs:\n  student.lr: {type: float, low: 1e-4, high: 1e-2, log: true}\n")
+    knob = load_space(str(path)).knobs[0]
+    assert (knob.low, knob.high) == (1e-4, 1e-2)

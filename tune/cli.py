@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from kdcore.yaml_loader import safe_load
 from tune.errors import KDTuneError
 
 EXIT_USAGE = 2
@@ -41,7 +42,7 @@ def _parse_set(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE (e.g. kd.alpha=0.3), but got {text!r}")
     try:
-        return key.strip(), yaml.safe_load(value)
+        return key.strip(), safe_load(value)
     except yaml.YAMLError:
         raise argparse.ArgumentTypeError(f"--set {key}: value {value!r} is not valid YAML") from None
 
@@ -51,7 +52,9 @@ def _read_yaml(path: str) -> dict[str, Any]:
     if not p.is_file():
         raise KDTuneError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = safe_load(p.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KDTuneError(f"{p}: cannot be read as a text file ({exc})") from None
     except yaml.YAMLError as exc:
         raise KDTuneError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if data is None:
@@ -100,6 +103,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kdcore.train import EpochReport, run_experiment
     from tune.progress import ProgressLine
 
+    if args.threads < 1:
+        raise KDTuneError(f"--threads must be >= 1, but got {args.threads}")
     config = _train_config(args)
     dataset = kdata.load(args.data)
     device = _resolve_device(args.device)
