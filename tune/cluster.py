@@ -4,7 +4,8 @@ The environment must be in place before ``import ray``: some of it is read at im
 - ``RAY_AUTH_TOKEN`` in the environment keeps Ray's token authentication on without Ray writing
   ``~/.ray/auth_token``; processes that join a cluster need the same token in their environment.
 - The temp dir (sockets, logs, object spilling) is a fresh short folder under the system temp dir
-  (Unix socket paths must stay under 108 characters), removed when kdtune stops the Ray it started.
+  (Unix socket paths must stay under 108 characters), removed when kdtune stops the Ray it started;
+  what a SIGKILLed driver left behind is reaped by the next local start (``reap_stale_sessions``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tune.errors import KDTuneError
@@ -36,6 +39,52 @@ def prepare_environment() -> None:
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+
+
+TEMP_PREFIX = "kdt-ray-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale_sessions() -> int:
+    """Stop what a killed kdtune left of its local Ray, and remove its temp dir; returns processes stopped.
+
+    A driver killed with SIGKILL cannot stop the Ray it started; its agents (``ray::DashboardAgent``,
+    ``ray::RuntimeEnvAgent``) outlive it, re-parented to init. They are found by their open files inside
+    that driver's ``kdt-ray-*`` temp dir (whose session folder is named after the driver's PID), so only
+    leftovers of dead kdtune drivers are touched.
+    """
+    root = Path(tempfile.gettempdir())
+    stopped = 0
+    for temp in root.glob(f"{TEMP_PREFIX}*"):
+        sessions = [p for p in temp.glob("session_*") if p.is_dir() and not p.is_symlink()]
+        pids = [int(p.name.rsplit("_", 1)[-1]) for p in sessions if p.name.rsplit("_", 1)[-1].isdigit()]
+        if not pids or any(_pid_alive(pid) for pid in pids):
+            continue
+        prefix = str(temp) + os.sep
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                links = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+            except OSError:
+                continue
+            if any(link.startswith(prefix) for link in links):
+                try:
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    stopped += 1
+                except OSError:
+                    pass
+        shutil.rmtree(temp, ignore_errors=True)
+    return stopped
 
 
 @dataclass
@@ -65,7 +114,8 @@ def start(address: str | None, *, num_cpus: int | None = None, num_gpus: int | N
                                   logging_level=logging.ERROR, configure_logging=True)
     temp_dir = None
     if address is None:
-        temp_dir = tempfile.mkdtemp(prefix="kdt-ray-")
+        reap_stale_sessions()
+        temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
         try:
             ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _temp_dir=temp_dir, _node_ip_address="127.0.0.1",
                      **kwargs)
