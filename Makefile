@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# A real search on built-in data (a few minutes on 2 cores), then its analysis; each run is a new study.
 demo: $(STAMP)
-	$(BIN)/kdtune train --data builtin:d0.5 --batch-size 128 --epochs 200 --patience 30 --lr 0.005
+	@name=demo-$$(date +%Y%m%d-%H%M%S); \
+	$(BIN)/kdtune search --data builtin:d0.5 --space default --name $$name --storage studies --num-samples 16 \
+	&& $(BIN)/kdtune analyse studies/$$name
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

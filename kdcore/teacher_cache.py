@@ -13,14 +13,13 @@ import fcntl
 import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from kdcore.atomic_file import write_atomic
 from kdcore.config import ExperimentConfig
 from kdcore.errors import KDCoreError
 from kdcore.models import BatchedFFNN
@@ -89,16 +88,7 @@ class TeacherCache:
         }
         buffer = io.BytesIO()
         torch.save(payload, buffer)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(buffer.getvalue())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path(key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path(key), buffer.getvalue())
 
     def _load(self, key: str, prep: Prepared, config: ExperimentConfig, *, hit: bool) -> CachedTeachers:
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import pandas as pd
 from results.errors import ResultsError
 from results.reader import read_metadata, read_table, results_dir
 from results.schema import STATUSES, TABLES, param_column
-from results.writer import table_path
+from results.writer import META_FILE, table_path
 
 STUDY_FILE = "study.json"  # the study's own record beside results/ (written by tune.study; read here as JSON)
 DEFAULT_OBJECTIVE = {"metric": "inner_acc", "mode": "max"}
@@ -97,12 +98,12 @@ class StudyData:
         return {c: known.get(c, c.removeprefix("param_").replace("__", ".")) for c in ordered}
 
 
-def load_study(study_dir: str | Path) -> StudyData:
+def load_study(study_dir: str | os.PathLike[str]) -> StudyData:
     """Read every table of the study at ``study_dir``; ResultsError if it is not a study with tables."""
     root = Path(study_dir).expanduser()
     if not root.is_dir():
         raise ResultsError(f"no study at {root} (not a folder); give the study folder DIR/NAME")
-    if root.name == "results" and not results_dir(root).is_dir() and (root / "trials.parquet").exists():
+    if root.name == "results" and not results_dir(root).is_dir() and (root / META_FILE).is_file():
         raise ResultsError(f"{root} is the tables folder of a study; give the study folder {root.parent}")
     if not results_dir(root).is_dir():
         raise ResultsError(f"{root} is not a kdtune study with results (no results/ folder in it); "
@@ -164,7 +165,8 @@ def _study_record(root: Path) -> tuple[AshaSettings | None, int | None]:
     planned = record.get("num_samples")
     planned = int(planned) if isinstance(planned, int) and planned > 0 else None
     try:
-        asha = AshaSettings(int(record["grace_period"]), int(record["reduction_factor"]), int(record["max_t"]))
+        asha = AshaSettings(int(record["grace_period"]), int(record["reduction_factor"]),
+                            int(record["max_t"]))
     except (KeyError, TypeError, ValueError):
         return None, planned
     valid = asha.grace_period >= 1 and asha.reduction_factor >= 2 and asha.max_t >= asha.grace_period
@@ -220,7 +222,9 @@ def _betacf(a: float, b: float, x: float) -> float:
     h = d
     for m in range(1, 500):
         m2 = 2 * m
-        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+        even = m * (b - m) * x / ((qam + m2) * (a + m2))
+        odd = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        for aa in (even, odd):
             d = 1.0 + aa * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + aa / c
@@ -308,7 +312,7 @@ def status_counts(trials: pd.DataFrame) -> dict[str, int]:
         key = "UNKNOWN" if pd.isna(status) else str(status)
         if key not in out:
             out[key] = out.get(key, 0) + int(count)
-    out["total"] = int(len(trials))
+    out["total"] = len(trials)
     return out
 
 
@@ -395,7 +399,8 @@ def _seed_accuracies(rows: pd.DataFrame, column: str = "holdout_acc") -> dict[in
     return {int(s): float(a) for s, a in zip(rows["seed"], rows[column])}
 
 
-def top_configurations(study: StudyData, top_k: int, ranked: pd.DataFrame | None = None) -> list[dict[str, Any]]:
+def top_configurations(study: StudyData, top_k: int,
+                       ranked: pd.DataFrame | None = None) -> list[dict[str, Any]]:
     """The ``top_k`` best COMPLETE trials with their spread and the paired comparison with the baseline."""
     ranked = ranked_complete(study) if ranked is None else ranked
     top = ranked.head(top_k)
@@ -472,7 +477,8 @@ def param_importance(study: StudyData, ranked: pd.DataFrame | None = None, *,
             skipped += 1  # a value outside the stored space (the space was edited after the trial ran)
     if len(frozen) < min_trials:
         return Importance(None, evaluator_name, len(frozen),
-                          f"only {len(frozen)} COMPLETE trials fit the stored space; importance needs {min_trials}")
+                          f"only {len(frozen)} COMPLETE trials fit the stored space; importance needs "
+                          f"{min_trials}")
     quantile = min(0.5, max(0.1, 2.0 / len(frozen)))
     evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=quantile)
     verbosity = optuna.logging.get_verbosity()
@@ -531,5 +537,6 @@ def rung_survivors(study: StudyData) -> list[dict[str, int]] | None:
     reached = iterations_reached(study)
     iters = reached["iterations"].to_numpy()
     complete = (reached["status"] == "COMPLETE").to_numpy(dtype=bool)
-    return [{"milestone": r, "reached": int((iters >= r).sum()), "complete": int(((iters >= r) & complete).sum())}
-            for r in [1, *[m for m in study.asha.rungs() if m > 1]]]
+    milestones = [1, *[m for m in study.asha.rungs() if m > 1]]
+    return [{"milestone": r, "reached": int((iters >= r).sum()),
+             "complete": int(((iters >= r) & complete).sum())} for r in milestones]

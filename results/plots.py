@@ -41,6 +41,14 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _legend(fig: Any, ax: Any) -> None:
+    """The legend below the axes, where it never hides a point."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8,
+                   frameon=False)
+
+
 def _percent(values: Any) -> np.ndarray:
     return 100.0 * np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
 
@@ -61,10 +69,12 @@ def plot_history(trials: pd.DataFrame, column: str, *, maximize: bool, path: Pat
     failed = int((frame["status"] == "ERROR").sum())
     ax.scatter(pruned["x"], pruned["y"], marker="x", color=_PRUNED, alpha=0.7, s=28,
                label=f"PRUNED ({len(pruned)}), at its last evaluation")
-    ax.scatter(done["x"], done["y"], marker="o", color=_COMPLETE, s=30, zorder=3, label=f"COMPLETE ({len(done)})")
+    ax.scatter(done["x"], done["y"], marker="o", color=_COMPLETE, s=30, zorder=3,
+               label=f"COMPLETE ({len(done)})")
     if len(done):
-        best = done["y"].cummax() if maximize else done["y"].cummin()
-        ax.step(done["x"], best, where="post", color=_BEST, lw=1.8, label="best so far (COMPLETE)")
+        best = (done["y"].cummax() if maximize else done["y"].cummin()).to_list()
+        xs = [*done["x"], max(frame["x"].max(), done["x"].max()) + 0.5]  # carried on to the last trial
+        ax.step(xs, [*best, best[-1]], where="post", color=_BEST, lw=1.8, label="best so far (COMPLETE)")
     if baseline is not None:
         ax.axhline(baseline * scale, color=_BASE, ls="--", lw=1, label="mixed baseline")
     if failed:
@@ -74,7 +84,7 @@ def plot_history(trials: pd.DataFrame, column: str, *, maximize: bool, path: Pat
            f"{'higher' if maximize else 'lower'} is better)")
     ax.grid(alpha=0.3)
     if len(frame):
-        ax.legend(fontsize=8, loc="best")
+        _legend(fig, ax)
     else:
         ax.text(0.5, 0.5, "no trials recorded yet", ha="center", va="center", transform=ax.transAxes)
     return _save(fig, path)
@@ -100,18 +110,23 @@ def plot_curves(epochs: pd.DataFrame, curves: Sequence[tuple[str, str]], *, path
     ax = fig.add_subplot()
     wanted = epochs[epochs["trial_id"].isin([tid for tid, _ in curves])]
     by_trial = {tid: rows for tid, rows in wanted.groupby("trial_id", sort=False)}
+    by_evaluation = 0
     for tid, label in curves:
         rows = by_trial.get(tid)
         if rows is None or rows.empty:
             continue
         rows = rows.sort_values("iteration")
-        ax.plot(rows["epoch"], _percent(rows["inner_acc_mean"]), lw=1.5, label=label)
+        x = pd.to_numeric(rows["epoch"], errors="coerce")
+        if x.isna().any():  # rows rebuilt from the Optuna journal (kdtune resume) know no epochs
+            x, label, by_evaluation = rows["iteration"], f"{label}, by evaluation", by_evaluation + 1
+        ax.plot(x, _percent(rows["inner_acc_mean"]), lw=1.5, label=label)
     if baseline is not None:
         ax.axhline(100 * baseline, color=_BASE, ls="--", lw=1, label="mixed baseline (selected epoch)")
-    ax.set(xlabel="epoch", ylabel="inner accuracy, seed mean (%)",
+    xlabel = "epoch" + (" (evaluation number where the epoch was not recorded)" if by_evaluation else "")
+    ax.set(xlabel=xlabel, ylabel="inner accuracy, seed mean (%)",
            title=f"Learning curves of the top {len(curves)} trials")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    _legend(fig, ax)
     return _save(fig, path)
 
 
@@ -131,25 +146,30 @@ def plot_accuracy_vs(complete: pd.DataFrame, column: str, *, path: Path, knob: s
     ax.set(xlabel=knob + (" (log scale)" if log_x else ""), ylabel="accuracy, seed mean (%)",
            title=f"Accuracy against {knob} ({len(rows)} COMPLETE trials)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="best")
+    _legend(fig, ax)
     return _save(fig, path)
 
 
-def plot_rungs(survivors: Sequence[dict[str, int]], *, path: Path, subtitle: str) -> Path:
-    """Trials that reached each ASHA milestone, split by whether they went on to COMPLETE."""
-    labels = [f"{s['milestone']}" for s in survivors]
-    complete = np.array([s["complete"] for s in survivors])
-    other = np.array([s["reached"] for s in survivors]) - complete
+def plot_rungs(survivors: Sequence[dict[str, int]], *, complete: int, path: Path, subtitle: str) -> Path:
+    """Trials that reached each ASHA milestone, split by whether they went on to COMPLETE, then COMPLETE.
+
+    A trial that ends on its own (early stopping, or fewer epochs than a milestone) before a rung counts
+    as not reaching it but still shows in the last bar.
+    """
+    labels = [f"rung {i}\n\u2265 {s['milestone']} evals" if s["milestone"] > 1 else "started"
+              for i, s in enumerate(survivors)] + ["COMPLETE"]
+    done = np.array([s["complete"] for s in survivors] + [complete])
+    reached = np.array([s["reached"] for s in survivors] + [complete])
     fig = _figure()
     ax = fig.add_subplot()
-    ax.bar(labels, complete, color=_COMPLETE, label="went on to COMPLETE")
-    bars = ax.bar(labels, other, bottom=complete, color=_PRUNED, label="stopped later (PRUNED / ERROR)")
-    ax.bar_label(bars, labels=[str(s["reached"]) for s in survivors], fontsize=9, padding=2)
-    ax.set(xlabel="evaluations reported (ASHA milestone; 1 = started)", ylabel="trials reaching it",
-           title=f"Trials surviving each ASHA rung ({subtitle})")
-    ax.set_ylim(0, max(1, max((s["reached"] for s in survivors), default=0)) * 1.15)
+    ax.bar(labels, done, color=_COMPLETE, label="went on to COMPLETE")
+    bars = ax.bar(labels, reached - done, bottom=done, color=_PRUNED, label="stopped later (PRUNED / ERROR)")
+    ax.bar_label(bars, labels=[str(int(n)) for n in reached], fontsize=9, padding=2)
+    ax.set(xlabel="ASHA milestone (evaluations reported)", ylabel="trials reaching it",
+           title=f"Trials surviving each ASHA rung\n({subtitle})")
+    ax.set_ylim(0, max(1, int(reached.max(initial=0))) * 1.18)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
     return _save(fig, path)
 
 

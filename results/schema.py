@@ -23,7 +23,13 @@ seeds (one row per trial and seed)
     best_epoch int64 (null for PRUNED)
 reference (one row per reference method and seed: the mixed baseline and each teacher, trained once)
     study, method str (baseline | teacher_K), seed int64, inner_acc, holdout_acc, inner_loss,
-    holdout_loss float64, best_epoch int64
+    holdout_loss float64, best_epoch int64; teacher_K is measured on domain K's samples only
+
+Nulls: ``number`` is null for a trial the searcher did not propose; rows that ``kdtune resume`` rebuilt
+from the Optuna study (the driver died between telling Optuna and writing) have ``epoch`` and the
+holdout/loss columns of ``epochs`` null. pandas reads a nullable int64 column holding nulls as float64.
+Under annealing KD, epochs count phase 1 and phase 2 together (``epochs_run = anneal_epochs + phase 2``).
+A categorical knob whose choices mix types is a string column holding each value's text.
 """
 
 from __future__ import annotations

@@ -10,8 +10,6 @@ appears in ``trials`` always has its ``epochs`` and ``seeds`` rows.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from kdcore.atomic_file import replacing, write_atomic
 from results.errors import ResultsError
 from results.schema import METADATA_KEY, fixed_schema, trials_schema
 
@@ -44,12 +43,16 @@ class StudyTables:
 
     def write_metadata(self) -> None:
         """The study's metadata as a small JSON beside the tables (also inside every Parquet file)."""
-        _write_atomic(self.root / META_FILE,
+        write_atomic(self.root / META_FILE,
                       json.dumps(self.metadata, indent=2, sort_keys=True, default=str).encode())
 
     def append(self, table: str, rows: list[dict[str, Any]], *, replace_trial: str | None = None) -> None:
         """Add ``rows`` to ``table``; with ``replace_trial``, first drop that trial's earlier rows."""
         schema = self.schemas[table]
+        text = {f.name for f in schema if pa.types.is_string(f.type)}
+        # A categorical knob of mixed choices (e.g. [64, "auto"]) is a string column: store its text.
+        rows = [{k: (str(v) if k in text and v is not None and not isinstance(v, str) else v)
+                 for k, v in row.items()} for row in rows]
         try:
             new = pa.Table.from_pylist(rows, schema=schema)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -91,28 +94,5 @@ class StudyTables:
 
     def _write(self, path: Path, table: pa.Table) -> None:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **self._kv})
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{path.stem}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with replacing(path) as tmp:
             pq.write_table(table, tmp)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,4 +1,4 @@
-"""The ``kdtune`` command line: ``train``, ``spaces``, ``search``, ``analyse``.
+"""The ``kdtune`` command line: ``train``, ``search``, ``resume``, ``analyse``, ``spaces``.
 
 Only ``main()`` configures the process. Each subcommand imports what it needs when it runs, so that
 ``kdtune train`` never pays for importing Ray. Every error a user can cause ends as one line on stderr and
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -146,6 +147,31 @@ def _resolve_device(name: str) -> str:
     return name
 
 
+def cmd_analyse(args: argparse.Namespace) -> int:
+    from results.report import analyse
+
+    summary = analyse(args.study, top_k=args.top_k, out_dir=args.out)
+    if args.json:
+        json.dump(summary, sys.stdout, allow_nan=False)
+        sys.stdout.write("\n")
+        return 0
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in summary["trials"].items() if k != "total") or "no trials"
+    print(f"study {summary['study']}: {summary['trials'].get('total', 0)} trials ({counts})")
+    best, base = summary.get("best"), summary.get("baseline")
+    if best:
+        print(f"best: trial {best['number']}, holdout {100 * best['holdout_acc_mean']:.2f} ± "
+              f"{100 * (best['holdout_acc_std'] or 0):.2f} %, inner {100 * best['inner_acc_mean']:.2f} %")
+    if base:
+        print(f"mixed baseline: holdout {100 * base['holdout_acc_mean']:.2f} ± {100 * (base['holdout_acc_std'] or 0):.2f} %")
+    vs = (best or {}).get("vs_baseline")
+    if vs:
+        lo, hi = vs["ci95"] if vs.get("ci95") else (None, None)
+        ci = f", 95 % CI [{100 * lo:+.2f}, {100 * hi:+.2f}]" if lo is not None else ""
+        print(f"best - baseline: {100 * vs['diff_mean']:+.2f} points{ci}, p = {vs['p_value']:.3g} ({vs['test']})")
+    print(f"report: {summary['report']}")
+    return 0
+
+
 def cmd_spaces(args: argparse.Namespace) -> int:
     from search_spaces import builtin_spaces, load_space
 
@@ -257,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_resume)
 
+    p = sub.add_parser("analyse", help="report a study from its Parquet tables: top K, baseline, importance, plots")
+    p.add_argument("study", help="the study folder, DIR/NAME (running, interrupted or finished)")
+    p.add_argument("--top-k", type=int, default=5, help="how many configurations to rank (default 5)")
+    p.add_argument("--out", help="where to write report.md and the plots (default DIR/NAME/analysis)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    p.set_defaults(func=cmd_analyse)
+
     p = sub.add_parser("spaces", help="list the built-in search spaces")
     p.set_defaults(func=cmd_spaces)
     return parser
@@ -264,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from kdcore.errors import KDCoreError
+    from results.errors import ResultsError
 
     args = build_parser().parse_args(argv)
     if args.command in ("search", "resume"):
@@ -272,12 +306,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster.prepare_environment()
     try:
         return int(args.func(args))
-    except (KDCoreError, KDTuneError) as exc:
+    except (KDCoreError, KDTuneError, ResultsError) as exc:
         print(f"kdtune {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"kdtune {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

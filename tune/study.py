@@ -18,11 +18,11 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from kdcore.atomic_file import write_atomic
 from tune.errors import KDTuneError
 
 STUDY_FILE = "study.json"
@@ -108,21 +108,6 @@ class StudyMeta:
 
     def write(self, paths: StudyPaths) -> None:
         write_atomic(paths.meta, self.to_json().encode())
-
-
-def write_atomic(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to a temporary file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextlib.contextmanager

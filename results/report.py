@@ -1,0 +1,410 @@
+"""``kdtune analyse``: a study's analysis as ``report.md`` with its plots, and as a JSON-ready dict.
+
+``analyse(study_dir)`` reads only the Parquet tables (and the small ``study.json`` records), so it runs
+without Ray on a laptop, while the study runs, after it was interrupted, or once it has finished.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from results.analysis import (
+    Importance,
+    StudyData,
+    baseline_summary,
+    iterations_reached,
+    load_study,
+    param_importance,
+    ranked_complete,
+    reference_summary,
+    rung_survivors,
+    status_counts,
+    top_configurations,
+)
+from results.errors import ResultsError
+from results.schema import param_column
+
+REPORT_FILE = "report.md"
+_SIGNATURE = "by `kdtune analyse` from its Parquet tables alone"
+ANALYSIS_DIR = "analysis"
+PLOT_FILES = {
+    "history": "history.png",
+    "importance": "importance.png",
+    "curves": "curves.png",
+    "alpha": "acc_vs_alpha.png",
+    "temperature": "acc_vs_temperature.png",
+    "rungs": "asha_rungs.png",
+}
+_PLOT_TITLES = {
+    "history": "Optimisation history",
+    "importance": "Parameter importance",
+    "curves": "Learning curves of the top trials",
+    "alpha": "Accuracy against kd.alpha",
+    "temperature": "Accuracy against kd.temperature",
+    "rungs": "Trials surviving each ASHA rung",
+}
+
+
+def analyse(study_dir: str | os.PathLike[str], *, top_k: int = 5,
+            out_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Analyse the study at ``study_dir``: write ``report.md`` and PNG plots, return the summary dict.
+
+    Output goes to ``study_dir/analysis/`` unless ``out_dir`` is given. The dict is JSON-serialisable
+    (accuracies as fractions, None where a value is missing); ``ResultsError`` if ``study_dir`` is not a
+    study with tables.
+    """
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ResultsError(f"top_k must be an integer >= 1, but got {top_k!r}")
+    study = load_study(study_dir)
+    out = Path(out_dir).expanduser().resolve() if out_dir is not None else study.root / ANALYSIS_DIR
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResultsError(f"cannot write the analysis to {out} ({exc.strerror or exc})") from None
+
+    ranked = ranked_complete(study)
+    top = top_configurations(study, top_k, ranked)
+    baseline = baseline_summary(study.reference)
+    importance = param_importance(study, ranked)
+    counts = status_counts(study.trials)
+    notes = _notes(study, counts, baseline, importance)
+    plots = _draw(study, ranked, top, baseline, importance, out)
+
+    summary: dict[str, Any] = {
+        "study": str(study.root),
+        "name": study.name,
+        "objective": {**study.objective, "column": study.objective_column},
+        "trials": counts,
+        "planned_trials": study.planned,
+        "best": _best(top[0]) if top else None,
+        "baseline": baseline,
+        "reference": reference_summary(study.reference),
+        "top": top,
+        "importance": importance.values,
+        "importance_method": {"evaluator": importance.evaluator, "n_trials": importance.n_trials,
+                              "note": importance.note},
+        "protocol_note": study.metadata.get("protocol_note"),
+        "notes": notes,
+        "tables": {name: str(path) for name, path in study.tables.items()},
+        "report": str(out / REPORT_FILE),
+        "plots": [str(p) for p in plots.values()],
+    }
+    summary = _jsonable(summary)
+    _write_text(out / REPORT_FILE, render_report(study, summary, plots))
+    return summary
+
+
+def _best(entry: dict[str, Any]) -> dict[str, Any]:
+    keys = ("params", "holdout_acc_mean", "holdout_acc_std", "inner_acc_mean", "inner_acc_std", "objective",
+            "number", "trial_id", "n_seeds", "vs_baseline")
+    return {k: entry.get(k) for k in keys}
+
+
+def _notes(study: StudyData, counts: dict[str, int], baseline: dict[str, Any] | None,
+           importance: Importance) -> list[str]:
+    notes = list(study.notes)
+    total = counts["total"]
+    if total == 0:
+        notes.append("no trials recorded yet: no trial of the study has ended (or its trials table is empty)")
+    elif counts["COMPLETE"] == 0:
+        notes.append(f"no COMPLETE trial yet: all {total} recorded trials were "
+                     f"{_counts_in_words(counts)}; nothing to rank")
+    if study.planned is not None and total < study.planned:
+        notes.append(f"{total} of {study.planned} planned trials recorded: the study is running, was "
+                     "interrupted, or its remaining trials have not ended yet")
+    if baseline is None:
+        notes.append("no mixed-baseline rows in the reference table: no comparison with the baseline")
+    if importance.values is None and importance.note:
+        notes.append(f"parameter importance not computed: {importance.note}")
+    return notes
+
+
+def _counts_in_words(counts: dict[str, int]) -> str:
+    parts = [f"{n} {status}" for status, n in counts.items() if status != "total" and n]
+    return ", ".join(parts) if parts else "none"
+
+
+# ----------------------------------------------------------------------------------------------- plots
+
+def _draw(study: StudyData, ranked: pd.DataFrame, top: list[dict[str, Any]], baseline: dict[str, Any] | None,
+          importance: Importance, out: Path) -> dict[str, Path]:
+    """Every plot the data supports; stale plots of an earlier analysis in ``out`` are removed."""
+    from results import plots as P
+
+    drawn: dict[str, Path] = {}
+    path = {key: out / name for key, name in PLOT_FILES.items()}
+    column = study.objective_column
+    base_inner = baseline.get("inner_acc_mean") if baseline else None
+    base_holdout = baseline.get("holdout_acc_mean") if baseline else None
+    if len(study.trials):
+        drawn["history"] = P.plot_history(
+            study.trials, column, maximize=study.maximize, path=path["history"],
+            label=column.removesuffix("_mean").replace("_", " "),
+            baseline=base_inner if column == "inner_acc_mean" else None)
+    if importance.values and any(v > 0 for v in importance.values.values()):
+        drawn["importance"] = P.plot_importance(
+            importance.values, path=path["importance"],
+            title=f"Parameter importance (PED-ANOVA, {importance.n_trials} COMPLETE trials)")
+    curves = [(t["trial_id"], f"#{t['number']} (rank {t['rank']})") for t in top if t["trial_id"] is not None]
+    if curves and study.epochs["trial_id"].isin([c[0] for c in curves]).any():
+        drawn["curves"] = P.plot_curves(study.epochs, curves, path=path["curves"], baseline=base_inner)
+    for key, knob, log_x in (("alpha", "kd.alpha", False), ("temperature", "kd.temperature", True)):
+        col = param_column(knob)
+        if col in ranked.columns and ranked[col].notna().any():
+            drawn[key] = P.plot_accuracy_vs(ranked, col, path=path[key], knob=knob, log_x=log_x,
+                                            baseline_holdout=base_holdout)
+    if len(study.trials):
+        survivors = rung_survivors(study)
+        if survivors is not None and study.asha is not None:
+            a = study.asha
+            complete = int((study.trials["status"] == "COMPLETE").sum())
+            drawn["rungs"] = P.plot_rungs(survivors, complete=complete, path=path["rungs"], subtitle=(
+                f"grace {a.grace_period}, reduction factor {a.reduction_factor}, max_t {a.max_t}"))
+        else:
+            drawn["rungs"] = P.plot_iterations_histogram(iterations_reached(study), path=path["rungs"])
+    if _earlier_analysis(out):
+        for key, stale in path.items():
+            if key not in drawn:
+                stale.unlink(missing_ok=True)
+    return drawn
+
+
+def _earlier_analysis(out: Path) -> bool:
+    """Whether ``out`` holds a report written by ``analyse`` (so its plot files are ours to replace)."""
+    try:
+        with open(out / REPORT_FILE, encoding="utf-8") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return head.startswith("# Study `") and _SIGNATURE in head
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+def render_report(study: StudyData, summary: dict[str, Any], plots: dict[str, Path]) -> str:
+    """The Markdown report of an analysis (``summary`` as ``analyse`` returns it)."""
+    lines = [f"# Study `{study.name}`: analysis", ""]
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines += [f"Study folder `{study.root}`, analysed {now} {_SIGNATURE}.", ""]
+    lines += ["## Headline", "", *_headline(summary), ""]
+    if summary["protocol_note"]:
+        lines += [f"**Protocol:** {summary['protocol_note']}.", ""]
+    if summary["notes"]:
+        lines += ["**Notes:**", "", *[f"- {n}" for n in summary["notes"]], ""]
+    lines += ["## Trials", "", "| status | trials |", "|---|---:|"]
+    lines += [f"| {s} | {n} |" for s, n in summary["trials"].items() if s != "total"]
+    lines += [f"| **total** | **{summary['trials']['total']}** |", ""]
+    if summary["planned_trials"] is not None and summary["trials"]["total"] >= summary["planned_trials"]:
+        lines += [f"{summary['trials']['total']} of {summary['planned_trials']} planned trials recorded.", ""]
+    lines += _top_section(summary)
+    lines += _reference_section(summary)
+    lines += _importance_section(summary)
+    if plots:
+        lines += ["## Plots", ""]
+        for key, path in plots.items():
+            lines += [f"### {_PLOT_TITLES[key]}", "", f"![{_PLOT_TITLES[key]}]({path.name})", ""]
+    lines += _provenance_section(study, summary)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _headline(summary: dict[str, Any]) -> list[str]:
+    best, base = summary["best"], summary["baseline"]
+    if best is None:
+        counts = summary["trials"]
+        if counts["total"] == 0:
+            return ["No trials recorded yet: there is no best configuration to report."]
+        return [(f"No COMPLETE trial yet ({counts['total']} recorded: {_counts_in_words(counts)}): "
+                 "there is no best configuration to report.")]
+    objective = summary["objective"]
+    value = _objective_text(best["objective"], objective)
+    out = [(f"Best configuration: trial #{best['number']} (`{best['trial_id']}`), selected by "
+            f"{objective['column']} ({objective['mode']}) = {value}."), ""]
+    out += [f"- parameters: {_params_text(best['params'])}"]
+    holdout = (f"- holdout accuracy {_pm(best['holdout_acc_mean'], best['holdout_acc_std'])} "
+               f"(mean ± sd over {best['n_seeds']} seeds)")
+    if base is not None:
+        holdout += f", mixed baseline {_pm(base['holdout_acc_mean'], base['holdout_acc_std'])}"
+    out.append(holdout)
+    test = best["vs_baseline"]
+    if test is not None:
+        out.append(f"- difference from the baseline: {_comparison(test)}")
+        n = test["n_seeds"]
+        if n >= 1:
+            out.append(f"- test: {test['test']}; with {n} paired seeds the smallest possible p is "
+                       f"{2 / 2 ** n:.4g}" if n <= 16 else f"- test: {test['test']}")
+    elif base is not None:
+        out.append("- no seed of this trial pairs with a baseline seed: no paired test")
+    return out
+
+
+def _top_section(summary: dict[str, Any]) -> list[str]:
+    top = summary["top"]
+    objective = summary["objective"]
+    lines = ["## Top configurations", ""]
+    if not top:
+        return lines + ["No COMPLETE trial to rank yet.", ""]
+    lines += [(f"COMPLETE trials ranked by {objective['column']} ({objective['mode']}); accuracies are seed "
+               "means ± sample sd; Δ is trial minus mixed baseline on per-seed holdout accuracy, paired by "
+               "seed, in percentage points, with its 95 % t interval and the sign-flip permutation p."), ""]
+    show_objective = objective["column"] != "inner_acc_mean"
+    head = ["rank", "trial", *(["objective"] if show_objective else []), "inner acc", "holdout acc",
+            "Δ holdout vs baseline [95 % CI]", "p", "seeds", "epochs"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for t in top:
+        test = t["vs_baseline"]
+        cells = [str(t["rank"]), f"#{t['number']} `{t['trial_id']}`",
+                 *([_objective_text(t["objective"], objective)] if show_objective else []),
+                 _pm(t["inner_acc_mean"], t["inner_acc_std"]),
+                 _pm(t["holdout_acc_mean"], t["holdout_acc_std"]),
+                 _diff_ci(test) if test else "–", f"{test['p_value']:.3g}" if test else "–",
+                 str(t["n_seeds"]), "–" if t["epochs_run"] is None else str(t["epochs_run"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Parameters (blank: knob inactive for that trial):", ""]
+    knobs: list[str] = []
+    for t in top:
+        knobs += [k for k in t["params"] if k not in knobs]
+    lines += ["| knob | " + " | ".join(f"#{t['number']}" for t in top) + " |", "|---|" + "---|" * len(top)]
+    for knob in knobs:
+        cells = [_value_text(t["params"][knob]) if knob in t["params"] else "" for t in top]
+        lines.append(f"| `{knob}` | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _reference_section(summary: dict[str, Any]) -> list[str]:
+    ref = summary["reference"]
+    lines = ["## Reference: mixed baseline and teachers", ""]
+    if not ref:
+        return lines + ["No reference rows recorded (a study trains them when it starts).", ""]
+    lines += [("Trained once per study on the study's seeds. A teacher is evaluated on its own domain only, "
+               "so its accuracy is not comparable with the students' (all domains)."), "",
+              "| method | seeds | inner acc | holdout acc |", "|---|---:|---|---|"]
+    for r in ref:
+        lines.append(f"| {r['method']} | {r['n_seeds']} | {_pm(r['inner_acc_mean'], r['inner_acc_std'])} | "
+                     f"{_pm(r['holdout_acc_mean'], r['holdout_acc_std'])} |")
+    return lines + [""]
+
+
+def _importance_section(summary: dict[str, Any]) -> list[str]:
+    lines = ["## Parameter importance", ""]
+    values, method = summary["importance"], summary["importance_method"]
+    if values is None:
+        return lines + [f"Not computed: {method['note']}.", ""]
+    lines += [(f"{method['evaluator']}: {method['note']}. Only COMPLETE trials count (a PRUNED trial's "
+               "value is from an earlier epoch). With few trials, read it as a hint, not a finding."), "",
+              "| knob | importance |", "|---|---:|"]
+    lines += [f"| `{k}` | {v:.3f} |" for k, v in values.items()]
+    return lines + [""]
+
+
+def _provenance_section(study: StudyData, summary: dict[str, Any]) -> list[str]:
+    meta = study.metadata
+    lines = ["## Data and versions", "", "| | |", "|---|---|"]
+    rows = [("data", meta.get("data")), ("data source", meta.get("data_source")),
+            ("data fingerprint", f"`{meta.get('fingerprint')}`" if meta.get("fingerprint") else None),
+            ("search space", meta.get("space_name")), ("protocol", meta.get("protocol")),
+            ("seeds", meta.get("seeds")), ("inner fraction", meta.get("inner_fraction")),
+            ("split seed", meta.get("split_seed"))]
+    if study.asha is not None:
+        a = study.asha
+        rows.append(("ASHA", (f"grace period {a.grace_period}, reduction factor {a.reduction_factor}, "
+                              f"max_t {a.max_t}; rungs at {a.rungs()} evaluations")))
+    versions = meta.get("versions") or {}
+    rows += [(f"{name} (study)", version) for name, version in sorted(versions.items())]
+    rows += [(f"{name} (analysis)", version) for name, version in _analysis_versions().items()]
+    lines += [f"| {k} | {_escape(str(v))} |" for k, v in rows if v is not None]
+    lines += ["", "Tables:", ""] + [f"- {name}: `{path}`" for name, path in summary["tables"].items()]
+    return lines + [""]
+
+
+def _analysis_versions() -> dict[str, str]:
+    import numpy
+    import pyarrow
+
+    return {"pandas": pd.__version__, "pyarrow": pyarrow.__version__, "numpy": numpy.__version__}
+
+
+# ------------------------------------------------------------------------------------------ formatting
+
+def _pct(value: Any) -> str:
+    return "–" if value is None else f"{100 * value:.2f} %"
+
+
+def _pm(mean: Any, std: Any) -> str:
+    if mean is None:
+        return "–"
+    return f"{100 * mean:.2f} %" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f} %"
+
+
+def _diff_ci(test: dict[str, Any]) -> str:
+    text = f"{100 * test['diff_mean']:+.2f} pp"
+    if test["ci95"] is not None:
+        lo, hi = test["ci95"]
+        text += f" [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+    return text
+
+
+def _comparison(test: dict[str, Any]) -> str:
+    text = f"{100 * test['diff_mean']:+.2f} percentage points"
+    if test["ci95"] is not None:
+        lo, hi = test["ci95"]
+        text += f" (95 % CI {100 * lo:+.2f} to {100 * hi:+.2f})"
+    return text + f", p = {test['p_value']:.4g}"
+
+
+def _objective_text(value: Any, objective: dict[str, Any]) -> str:
+    if value is None:
+        return "–"
+    return _pct(value) if objective["column"].endswith("_acc_mean") else f"{value:.4g}"
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return _escape(str(value))
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"`{k}` = {_value_text(v)}" for k, v in params.items()) or "(none)"
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types: numpy scalars unwrapped, NaN and infinities as None, tuples as lists."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is pd.NA or value is pd.NaT:
+        return None
+    return value
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,376 @@
+"""``results.report.analyse``: the numbers, report and plots of a study, from its Parquet tables alone.
+
+Studies are built here from synthetic rows written with ``results.writer.StudyTables`` (real search-space
+text in the metadata); one slow test runs a real ``kdtune search`` and analyses it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+
+from results.analysis import paired_test, sign_flip_p_value, t_cdf, t_quantile
+from results.errors import ResultsError
+from results.report import PLOT_FILES, analyse
+from results.schema import TABLES, param_column, param_type
+from results.writer import StudyTables
+from search_spaces import parse_space
+
+ROOT = Path(__file__).resolve().parents[1]
+SEEDS = [0, 10, 1234, 99, 2021]
+BASELINE = {0: 0.90, 10: 0.91, 1234: 0.92, 99: 0.93, 2021: 0.94}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------------------ a synthetic study
+
+def _space_text(name: str) -> str:
+    return (files("search_spaces") / f"{name}.yaml").read_text(encoding="utf-8")
+
+
+class FakeStudy:
+    """Writes a study folder the way ``kdtune search`` does, with rows chosen by the test."""
+
+    def __init__(self, root: Path, space: str = "smoke", *, asha: bool = True,
+                 planned: int | None = None) -> None:
+        self.root = root
+        self.name = root.name
+        text = _space_text(space)
+        self.space = parse_space(text)
+        params = [(k.path, param_type(k.kind, getattr(k, "choices", ()))) for k in self.space.knobs]
+        metadata = {"study": self.name, "data": "builtin:d0.5", "data_source": "builtin:d0.5",
+                    "fingerprint": "f" * 64, "space_name": self.space.name, "space": text,
+                    "protocol": "honest",
+                    "protocol_note": "honest protocol: selection on an inner split; holdout never chooses",
+                    "seeds": SEEDS, "inner_fraction": 0.2, "split_seed": 0,
+                    "objective": {"metric": "inner_acc", "mode": "max"}, "versions": {"kdtune": "test"}}
+        self.tables = StudyTables(root / "results", params, metadata)
+        self.tables.write_metadata()
+        if asha:
+            record = {"name": self.name, "grace_period": 2, "reduction_factor": 3, "max_t": 20,
+                      "num_samples": planned or 0}
+            (root / "study.json").write_text(json.dumps(record))
+
+    def reference(self, baseline: dict[int, float] = BASELINE) -> None:
+        rows = [{"study": self.name, "method": m, "seed": s, "inner_acc": a + 0.01, "holdout_acc": a,
+                 "inner_loss": 0.3, "holdout_loss": 0.3, "best_epoch": 10}
+                for m, accs in (("baseline", baseline), ("teacher_0", {s: 0.99 for s in baseline}))
+                for s, a in accs.items()]
+        self.tables.append("reference", rows)
+
+    def trial(self, number: int, status: str, params: dict[str, Any], holdout: dict[int, float],
+              inner: float | None = None, iterations: int = 10, epochs_known: bool = True) -> None:
+        tid = f"t{number:04d}"
+        ids = {"study": self.name, "trial_id": tid, "number": number}
+        h = np.array(list(holdout.values()))
+        inner = float(h.mean()) + 0.01 if inner is None else inner
+        row = {**ids, "status": status, "error": "boom" if status == "ERROR" else None,
+               **{param_column(k.path): params.get(k.path) for k in self.space.knobs},
+               "inner_acc_mean": inner, "inner_acc_std": 0.01, "holdout_acc_mean": float(h.mean()),
+               "holdout_acc_std": float(h.std(ddof=1)) if h.size > 1 else None, "inner_loss_mean": 0.3,
+               "holdout_loss_mean": 0.3, "best_epoch": float(iterations), "epochs_run": iterations,
+               "iterations": iterations, "wall_seconds": 1.0, "teacher_cache_hit": True, "node": "n" * 12,
+               "hostname": "host", "device": "cpu"}
+        epochs = [{**ids, "iteration": i, "epoch": i if epochs_known else None, "inner_acc_mean": inner * (0.6 + 0.4 * i / iterations),
+                   "inner_loss_mean": 0.5, "holdout_acc_mean": float(h.mean()), "holdout_loss_mean": 0.5}
+                  for i in range(1, iterations + 1)]
+        complete = status == "COMPLETE"
+        seeds = [{**ids, "seed": s, "inner_acc": inner, "holdout_acc": a,
+                  "inner_loss": 0.3 if complete else None, "holdout_loss": 0.3 if complete else None,
+                  "best_epoch": iterations if complete else None} for s, a in holdout.items()]
+        self.tables.record_trial(row, epochs, seeds)
+
+
+def _shifted(diffs: list[float], base: dict[int, float] = BASELINE) -> dict[int, float]:
+    return {s: base[s] + d for s, d in zip(base, diffs)}
+
+
+def _rich_study(root: Path) -> FakeStudy:
+    """Smoke space, 8 COMPLETE trials with known objective order, 4 PRUNED, 1 ERROR."""
+    study = FakeStudy(root, planned=15)
+    study.reference()
+    rng = np.random.default_rng(0)
+    for n in range(13):
+        status = "PRUNED" if n % 3 == 1 else "COMPLETE"
+        status = "ERROR" if n == 12 else status
+        alpha = float(rng.uniform(0, 1))
+        params = {"kd.alpha": alpha, "kd.temperature": float(np.exp(rng.uniform(0, np.log(20)))),
+                  "student.optimizer": "adam" if n % 2 else "adamw"}
+        # objective grows with alpha, so the ranking is known: highest alpha first among COMPLETE
+        diffs = [0.01 * alpha] * 5 if status == "COMPLETE" else [-0.05] * 5
+        study.trial(n, status, params, _shifted(diffs), inner=0.5 + 0.4 * alpha,
+                    iterations=10 if status == "COMPLETE" else 2)
+    return study
+
+
+@pytest.fixture(scope="module")
+def rich(tmp_path_factory: pytest.TempPathFactory) -> tuple[FakeStudy, dict[str, Any]]:
+    study = _rich_study(tmp_path_factory.mktemp("studies") / "rich")
+    return study, analyse(study.root, top_k=3)
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+def test_t_distribution_matches_published_quantiles() -> None:
+    for df, q in ((1, 12.706204736), (4, 2.776445105), (10, 2.228138852), (30, 2.042272456)):
+        assert t_quantile(0.975, df) == pytest.approx(q, rel=1e-8)
+    assert t_cdf(0.0, 5) == pytest.approx(0.5)
+    assert t_cdf(2.0, 1) == pytest.approx(0.5 + math.atan(2.0) / math.pi, rel=1e-10)  # Cauchy
+    assert t_quantile(0.025, 4) == pytest.approx(-2.776445105, rel=1e-8)
+
+
+def test_sign_flip_p_values_are_the_hand_counted_ones() -> None:
+    # all five differences positive: only "all +" and "all -" are as extreme -> 2 / 32
+    assert sign_flip_p_value([0.01, 0.02, 0.03, 0.04, 0.05]) == pytest.approx(2 / 32)
+    # four +1 and one -1 (|sum| = 3): as extreme when 0, 1, 4 or 5 signs flip -> (1+5+5+1) / 32
+    assert sign_flip_p_value([0.01, 0.01, 0.01, 0.01, -0.01]) == pytest.approx(12 / 32)
+    assert sign_flip_p_value([0.0, 0.0, 0.0]) == 1.0
+    assert sign_flip_p_value([0.3]) == 1.0
+    sampled = sign_flip_p_value([0.01] * 20)  # beyond the exact limit: sampled, never 0
+    assert 0 < sampled < 1e-4
+    with pytest.raises(ValueError):
+        sign_flip_p_value([])
+
+
+def test_paired_test_pairs_by_seed_and_reports_t_interval() -> None:
+    diffs = [0.01, 0.02, 0.03, 0.04, 0.05]
+    trial = _shifted(diffs)
+    test = paired_test(trial, BASELINE)
+    assert test is not None
+    assert test.n == 5 and test.p_value == pytest.approx(0.0625)
+    assert test.diff_mean == pytest.approx(0.03)
+    half = 2.776445105 * float(np.std(diffs, ddof=1)) / math.sqrt(5)
+    assert test.ci95 == pytest.approx((0.03 - half, 0.03 + half))
+    assert "sign-flip" in test.test and "2^5" in test.test
+    # the order of the seeds does not matter, only the pairing; unpaired seeds are left out
+    shuffled = dict(reversed(list(trial.items())))
+    shuffled[7] = 0.0
+    again = paired_test(shuffled, BASELINE)
+    assert again is not None and again.n == 5 and again.diff_mean == pytest.approx(0.03)
+    assert paired_test({1: 0.5}, BASELINE) is None
+    single = paired_test({0: 0.95}, BASELINE)
+    assert single is not None and single.ci95 is None and single.p_value == 1.0
+
+
+# -------------------------------------------------------------------------------------------------- analyse
+
+def test_top_k_is_ranked_by_the_objective(rich: tuple[FakeStudy, dict[str, Any]]) -> None:
+    study, result = rich
+    trials = pd.read_parquet(study.root / "results" / "trials.parquet")
+    done = trials[trials["status"] == "COMPLETE"].sort_values("inner_acc_mean", ascending=False)
+    assert [t["number"] for t in result["top"]] == done["number"].head(3).tolist()
+    assert [t["rank"] for t in result["top"]] == [1, 2, 3]
+    assert result["best"]["number"] == result["top"][0]["number"]
+    assert result["trials"] == {"COMPLETE": 8, "PRUNED": 4, "ERROR": 1, "total": 13}
+    assert result["planned_trials"] == 15
+    objective = [t["inner_acc_mean"] for t in result["top"]]
+    assert objective == sorted(objective, reverse=True)
+
+
+def test_best_compares_with_the_baseline_seed_by_seed(rich: tuple[FakeStudy, dict[str, Any]]) -> None:
+    _, result = rich
+    best = result["best"]
+    alpha = best["params"]["kd.alpha"]
+    vs = best["vs_baseline"]
+    assert vs["diff_mean"] == pytest.approx(0.01 * alpha)
+    assert vs["p_value"] == pytest.approx(0.0625)  # five equal positive differences
+    assert vs["ci95"][0] == pytest.approx(vs["ci95"][1])  # no spread in the differences
+    assert result["baseline"]["holdout_acc_mean"] == pytest.approx(np.mean(list(BASELINE.values())))
+    assert result["baseline"]["n_seeds"] == 5
+    json.dumps(result, allow_nan=False)
+
+
+def test_params_map_back_to_dotted_knob_names(tmp_path: Path) -> None:
+    study = FakeStudy(tmp_path / "conditional", space="default", asha=False)
+    study.reference()
+    annealing = {"kd.method": "annealing", "kd.tau_max": 13, "kd.anneal_epochs": 64,
+                 "student.optimizer": "adam",
+                 "student.lr": 0.003, "student.schedule": "cyclic", "student.max_lr": 0.02,
+                 "student.cycle_epochs": 10, "student.batch_size": 256, "student.batch_norm": True}
+    hinton = {"kd.method": "hinton", "kd.alpha": 0.25, "kd.temperature": 4.0, "student.optimizer": "adamw",
+              "student.weight_decay": 1e-4, "student.lr": 0.001, "student.schedule": "constant",
+              "student.batch_size": 64, "student.batch_norm": False}
+    study.trial(0, "COMPLETE", annealing, _shifted([0.01] * 5), inner=0.97)
+    # rebuilt from the Optuna journal by `kdtune resume`: its epoch rows know no epoch
+    study.trial(1, "COMPLETE", hinton, _shifted([0.0] * 5), inner=0.95, epochs_known=False)
+    result = analyse(study.root, top_k=5)
+    best, second = result["top"]
+    assert best["params"] == annealing  # inactive knobs (alpha, temperature, ...) are left out
+    assert type(best["params"]["kd.tau_max"]) is int  # a nullable int column reads back as float
+    assert best["params"]["student.batch_norm"] is True
+    assert second["params"] == hinton
+    assert all(not k.startswith("param_") and "__" not in k for t in result["top"] for k in t["params"])
+    assert result["importance"] is None  # two COMPLETE trials are too few
+    assert any("importance" in n for n in result["notes"])
+    assert (study.root / "analysis" / "asha_rungs.png").is_file()  # a histogram without study.json
+    assert (study.root / "analysis" / "curves.png").read_bytes()[:8] == PNG_MAGIC
+    json.dumps(result, allow_nan=False)
+
+
+def test_importance_sums_to_one_over_the_knobs(rich: tuple[FakeStudy, dict[str, Any]]) -> None:
+    _, result = rich
+    importance = result["importance"]
+    assert importance is not None
+    assert set(importance) <= {"kd.alpha", "kd.temperature", "student.optimizer"}
+    assert sum(importance.values()) == pytest.approx(1.0)
+    assert result["importance_method"]["n_trials"] == 8
+    assert "PED-ANOVA" in result["importance_method"]["evaluator"]
+
+
+def test_plots_are_valid_pngs(rich: tuple[FakeStudy, dict[str, Any]]) -> None:
+    study, result = rich
+    out = study.root / "analysis"
+    assert sorted(Path(p).name for p in result["plots"]) == sorted(PLOT_FILES.values())
+    for path in result["plots"]:
+        data = Path(path).read_bytes()
+        assert data[:8] == PNG_MAGIC, path
+        assert len(data) > 5000, path
+        assert Path(path).parent == out
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left behind
+
+
+def test_report_ties_it_together(rich: tuple[FakeStudy, dict[str, Any]]) -> None:
+    study, result = rich
+    report = Path(result["report"])
+    assert report == study.root / "analysis" / "report.md"
+    text = report.read_text()
+    best = result["best"]
+    assert f"trial #{best['number']}" in text
+    assert "honest protocol: selection on an inner split" in text
+    assert "sign-flip permutation" in text and "p = 0.0625" in text
+    assert "f" * 64 in text  # the data fingerprint
+    for name in PLOT_FILES.values():
+        assert f"({name})" in text
+    assert "| `kd.alpha` |" in text
+    assert set(result["tables"]) == set(TABLES)
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in result["tables"].values())
+
+
+def test_interrupted_study_with_only_pruned_trials(tmp_path: Path) -> None:
+    study = FakeStudy(tmp_path / "pruned", planned=10)
+    study.reference()
+    for n in range(3):
+        study.trial(n, "PRUNED", {"kd.alpha": 0.1 * n, "kd.temperature": 2.0, "student.optimizer": "adam"},
+                    _shifted([-0.1] * 5), iterations=2)
+    out = tmp_path / "elsewhere"
+    result = analyse(study.root, out_dir=out)
+    assert result["best"] is None and result["top"] == []
+    assert result["trials"]["PRUNED"] == 3 and result["trials"]["COMPLETE"] == 0
+    assert result["importance"] is None
+    assert result["baseline"] is not None
+    text = (out / "report.md").read_text()
+    assert "No COMPLETE trial yet" in text
+    assert "3 of 10 planned trials recorded" in text
+    assert {Path(p).name for p in result["plots"]} == {"history.png", "asha_rungs.png"}
+    assert not (study.root / "analysis").exists()
+    json.dumps(result, allow_nan=False)
+
+
+def test_a_new_analysis_removes_its_own_stale_plots_only(tmp_path: Path) -> None:
+    study = FakeStudy(tmp_path / "stale")
+    study.trial(0, "PRUNED", {"kd.alpha": 0.5, "kd.temperature": 2.0, "student.optimizer": "adam"},
+                _shifted([0.0] * 5), iterations=2)
+    analyse(study.root)
+    stale = study.root / "analysis" / "importance.png"
+    stale.write_bytes(PNG_MAGIC)  # as if an earlier analysis had drawn it
+    analyse(study.root)
+    assert not stale.exists()
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "importance.png").write_bytes(b"someone else's figure")
+    analyse(study.root, out_dir=foreign)
+    assert (foreign / "importance.png").read_bytes() == b"someone else's figure"
+
+
+def test_study_without_trials_says_so(tmp_path: Path) -> None:
+    study = FakeStudy(tmp_path / "starting")
+    study.reference()  # the study has trained its reference models, no trial has ended yet
+    result = analyse(study.root)
+    assert result["trials"]["total"] == 0 and result["best"] is None and result["plots"] == []
+    assert "No trials recorded yet" in Path(result["report"]).read_text()
+    assert set(result["tables"]) == {"reference"}
+
+
+def test_study_without_a_baseline_still_ranks(tmp_path: Path) -> None:
+    study = FakeStudy(tmp_path / "nobase")
+    study.trial(0, "COMPLETE", {"kd.alpha": 0.5, "kd.temperature": 2.0, "student.optimizer": "adam"},
+                _shifted([0.0] * 5))
+    result = analyse(study.root)
+    assert result["baseline"] is None
+    assert result["best"]["vs_baseline"] is None
+    assert any("baseline" in n for n in result["notes"])
+
+
+def test_not_a_study_raises_results_error(tmp_path: Path) -> None:
+    with pytest.raises(ResultsError, match="no study at"):
+        analyse(tmp_path / "missing")
+    with pytest.raises(ResultsError, match="not a kdtune study"):
+        analyse(tmp_path)
+    (tmp_path / "results").mkdir()
+    with pytest.raises(ResultsError, match="no results yet"):
+        analyse(tmp_path)
+    FakeStudy(tmp_path / "empty")  # metadata, but no table written yet
+    with pytest.raises(ResultsError, match="no tables yet"):
+        analyse(tmp_path / "empty")
+    with pytest.raises(ResultsError, match="tables folder of a study"):
+        analyse(tmp_path / "empty" / "results")
+    with pytest.raises(ResultsError, match="top_k"):
+        analyse(tmp_path / "empty", top_k=0)
+    for message in ("no study", "no tables yet"):
+        try:
+            analyse(tmp_path / ("missing" if message == "no study" else "empty"))
+        except ResultsError as exc:
+            assert "\n" not in str(exc)
+
+
+def test_pandas_and_pyarrow_dataset_read_the_same_rows(rich: tuple[FakeStudy, dict[str, Any]]) -> None:
+    _, result = rich
+    for table, path in result["tables"].items():
+        by_pandas = pd.read_parquet(path)
+        by_dataset = ds.dataset(path).to_table().to_pandas()
+        assert len(by_pandas) > 0, table
+        pd.testing.assert_frame_equal(by_pandas, by_dataset, obj=table)
+
+
+def test_importing_the_analysis_leaves_ray_out() -> None:
+    probe = ("import json, sys\nimport results.report, results.analysis, results.plots\n"
+             "heavy = {'ray', 'matplotlib', 'optuna', 'tune'}\n"
+             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & heavy)))")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+# ----------------------------------------------------------------------------------------------------- slow
+
+@pytest.mark.slow
+def test_analyse_a_real_smoke_study(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    args = ["search", "--space", "smoke", "--name", "real", "--storage", str(tmp_path), "--num-samples", "8",
+            "--grace-period", "2", "--quiet"]
+    proc = subprocess.run([sys.executable, "-m", "tune.cli", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = analyse(tmp_path / "real")
+    assert result["trials"]["total"] == 8
+    assert result["baseline"] is not None and result["baseline"]["n_seeds"] == 2
+    if result["trials"]["COMPLETE"]:
+        best = result["best"]
+        assert set(best["params"]) == {"kd.alpha", "kd.temperature", "student.optimizer"}
+        assert best["vs_baseline"]["n_seeds"] == 2
+    for path in result["plots"]:
+        assert Path(path).read_bytes()[:8] == PNG_MAGIC
+    assert Path(result["report"]).is_file()
+    json.dumps(result, allow_nan=False)
