@@ -133,7 +133,7 @@ def validate_arrays(arrays: dict[str, Any], source: str) -> None:
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Admits the globals numpy needs to rebuild arrays, and nothing else."""
 
-    _ALLOWED = {
+    _ALLOWED: frozenset[tuple[str, str]] = frozenset({
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "_reconstruct"),
@@ -141,7 +141,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy.core.numeric", "_frombuffer"),
         ("numpy._core.numeric", "_frombuffer"),
         ("_codecs", "encode"),  # protocol 2 stores array bytes as latin-1 text; encode only turns it back
-    }
+    })
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._ALLOWED:
@@ -164,7 +164,7 @@ def load_pickle(path: str | Path) -> MultiDomainData:
         obj = _NumpyOnlyUnpickler(io.BytesIO(raw)).load()
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from None
-    except Exception as exc:  # any other unpickling failure means a corrupt or foreign file
+    except Exception as exc:  # noqa: BLE001 - any other unpickling failure means a corrupt or foreign file
         raise DataError(f"{path}: not a readable dataset pickle ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a dict of numpy arrays, but the pickle holds {type(obj).__name__}")
@@ -252,7 +252,7 @@ def inner_split(data: MultiDomainData, fraction: float, seed: int) -> Split:
     for cell in np.unique(cells):
         idx = np.flatnonzero(cells == cell)
         idx = idx[rng.permutation(idx.size)]
-        n_select = min(int(round(fraction * idx.size)), idx.size - 1)
+        n_select = min(round(fraction * idx.size), idx.size - 1)
         select.append(idx[:n_select])
         fit.append(idx[n_select:])
     return Split(fit=np.sort(np.concatenate(fit)), select=np.sort(np.concatenate(select)))

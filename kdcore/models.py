@@ -8,8 +8,9 @@ initialised exactly as ``FFNN`` is from ``torch.Generator().manual_seed(s)``, wh
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -41,7 +42,7 @@ class FFNN(nn.Module):
         layers: list[nn.Module] = []
         widths = [n_in, *hidden]
         with torch.random.fork_rng(devices=[]):  # nn.Linear() first draws from the global generator
-            for a, b in zip(widths[:-1], widths[1:]):
+            for a, b in itertools.pairwise(widths):
                 linear = nn.Linear(a, b)
                 _init_linear_(linear, generator)
                 layers.append(linear)

@@ -93,7 +93,7 @@ class TeacherCache:
     def _load(self, key: str, prep: Prepared, config: ExperimentConfig, *, hit: bool) -> CachedTeachers:
         try:
             payload = torch.load(self.path(key), map_location=prep.device, weights_only=True)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a damaged file
             raise KDCoreError(f"teacher cache entry {self.path(key)} is unreadable ({exc}); delete it to retrain")
         models = []
         for state in payload["states"]:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -182,13 +182,13 @@ def _run_fit(
     on_epoch: ReportFn | None,
     epoch_offset: int = 0,
     epochs: int | None = None,
-    patience: int | None | str = "config",
+    patience: int | None | str = "config",  # "config": the FitConfig's
     restore_best: bool | None = None,
 ) -> FitResult:
     """The one training loop: shuffled per-seed mini-batches, scheduled LR, selection and early stopping."""
     start = time.perf_counter()
     epochs = fit.epochs if epochs is None else epochs
-    patience = fit.patience if patience == "config" else patience
+    stop_after: int | None = fit.patience if isinstance(patience, str) else patience
     restore_best = fit.restore_best if restore_best is None else restore_best
     seeds = model.seeds
     n_seeds, n = model.n_seeds, len(train)
@@ -261,7 +261,7 @@ def _run_fit(
                 best_state[key] = torch.where(mask.view(shape), value.detach(), best_state[key])
         if on_epoch is not None:
             on_epoch(report)
-        if patience is not None and (epoch_offset + epoch - last_improved >= patience).all():
+        if stop_after is not None and (epoch_offset + epoch - last_improved >= stop_after).all():
             break
 
     model.load_state_dict(best_state)

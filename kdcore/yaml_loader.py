@@ -22,11 +22,11 @@ _SettingsLoader.add_implicit_resolver(
                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                   |\.[0-9_]+(?:[eE][-+][0-9]+)?
                   |[-+]?\.(?:inf|Inf|INF)
-                  |\.(?:nan|NaN|NAN))$""", re.X),
+                  |\.(?:nan|NaN|NAN))$""", re.VERBOSE),
     list("-+0123456789."),
 )
 
 
 def safe_load(text: str) -> Any:
     """Parse YAML text into plain data; ``1e-3`` is the float 0.001."""
-    return yaml.load(text, Loader=_SettingsLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_SettingsLoader)

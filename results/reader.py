@@ -27,7 +27,7 @@ def read_table(study_dir: str | Path, table: str) -> pd.DataFrame:
         return pd.DataFrame()
     try:
         return pq.read_table(path).to_pandas()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a damaged file
         raise ResultsError(f"{path} is not a readable Parquet table ({exc})") from None
 
 

@@ -34,7 +34,8 @@ A categorical knob whose choices mix types is a string column holding each value
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import pyarrow as pa
 

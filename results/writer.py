@@ -10,8 +10,9 @@ appears in ``trials`` always has its ``epochs`` and ``seeds`` rows.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc

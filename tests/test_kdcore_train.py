@@ -344,7 +344,7 @@ def test_adamw_weight_decay_changes_results(small: MultiDomainData) -> None:
         # AdamW without decay is Adam
         torch.testing.assert_close(adamw0.model.state_dict()[key], value, rtol=1e-5, atol=1e-6)
     # decoupled decay shrinks the weights
-    norm = lambda r: sum(float(w.detach().norm()) for w in r.model.weights)  # noqa: E731
+    norm = lambda r: sum(float(w.detach().norm()) for w in r.model.weights)
     assert norm(decayed) < norm(adam) - 1e-3
 
 

@@ -11,8 +11,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -119,9 +120,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress.update(f"[{report.method}] epoch {report.epoch}/{total}  "
                         f"inner acc {100 * report.inner_acc_mean:.2f} %")
 
-    result = run_experiment(dataset, config, device=device, on_epoch=on_epoch).to_dict()
+    result: dict[str, Any] = run_experiment(dataset, config, device=device, on_epoch=on_epoch).to_dict()
     progress.done()
-    result["data"]["source"] = dataset.source
+    result["data"] = {**result["data"], "source": dataset.source}
     if args.json:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
@@ -165,8 +166,8 @@ def cmd_analyse(args: argparse.Namespace) -> int:
         print(f"mixed baseline: holdout {100 * base['holdout_acc_mean']:.2f} ± {100 * (base['holdout_acc_std'] or 0):.2f} %")
     vs = (best or {}).get("vs_baseline")
     if vs:
-        lo, hi = vs["ci95"] if vs.get("ci95") else (None, None)
-        ci = f", 95 % CI [{100 * lo:+.2f}, {100 * hi:+.2f}]" if lo is not None else ""
+        interval = vs.get("ci95")
+        ci = f", 95 % CI [{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]" if interval else ""
         print(f"best - baseline: {100 * vs['diff_mean']:+.2f} points{ci}, p = {vs['p_value']:.3g} ({vs['test']})")
     print(f"report: {summary['report']}")
     return 0
@@ -223,7 +224,7 @@ def _print_outcome(outcome: dict[str, Any], as_json: bool) -> None:
         print("no trial completed, so there is no best configuration yet")
         return
     hold = best.get("holdout_acc_mean")
-    hold_text = f", holdout {100 * hold:.2f} ± {100 * best.get('holdout_acc_std', 0):.2f} %" if hold else ""
+    hold_text = f", holdout {100 * hold:.2f} ± {100 * (best.get('holdout_acc_std') or 0):.2f} %" if hold else ""
     print(f"best: trial {best['number']}, inner acc {100 * best['inner_acc_mean']:.2f} %{hold_text}")
     for key, value in best["params"].items():
         print(f"  {key} = {value:.4g}" if isinstance(value, float) else f"  {key} = {value}")
@@ -266,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.25")
     p.add_argument("--address", help="join this Ray cluster (default: start Ray locally)")
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
-    p.add_argument("--grace-period", type=int, default=10, help="ASHA: evaluations before a trial can stop")
+    p.add_argument("--grace-period", type=int, default=20, help="ASHA: evaluations before a trial can stop (default 20)")
     p.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1 in this many per rung")
     p.add_argument("--max-t", type=int, help="ASHA: most evaluations (default: from the space)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose worker died")
@@ -303,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("search", "resume"):
         from tune import cluster
 
-        cluster.prepare_environment()
+        cluster.prepare_environment(local=args.address is None)
     try:
         return int(args.func(args))
     except (KDCoreError, KDTuneError, ResultsError) as exc:

@@ -34,11 +34,19 @@ RAY_ENV = {
 }
 
 
-def prepare_environment() -> None:
-    """Set Ray's environment for this process and its workers (call before importing ray)."""
+def prepare_environment(local: bool) -> None:
+    """Set Ray's environment for this process and its workers (call before importing ray).
+
+    ``local``: Ray will be started here, bound to 127.0.0.1 only. On Linux ``ray.init(_node_ip_address=...)``
+    is overridden by the machine's address and Ray's servers then listen on every interface;
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is what makes Ray take 127.0.0.1 and bind only there. It is
+    not set when joining a cluster, whose nodes must reach each other.
+    """
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
-    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    if local:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 
 TEMP_PREFIX = "kdt-ray-"
@@ -101,33 +109,37 @@ class RayHandle:
 
         if ray.is_initialized():
             ray.shutdown()
-        if self.started and self.temp_dir:
+        if self.temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def start(address: str | None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> RayHandle:
     """Start a local Ray bound to 127.0.0.1 (``address=None``) or join the cluster at ``address``."""
-    prepare_environment()
-    import ray
-
-    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
-                                  logging_level=logging.ERROR, configure_logging=True)
-    temp_dir = None
+    prepare_environment(local=address is None)
     if address is None:
         reap_stale_sessions()
-        temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+    # Tune keeps lock files under RAY_TMPDIR (default /tmp/_ray_lockfiles): keep them in our temp dir too.
+    temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+    os.environ["RAY_TMPDIR"] = temp_dir
+    import ray
+
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                              "logging_level": logging.ERROR, "configure_logging": True}
+    if address is None:
         try:
-            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _temp_dir=temp_dir, _node_ip_address="127.0.0.1",
-                     **kwargs)
-        except Exception as exc:
+            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _temp_dir=temp_dir, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - ray.init fails in many ways; each is one line to the user
             shutil.rmtree(temp_dir, ignore_errors=True)
             raise KDTuneError(f"could not start a local Ray: {exc}") from None
     else:
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+            shutil.rmtree(temp_dir, ignore_errors=True)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise KDTuneError(f"could not join the Ray cluster at {address}: {first}") from None
+            hint = ("" if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                    else "; if the cluster uses token authentication, set RAY_AUTH_TOKEN to its token")
+            raise KDTuneError(f"could not join the Ray cluster at {address}: {first}{hint}") from None
     resources = ray.cluster_resources()
     return RayHandle(started=address is None, temp_dir=temp_dir,
                      cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)))

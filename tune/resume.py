@@ -16,12 +16,21 @@ restored: after a SIGKILL it lags Optuna by seconds, and ``Tuner.restore`` then 
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, TextIO
 
 from tune.errors import KDTuneError
-from tune.runner import (SearchOutcome, _study_tables, is_interrupted, journal_storage, read_outcome, run_study,
-                         trial_counts)
+from tune.runner import (
+    SearchOutcome,
+    _study_tables,
+    end_stale_trials,
+    is_interrupted,
+    journal_storage,
+    read_outcome,
+    run_study,
+    trial_counts,
+)
 from tune.study import StudyMeta, StudyPaths, driver_lock
 
 
@@ -35,20 +44,6 @@ def _load_study(paths: StudyPaths, meta: StudyMeta) -> Any:
         return optuna.load_study(study_name=meta.name, storage=journal_storage(paths))
     except KeyError:
         raise KDTuneError(f"{paths.journal} holds no Optuna study named {meta.name!r}") from None
-
-
-def end_stale_trials(study: Any) -> list[int]:
-    """End RUNNING trials as FAIL (interrupted) and enqueue their parameters to run again."""
-    from optuna.trial import TrialState
-
-    storage = study._storage
-    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-    for t in stale:
-        storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        if t.params:
-            study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number}, skip_if_exists=False)
-    return [t.number for t in stale]
 
 
 def reconcile_tables(paths: StudyPaths, meta: StudyMeta, study: Any) -> dict[str, int]:
@@ -84,6 +79,11 @@ def resume(study_dir: str | Path, *, more: int = 0, address: str | None = None, 
     paths = StudyPaths(root.resolve())
     meta = StudyMeta.read(paths)
     with driver_lock(paths):
+        # A driver killed while appending to the journal leaves its lock behind; Optuna would wait 30 s on it.
+        # We hold the study's driver lock, so no one else is writing.
+        stale_lock = paths.root / f"{paths.journal.name}.lock"
+        if os.path.lexists(stale_lock):
+            os.unlink(stale_lock)
         study = _load_study(paths, meta)
         end_stale_trials(study)
         if more:

@@ -35,7 +35,7 @@ class SearchSettings:
     gpus_per_trial: float = 0.0
     address: str | None = None
     seed: int = 0
-    grace_period: int = 10
+    grace_period: int = 20
     reduction_factor: int = 3
     max_t: int | None = None
     max_failures: int = 2
@@ -91,20 +91,17 @@ def max_evaluations(space: Any) -> int:
 
 
 def _versions() -> dict[str, str]:
-    import optuna
-    import ray
-    import torch
+    from importlib.metadata import version
 
-    import kdcore
-
-    return {"kdtune": kdcore.__version__, "torch": torch.__version__, "ray": ray.__version__,
-            "optuna": optuna.__version__}
+    return {name: version(dist) for name, dist in
+            (("kdtune", "kdtune"), ("torch", "torch"), ("ray", "ray"), ("optuna", "optuna"))}
 
 
 def journal_storage(paths: StudyPaths) -> Any:
-    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
 
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(paths.journal)))
+    return JournalStorage(JournalFileBackend(str(paths.journal)))
 
 
 def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
@@ -201,9 +198,30 @@ def read_outcome(paths: StudyPaths, meta: StudyMeta) -> SearchOutcome:
     return SearchOutcome(str(paths.root), counts, best)
 
 
+def _counted(paths: StudyPaths, meta: StudyMeta) -> int:
+    import optuna
+
+    study = optuna.load_study(study_name=meta.name, storage=journal_storage(paths))
+    return trial_counts(study.get_trials(deepcopy=False))["total"]
+
+
 def is_interrupted(trial: Any) -> bool:
     """A trial ``kdtune resume`` found RUNNING after a crash and ended as FAIL (its parameters re-run)."""
     return bool(trial.user_attrs.get("interrupted"))
+
+
+def end_stale_trials(study: Any) -> list[int]:
+    """End RUNNING trials as FAIL (interrupted) and enqueue their parameters to run again."""
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    for t in stale:
+        storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        if t.params:
+            study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number}, skip_if_exists=False)
+    return [t.number for t in stale]
 
 
 def trial_counts(trials: list[Any]) -> dict[str, int]:
@@ -257,6 +275,12 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: 
                 interrupted = True
     finally:
         handle.stop()
+    if interrupted or _counted(paths, meta) < meta.num_samples:
+        # Stopped early (Ctrl-C): Tune does not tell the searcher about trials it cut off, and their workers
+        # are gone now, so end them here rather than leave them RUNNING; `kdtune resume` re-runs them.
+        import optuna
+
+        end_stale_trials(optuna.load_study(study_name=meta.name, storage=journal_storage(paths)))
     outcome = read_outcome(paths, meta)
     outcome.interrupted = interrupted or outcome.trials["total"] < meta.num_samples
     outcome.seconds = time.monotonic() - started

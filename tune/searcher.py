@@ -81,13 +81,15 @@ class PruneAwareOptunaSearch(OptunaSearch):
         state = _OPTUNA_STATE[trial_status(result, error, self.metric)]
         value = result.get(self.metric) if result and state == TrialState.COMPLETE else None
         ot_trial = self._ot_trials[trial_id]
+        if self._ot_study is None:  # set up by OptunaSearch once it has a space; it always has one here
+            return
         try:
             if result:
                 for key in RECORDED_KEYS:
                     if result.get(key) is not None:
                         ot_trial.set_user_attr(key, result[key])
             self._ot_study.tell(ot_trial, value, state=state)
-        except Exception as exc:  # e.g. a NaN value; bookkeeping must never end the experiment
+        except Exception as exc:  # noqa: BLE001 - e.g. a NaN value; bookkeeping must never end the experiment
             _log.warning("could not tell Optuna the end of trial %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
         self._last_step.pop(trial_id, None)

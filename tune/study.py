@@ -16,11 +16,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from kdcore.atomic_file import write_atomic
 from tune.errors import KDTuneError

@@ -15,9 +15,9 @@ deterministic divergence would only diverge again.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
