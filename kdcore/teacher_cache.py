@@ -21,7 +21,6 @@ import torch
 
 from kdcore.atomic_file import write_atomic
 from kdcore.config import ExperimentConfig
-from kdcore.errors import KDCoreError
 from kdcore.models import BatchedFFNN
 from kdcore.train import FitResult, Prepared, train_teachers
 
@@ -63,17 +62,21 @@ class TeacherCache:
         return self.root / f"{key}.pt"
 
     def get_or_train(self, prep: Prepared, config: ExperimentConfig, fingerprint: str) -> CachedTeachers:
-        """Load the teachers for this key, or train and store them while holding the key's lock."""
+        """Load the teachers for this key, or train and store them while holding the key's lock.
+
+        An entry that cannot be read (damaged on disk) is trained again and replaced: a cache heals.
+        """
         key = teacher_key(fingerprint, config)
         self.root.mkdir(parents=True, exist_ok=True)
-        path = self.path(key)
-        if path.exists():
-            return self._load(key, prep, config, hit=True)
+        cached = self._load(key, prep, config)
+        if cached is not None:
+            return cached
         with open(self.root / f"{key}.lock", "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                if path.exists():  # another trial trained them while we waited
-                    return self._load(key, prep, config, hit=True)
+                cached = self._load(key, prep, config)  # another trial may have trained them while we waited
+                if cached is not None:
+                    return cached
                 results = train_teachers(prep, config)
                 self._store(key, results)
                 return CachedTeachers(key, [r.model for r in results], [r.summary() for r in results], hit=False)
@@ -90,15 +93,19 @@ class TeacherCache:
         torch.save(payload, buffer)
         write_atomic(self.path(key), buffer.getvalue())
 
-    def _load(self, key: str, prep: Prepared, config: ExperimentConfig, *, hit: bool) -> CachedTeachers:
+    def _load(self, key: str, prep: Prepared, config: ExperimentConfig) -> CachedTeachers | None:
+        """The cached teachers, or None if the entry is missing or unreadable."""
         try:
             payload = torch.load(self.path(key), map_location=prep.device, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a damaged file
-            raise KDCoreError(f"teacher cache entry {self.path(key)} is unreadable ({exc}); delete it to retrain")
-        models = []
-        for state in payload["states"]:
-            fit = config.teacher
-            model = BatchedFFNN(prep.n_features, fit.hidden, prep.n_classes, config.seeds, batch_norm=fit.batch_norm)
-            model.load_state_dict(state)
-            models.append(model.to(prep.device))
-        return CachedTeachers(key, models, json.loads(payload["summaries"]), hit=hit)
+            models = []
+            for state in payload["states"]:
+                fit = config.teacher
+                model = BatchedFFNN(prep.n_features, fit.hidden, prep.n_classes, config.seeds,
+                                    batch_norm=fit.batch_norm)
+                model.load_state_dict(state)
+                models.append(model.to(prep.device))
+            return CachedTeachers(key, models, json.loads(payload["summaries"]), hit=True)
+        except FileNotFoundError:
+            return None
+        except Exception:  # noqa: BLE001 - a damaged entry fails in many ways; it is retrained
+            return None

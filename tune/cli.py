@@ -230,6 +230,14 @@ def _print_outcome(outcome: dict[str, Any], as_json: bool) -> None:
         print(f"  {key} = {value:.4g}" if isinstance(value, float) else f"  {key} = {value}")
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options of every command that runs trials (search, resume)."""
+    p.add_argument("--address", help="join this Ray cluster (default: start Ray locally)")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose worker died")
+    p.add_argument("--json", action="store_true", help="print the outcome as one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdtune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -265,23 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as resources allow)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.25")
-    p.add_argument("--address", help="join this Ray cluster (default: start Ray locally)")
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
     p.add_argument("--grace-period", type=int, default=20, help="ASHA: evaluations before a trial can stop (default 20)")
     p.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1 in this many per rung")
     p.add_argument("--max-t", type=int, help="ASHA: most evaluations (default: from the space)")
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose worker died")
-    p.add_argument("--json", action="store_true", help="print the outcome as one JSON object on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _add_run_options(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("resume", help="continue an interrupted study, or extend a finished one (--more N)")
     p.add_argument("study", help="the study folder, DIR/NAME")
     p.add_argument("--more", type=int, default=0, help="add N trials to the study's budget")
-    p.add_argument("--address", help="join this Ray cluster (default: start Ray locally)")
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose worker died")
-    p.add_argument("--json", action="store_true", help="print the outcome as one JSON object on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _add_run_options(p)
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("analyse", help="report a study from its Parquet tables: top K, baseline, importance, plots")

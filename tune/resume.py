@@ -73,6 +73,8 @@ def resume(study_dir: str | Path, *, more: int = 0, address: str | None = None, 
     """Continue the study at ``study_dir`` up to its budget, plus ``more`` trials."""
     if more < 0:
         raise KDTuneError(f"--more must be >= 0, but got {more}")
+    if max_failures < 0:
+        raise KDTuneError(f"--max-failures must be >= 0, but got {max_failures}")
     root = Path(study_dir).expanduser()
     if not root.exists():
         raise KDTuneError(f"no study at {root}")

@@ -1,0 +1,79 @@
+"""The teacher cache: one training per key, shared safely by concurrent trials, never half-written."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import torch
+
+from kdcore import data as kdata
+from kdcore.config import ExperimentConfig
+from kdcore.teacher_cache import TeacherCache, teacher_key
+from kdcore.train import prepare, train_student
+
+FIT = {"epochs": 3, "batch_size": 256}
+
+
+def _config(**overrides: object) -> ExperimentConfig:
+    return ExperimentConfig.from_dict({"seeds": [0, 10], "teacher": FIT, "student": FIT}).with_overrides(overrides)
+
+
+def _get(root: Path, config: ExperimentConfig) -> tuple[bool, list[float]]:
+    torch.set_num_threads(1)
+    data = kdata.load("builtin:d0.5")
+    cached = TeacherCache(root).get_or_train(prepare(data, config), config, data.fingerprint())
+    return cached.hit, [s["holdout_acc_mean"] for s in cached.summaries]
+
+
+def test_second_get_hits_and_gives_the_same_teachers(tmp_path: Path) -> None:
+    config = _config()
+    data = kdata.load("builtin:d0.5")
+    prep = prepare(data, config)
+    cache = TeacherCache(tmp_path)
+    first = cache.get_or_train(prep, config, data.fingerprint())
+    second = cache.get_or_train(prep, config, data.fingerprint())
+    assert (first.hit, second.hit) == (False, True)
+    assert first.summaries == second.summaries
+    for a, b in zip(first.models, second.models):
+        for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert ka == kb and torch.equal(va, vb)
+    # A student distilled from cached teachers is the student distilled from fresh ones.
+    s1 = train_student(prep, config, first.models)
+    s2 = train_student(prep, config, second.models)
+    assert (s1.holdout_acc == s2.holdout_acc).all()
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".lock", ".pt"]  # no temp file left behind
+
+
+def test_key_depends_on_what_teachers_depend_on_and_nothing_else() -> None:
+    base = _config()
+    fp = "f" * 64
+    assert teacher_key(fp, base) == teacher_key(fp, base.with_overrides({"kd.alpha": 0.1, "student.lr": 0.01}))
+    for change in ({"teacher.lr": 0.01}, {"seeds": [0, 11]}, {"protocol": "seed"}, {"split_seed": 1}):
+        assert teacher_key(fp, base) != teacher_key(fp, base.with_overrides(change)), change
+    assert teacher_key(fp, base) != teacher_key("e" * 64, base)
+
+
+def test_concurrent_getters_train_once(tmp_path: Path) -> None:
+    """Two processes asking for the same key at once: one trains, the other waits and loads."""
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        outcomes = pool.starmap(_get, [(tmp_path, _config()), (tmp_path, _config())])
+    assert sorted(hit for hit, _ in outcomes) == [False, True]
+    assert outcomes[0][1] == outcomes[1][1]
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+
+
+def test_damaged_entry_is_trained_again_and_replaced(tmp_path: Path) -> None:
+    config = _config()
+    data = kdata.load("builtin:d0.5")
+    prep = prepare(data, config)
+    cache = TeacherCache(tmp_path)
+    first = cache.get_or_train(prep, config, data.fingerprint())
+    path = cache.path(teacher_key(data.fingerprint(), config))
+    path.write_bytes(b"not a torch file")
+    again = cache.get_or_train(prep, config, data.fingerprint())
+    assert not again.hit
+    assert [s["per_seed"] for s in again.summaries] == [s["per_seed"] for s in first.summaries]
+    assert cache.get_or_train(prep, config, data.fingerprint()).hit
+    assert path.read_bytes()[:2] == b"PK"  # a torch zip archive again
