@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from kdcore import data as kdata

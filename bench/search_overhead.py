@@ -45,7 +45,7 @@ def main() -> None:
     cpus = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="kdt-bench-") as tmp:
         storage = Path(tmp)
-        wall_tune, outcome = run_search(storage, "noprune", args.trials, args.data, ["--grace-period", "100000"])
+        wall_tune, _ = run_search(storage, "noprune", args.trials, args.data, ["--grace-period", "100000"])
         journal = optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(str(storage / "noprune" / "optuna.journal")))
         study = optuna.load_study(study_name="noprune", storage=journal)
