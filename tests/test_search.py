@@ -151,7 +151,10 @@ class Run:
         tree = _tree(self.proc.pid)
         self.seen.update(tree)
         table = _listening_sockets()
-        allowed = (f"{self.tmp}/", f"{self.base}/")
+        # The run's own TMPDIR and storage, plus the code it runs (the venv and the checkout, which may
+        # themselves live under /tmp, e.g. a fresh clone there): reading those is not writing outside.
+        repo = str(Path(__file__).resolve().parents[1])
+        allowed = (f"{self.tmp}/", f"{self.base}/", f"{sys.prefix}/", f"{repo}/")
         for pid in tree:
             links = _open_files(pid)
             self.tmp_files.update(x for x in links if x.startswith("/tmp/") and not x.startswith(allowed))
