@@ -13,11 +13,12 @@ import pickle
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,7 @@ class Workspace:
     home: Path
     storage: Path  # the --storage folder search cases name (must not appear)
     study: Path  # an existing study that no case may touch
+    keep: list[socket.socket] = field(default_factory=list)  # listeners a case needs while kdtune runs
 
     def snapshot(self) -> dict[str, tuple[int, int]]:
         return {str(p.relative_to(self.root)): (p.stat().st_size, p.stat().st_mtime_ns)
@@ -105,12 +107,15 @@ class Workspace:
 
 
 @pytest.fixture
-def ws(tmp_path: Path) -> Workspace:
+def ws(tmp_path: Path) -> Iterator[Workspace]:
     home = tmp_path / "home"
     home.mkdir()
     (tmp_path / "space.yaml").write_text(GOOD_SPACE)
     study = _make_study(tmp_path / "existing" / "s")
-    return Workspace(tmp_path, home, tmp_path / "studies", study)
+    w = Workspace(tmp_path, home, tmp_path / "studies", study)
+    yield w
+    for sock in w.keep:
+        sock.close()
 
 
 def _search(*extra: str) -> Callable[[Workspace], list[str]]:
@@ -141,6 +146,15 @@ def _dict_pickle_with_code(w: Workspace) -> list[str]:
     path = w.root / "evil_dict.pkl"
     path.write_bytes(pickle.dumps(arrays))
     return _search("--data", str(path))(w)
+
+
+def _not_a_ray_head(w: Workspace) -> list[str]:
+    """An address where something accepts TCP connections (the kernel completes them) but no Ray head runs."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    w.keep.append(sock)
+    return _search("--address", f"127.0.0.1:{sock.getsockname()[1]}")(w)
 
 
 def _not_a_study(w: Workspace) -> list[str]:
@@ -189,27 +203,27 @@ MORE = {
     "search-zero-samples": Case(_search("--num-samples", "0"), "--num-samples must be >= 1"),
     "resume-damaged-study-json": Case(_damaged_study, "damaged"),
     "resume-negative-more": Case(lambda w: ["resume", str(w.study), "--more", "-1"], "--more must be >= 0"),
+    "search-storage-uri": Case(lambda w: ["search", "--space", str(w.root / "space.yaml"), "--name", "new",
+                                          "--storage", "s3://bucket/studies"], "need POSIX file locks"),
+    "search-address-not-host-port": Case(_search("--address", "head-node"), "--address must be HOST:PORT"),
+    "resume-address-not-host-port": Case(lambda w: ["resume", str(w.study), "--address", "10.0.0.1:http"],
+                                         "--address must be HOST:PORT"),
 }
 
-ADDRESS_BUG = ("BUG: tune/cluster.py:136 ray.init(address='127.0.0.1:1') never fails fast: Ray rewrites 127.0.0.1 "
-               "to the machine's IP and retries the GCS (20 tries of ~40 s), printing C++ warnings on stderr")
-RESUME_BUG = (ADDRESS_BUG + "; and tune/resume.py:93 writes the raised budget (--more) into study.json before "
-              "Ray is joined, so a failed resume --more still changes the study")
-TOKEN_BUG = ("BUG: tune/cluster.py:137 start() catches ConnectionError/RuntimeError/ValueError/TimeoutError, "
-             "but ray.init raises ray.exceptions.AuthenticationError (a RayError) when RAY_AUTH_MODE=token and no "
-             "RAY_AUTH_TOKEN is set: a traceback and exit 1 instead of one line")
 SLOW = {
     "search-cpus-per-trial-64": pytest.param(
         Case(_search("--cpus-per-trial", "64"), "impossible resource request"), marks=pytest.mark.slow),
     "search-address-nobody-answers": pytest.param(
         Case(_search("--address", "127.0.0.1:1"), "127.0.0.1:1"),
-        marks=[pytest.mark.slow, pytest.mark.xfail(strict=True, reason=ADDRESS_BUG)]),
+        marks=[pytest.mark.slow]),
     "resume-more-address-nobody-answers": pytest.param(
         Case(lambda w: ["resume", str(w.study), "--more", "2", "--address", "127.0.0.1:1"], "127.0.0.1:1"),
-        marks=[pytest.mark.slow, pytest.mark.xfail(strict=True, reason=RESUME_BUG)]),
+        marks=[pytest.mark.slow]),
+    "search-address-not-a-ray-head": pytest.param(
+        Case(_not_a_ray_head, "no Ray head replied"), marks=pytest.mark.slow),
     "search-address-without-token": pytest.param(
         Case(_search("--address", "127.0.0.1:1"), "RAY_AUTH_TOKEN", token=False),
-        marks=[pytest.mark.slow, pytest.mark.xfail(strict=True, reason=TOKEN_BUG)]),
+        marks=[pytest.mark.slow]),
 }
 # An unreachable address must be reported within this time (a TCP connect to a closed port fails at once).
 TIMEOUT_S = 30
@@ -290,3 +304,23 @@ def _changes(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int
     keys = set(before) | set(after)
     return {k: ("added" if k not in before else "removed" if k not in after else "changed")
             for k in sorted(keys) if before.get(k) != after.get(k)}
+
+
+@pytest.mark.slow
+def test_tmpdir_too_long_for_ray_sockets_is_one_line(ws: Workspace) -> None:
+    """Ray's unix sockets live under TMPDIR; a path too long for them is refused before Ray starts."""
+    long_tmp = ws.root / ("t" * 60)  # pytest's tmp_path plus 60 characters: well past Ray's 107
+    long_tmp.mkdir()
+    before = ws.snapshot()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_"))}
+    env.update(HOME=str(ws.home), TMPDIR=str(long_tmp), RAY_USAGE_STATS_ENABLED="0")
+    proc = subprocess.run([*_kdtune_cmd(), *_search()(ws)], check=False, cwd=ws.root, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("kdtune search: error: ") and "set TMPDIR to a shorter folder" in lines[0], lines[0]
+    assert not ws.storage.exists()
+    # Python's tempfile.gettempdir() makes and deletes a probe file in TMPDIR (its mtime moves): only the
+    # folder's contents count.
+    assert list(long_tmp.iterdir()) == []
+    assert {k: v for k, v in _changes(before, ws.snapshot()).items() if k != long_tmp.name} == {}

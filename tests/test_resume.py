@@ -424,8 +424,6 @@ def test_nan_loss_ends_the_trial_as_error_and_the_study_goes_on(nan_study: dict[
             assert r["status"] in ("COMPLETE", "PRUNED") and r["error"] is None, r
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: tune/runner.py Progress.on_trial_complete counts a trial that ended "
-                   "with trial_error (NaN loss) as 'pruned'; the progress line should count it as 'error'")
 def test_progress_line_counts_nan_trials_as_errors(nan_study: dict[str, Any]) -> None:
     proc = nan_study["proc"]
     outcome = final_json(proc)

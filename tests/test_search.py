@@ -507,10 +507,6 @@ def _join_unanswered(tmp_path: Path, tmp: Path, env: dict[str, str] | None, time
     return run, run.wait(timeout=timeout), storage
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: tune/cluster.py start(): joining with --address and no RAY_AUTH_TOKEN raises "
-    "ray.exceptions.AuthenticationError (a RayError), which the except tuple (ConnectionError, RuntimeError, "
-    "ValueError, TimeoutError) misses: traceback and exit 1; catch RayError (or Exception) there too"))
 def test_search_address_without_a_token_is_one_line(tmp_path: Path, short_tmp: Path) -> None:
     """Joining a cluster without its token: Ray refuses before any connection is made (fast)."""
     run, rc, storage = _join_unanswered(tmp_path, short_tmp, env=None, timeout=30)
@@ -521,10 +517,6 @@ def test_search_address_without_a_token_is_one_line(tmp_path: Path, short_tmp: P
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: tune/cluster.py start(address): ray.init(address='127.0.0.1:1') with nobody there retries for "
-    "~15 min (Ray rewrites 127.0.0.1 to the host IP; ~20 GcsClient attempts of ~40 s) and prints Ray's C++ "
-    "warnings on stderr; probe the address first with socket.create_connection(..., timeout=5)"))
 def test_search_unanswered_address_fails_fast_with_one_line(tmp_path: Path, short_tmp: Path) -> None:
     run, rc, storage = _join_unanswered(tmp_path, short_tmp, env={"RAY_AUTH_TOKEN": "0" * 64}, timeout=60)
     assert_one_line_error(rc, run.stderr, "127.0.0.1:1")
@@ -775,12 +767,42 @@ def test_max_evaluations_covers_every_report(name: str) -> None:
     assert most <= max_evaluations(_space(spec)) <= most + 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: tune/runner.py max_evaluations(): the kd.method knob adds the base kd.anneal_epochs (500, "
-    "kdcore's default) although the kd.anneal_epochs knob (20..100) replaces it whenever the method is "
-    "annealing; gives 652, the most is 150 + 100 = 250"))
 def test_max_evaluations_default_space_counts_the_annealing_knob() -> None:
     from tune.runner import max_evaluations
 
     # annealing: phase 1 (kd.anneal_epochs <= 100 epochs) then phase 2 (150 student epochs), every epoch
     assert 250 <= max_evaluations(_space("default")) <= 252
+
+
+def test_reap_removes_temp_dirs_of_dead_drivers_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A driver that joined a cluster leaves only its temp dir (no Ray session folder): its kdtune.pid tells
+    whether the driver is gone. Live drivers' dirs, and dirs naming no PID, are left alone."""
+    from tune import cluster
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    proc = subprocess.Popen(["true"])  # its PID is a dead driver's
+    proc.wait()
+    made: dict[str, Path] = {}
+    for name, pid in {"dead": proc.pid, "alive": os.getpid(), "anonymous": None}.items():
+        folder = tmp_path / f"{cluster.TEMP_PREFIX}{name}"
+        folder.mkdir()
+        (folder / "tune_lock").write_text("")
+        if pid is not None:
+            (folder / cluster.OWNER_FILE).write_text(str(pid))
+        made[name] = folder
+    assert cluster.reap_stale_sessions() == 0  # nothing was running in them
+    assert not made["dead"].exists()
+    assert made["alive"].exists() and made["anonymous"].exists()
+
+
+def test_temp_dir_names_its_owner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tune import cluster
+    from tune.errors import KDTuneError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    folder = Path(cluster._make_temp_dir(local=False))
+    assert folder.parent == tmp_path and folder.name.startswith(cluster.TEMP_PREFIX)
+    assert (folder / cluster.OWNER_FILE).read_text() == str(os.getpid())
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / ("x" * 120)))
+    with pytest.raises(KDTuneError, match="too long for Ray's unix socket paths"):
+        cluster._make_temp_dir(local=True)

@@ -186,6 +186,11 @@ def cmd_spaces(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from tune.runner import SearchSettings, search
 
+    if "://" in args.storage:
+        raise KDTuneError(
+            f"--storage must be a folder every node mounts at the same path (NFS, Lustre, ...), but got the URI "
+            f"{args.storage!r}: the Optuna journal and the teacher cache need POSIX file locks, which object "
+            "stores lack; copy finished results there afterwards (see the README)")
     settings = SearchSettings(
         data=args.data, space=args.space, name=args.name, storage=Path(args.storage),
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,

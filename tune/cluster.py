@@ -4,18 +4,24 @@ The environment must be in place before ``import ray``: some of it is read at im
 - ``RAY_AUTH_TOKEN`` in the environment keeps Ray's token authentication on without Ray writing
   ``~/.ray/auth_token``; processes that join a cluster need the same token in their environment.
 - The temp dir (sockets, logs, object spilling) is a fresh short folder under the system temp dir
-  (Unix socket paths must stay under 108 characters), removed when kdtune stops the Ray it started;
-  what a SIGKILLed driver left behind is reaped by the next local start (``reap_stale_sessions``).
+  (Unix socket paths must stay under 108 characters: a longer TMPDIR is refused with one line), removed
+  when kdtune stops; what a SIGKILLed driver left behind is reaped by the next start (``reap_stale_sessions``).
+- Joining a cluster (``--address``) is checked before ``ray.init`` (``check_cluster``): nobody listening,
+  a port that is not a Ray head, or a wrong or missing token each give one line within seconds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import shutil
 import signal
+import socket
+import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +56,9 @@ def prepare_environment(local: bool) -> None:
 
 
 TEMP_PREFIX = "kdt-ray-"
+OWNER_FILE = "kdtune.pid"  # in each temp dir: the PID of the kdtune driver that made it
+SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
+PROBE_TIMEOUT_S = 5.0
 
 
 def _pid_alive(pid: int) -> bool:
@@ -67,14 +76,20 @@ def reap_stale_sessions() -> int:
 
     A driver killed with SIGKILL cannot stop the Ray it started; its agents (``ray::DashboardAgent``,
     ``ray::RuntimeEnvAgent``) outlive it, re-parented to init. They are found by their open files inside
-    that driver's ``kdt-ray-*`` temp dir (whose session folder is named after the driver's PID), so only
-    leftovers of dead kdtune drivers are touched.
+    that driver's ``kdt-ray-*`` temp dir, so only leftovers of dead kdtune drivers are touched. A temp dir
+    is the dead driver's when every PID it names is gone: its ``kdtune.pid`` and its Ray session folders'
+    (``session_<date>_<pid>``); one that names no PID is left alone. A driver that joined a cluster leaves
+    only its temp dir (Tune's lock files), with no process to stop.
     """
     root = Path(tempfile.gettempdir())
     stopped = 0
     for temp in root.glob(f"{TEMP_PREFIX}*"):
         sessions = [p for p in temp.glob("session_*") if p.is_dir() and not p.is_symlink()]
         pids = [int(p.name.rsplit("_", 1)[-1]) for p in sessions if p.name.rsplit("_", 1)[-1].isdigit()]
+        try:
+            pids.append(int((temp / OWNER_FILE).read_text()))
+        except (OSError, ValueError):
+            pass  # made before kdtune wrote owner files, or this instant (mkdtemp, then the file)
         if not pids or any(_pid_alive(pid) for pid in pids):
             continue
         prefix = str(temp) + os.sep
@@ -113,33 +128,125 @@ class RayHandle:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def start(address: str | None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> RayHandle:
-    """Start a local Ray bound to 127.0.0.1 (``address=None``) or join the cluster at ``address``."""
-    prepare_environment(local=address is None)
-    if address is None:
-        reap_stale_sessions()
-    # Tune keeps lock files under RAY_TMPDIR (default /tmp/_ray_lockfiles): keep them in our temp dir too.
-    temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
-    os.environ["RAY_TMPDIR"] = temp_dir
-    import ray
+def _temp_root(local: bool) -> Path:
+    """The folder kdtune's Ray temp dirs go in (TMPDIR); refused at once if Ray's socket paths would not fit.
 
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                              "logging_level": logging.ERROR, "configure_logging": True}
-    if address is None:
+    A local Ray puts its unix sockets at ``<temp dir>/session_<date>_<time>_<usec>_<driver pid>/sockets/``;
+    a driver that joins a cluster keeps only Tune's lock files in its temp dir.
+    """
+    root = Path(tempfile.gettempdir())
+    if local:
+        tail = f"/{TEMP_PREFIX}XXXXXXXX/session_2026-01-01_00-00-00_000000_{os.getpid()}/sockets/plasma_store"
+        over = len(str(root)) + len(tail) - SOCKET_PATH_MAX
+        if over > 0:
+            raise KDTuneError(f"the temp dir {root} is too long for Ray's unix socket paths ({len(str(root))} "
+                              f"characters, at most {len(str(root)) - over}): set TMPDIR to a shorter folder")
+    return root
+
+
+def _make_temp_dir(local: bool) -> str:
+    temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=_temp_root(local))
+    # Owner's PID: a temp dir of a driver that joined a cluster has no session folder to tell it by.
+    Path(temp_dir, OWNER_FILE).write_text(str(os.getpid()))
+    return temp_dir
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as a pair; anything else is refused with one line."""
+    host, sep, port = address.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise KDTuneError(f"--address must be HOST:PORT of the cluster's head (the address `ray start --head` "
+                          f"printed, e.g. 10.0.0.1:6379), but got {address!r}")
+    return host, int(port)
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """Send this process's file descriptor 2 (where Ray's C++ core logs) to ``path`` for a while."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with path.open("wb") as sink:
+            os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def check_cluster(address: str, temp_dir: str) -> None:
+    """Fail in seconds, with one line, where ``ray.init(address=...)`` would retry for minutes.
+
+    1. Token authentication on and no token: Ray's C++ core aborts the process when it looks for one.
+    2. Nobody listening: a TCP connect fails at once (Ray would retry the GCS ~20 times for ~40 s each).
+    3. Something listening that is not a Ray head, or a head that refuses our token: a GCS client with a
+       short timeout says which (its C++ warnings are kept off the terminal).
+    """
+    where = f"could not join the Ray cluster at {address}"
+    host, port = split_address(address)
+    token_on = os.environ.get("RAY_AUTH_MODE", "disabled").lower() == "token"
+    have_token = (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                  or (Path.home() / ".ray" / "auth_token").is_file())
+    if token_on and not have_token:
+        raise KDTuneError(f"{where}: no token: set RAY_AUTH_TOKEN to the cluster's token (kdtune keeps Ray's "
+                          "token authentication on; RAY_AUTH_MODE=disabled joins a cluster that has none)")
+    try:
+        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise KDTuneError(f"{where}: nobody answers there ({reason.lower()}); is the head running "
+                          "(`ray start --head`) and is the port its GCS port?") from None
+    from ray._raylet import InnerGcsClient  # type: ignore[attr-defined]
+
+    log = Path(temp_dir) / "probe.log"
+    try:
+        with _stderr_to(log):
+            InnerGcsClient.standalone(f"{host}:{port}", None, int(PROBE_TIMEOUT_S * 1000))
+    except Exception as exc:  # noqa: BLE001 - what the GCS client raises is the answer; each is one line
+        name = type(exc).__name__
+        if name == "AuthenticationError":
+            raise KDTuneError(f"{where}: the cluster refused our token: set RAY_AUTH_TOKEN to the token "
+                              "the cluster was started with") from None
+        if "Timed out" in str(exc):
+            raise KDTuneError(f"{where}: something answers there, but no Ray head replied within "
+                              f"{PROBE_TIMEOUT_S * 3:g} s; is this the GCS port of the head?") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else name
+        raise KDTuneError(f"{where}: {first}") from None
+    finally:
+        log.unlink(missing_ok=True)
+
+
+def start(address: str | None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> RayHandle:
+    """Start a local Ray bound to 127.0.0.1 (``address=None``) or join the cluster at ``address``.
+
+    Joining is checked first (``check_cluster``), so an unreachable head, a port that is not a Ray head or
+    a wrong token costs seconds and one line, not minutes of Ray's retries.
+    """
+    prepare_environment(local=address is None)
+    reap_stale_sessions()
+    # Tune keeps lock files under RAY_TMPDIR (default /tmp/_ray_lockfiles): keep them in our temp dir too.
+    temp_dir = _make_temp_dir(local=address is None)
+    try:
+        if address is not None:
+            check_cluster(address, temp_dir)
+        os.environ["RAY_TMPDIR"] = temp_dir
+        import ray
+
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                  "logging_level": logging.ERROR, "configure_logging": True}
         try:
-            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _temp_dir=temp_dir, **kwargs)
+            if address is None:
+                ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _temp_dir=temp_dir, **kwargs)
+            else:
+                ray.init(address=address, **kwargs)
         except Exception as exc:  # noqa: BLE001 - ray.init fails in many ways; each is one line to the user
-            shutil.rmtree(temp_dir, ignore_errors=True)
-            raise KDTuneError(f"could not start a local Ray: {exc}") from None
-    else:
-        try:
-            ray.init(address=address, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-            shutil.rmtree(temp_dir, ignore_errors=True)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            hint = ("" if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
-                    else "; if the cluster uses token authentication, set RAY_AUTH_TOKEN to its token")
-            raise KDTuneError(f"could not join the Ray cluster at {address}: {first}{hint}") from None
+            what = "could not start a local Ray" if address is None else f"could not join the Ray cluster at {address}"
+            raise KDTuneError(f"{what}: {first}") from None
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
     resources = ray.cluster_resources()
     return RayHandle(started=address is None, temp_dir=temp_dir,
                      cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)))

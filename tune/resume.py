@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, TextIO
 
+from tune.cluster import split_address
 from tune.errors import KDTuneError
 from tune.runner import (
     SearchOutcome,
@@ -75,6 +76,8 @@ def resume(study_dir: str | Path, *, more: int = 0, address: str | None = None, 
         raise KDTuneError(f"--more must be >= 0, but got {more}")
     if max_failures < 0:
         raise KDTuneError(f"--max-failures must be >= 0, but got {max_failures}")
+    if address is not None:
+        split_address(address)
     root = Path(study_dir).expanduser()
     if not root.exists():
         raise KDTuneError(f"no study at {root}")
@@ -88,16 +91,17 @@ def resume(study_dir: str | Path, *, more: int = 0, address: str | None = None, 
             os.unlink(stale_lock)
         study = _load_study(paths, meta)
         end_stale_trials(study)
-        if more:
+        if more:  # written by run_study once Ray is up: a resume --more that cannot start changes nothing
             meta = dataclasses.replace(meta, num_samples=meta.num_samples + more)
-            meta.write(paths)
         reconcile_tables(paths, meta, study)
         trials = study.get_trials(deepcopy=False)
         left = meta.num_samples - trial_counts(trials)["total"]
         if left <= 0:
+            if more:
+                meta.write(paths)
             outcome = read_outcome(paths, meta)
             outcome.extra["note"] = (f"the study already holds its {meta.num_samples} trials; "
                                      "add more with --more N")
             return outcome
         return run_study(paths, meta, budget=left, sampler_seed=meta.seed + len(trials), address=address,
-                         max_failures=max_failures, stream=stream, quiet=quiet)
+                         max_failures=max_failures, stream=stream, quiet=quiet, write_meta=bool(more))

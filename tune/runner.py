@@ -57,6 +57,10 @@ class SearchSettings:
         for ok, message in checks:
             if not ok:
                 raise KDTuneError(message)
+        if self.address is not None:
+            from tune.cluster import split_address
+
+            split_address(self.address)
 
 
 @dataclass
@@ -78,14 +82,22 @@ class SearchOutcome:
 def max_evaluations(space: Any) -> int:
     """The most evaluations (reports) any trial of ``space`` can make: ASHA's ``max_t``."""
     base = space.base
-    epochs, anneal = base.student.epochs, base.kd.anneal_epochs if base.kd.method == "annealing" else 0
-    for knob in space.knobs:
-        if knob.path == "student.epochs":
-            epochs = max(epochs, int(knob.high))
-        elif knob.path == "kd.anneal_epochs":
-            anneal = max(anneal, int(knob.high))
-        elif knob.path == "kd.method" and "annealing" in getattr(knob, "choices", ()):
-            anneal = max(anneal, base.kd.anneal_epochs)
+    knobs = {knob.path: knob for knob in space.knobs}
+    epochs = max(base.student.epochs, int(knobs["student.epochs"].high) if "student.epochs" in knobs else 0)
+    method = knobs.get("kd.method")
+    may_anneal = base.kd.method == "annealing" or (method is not None and "annealing" in method.choices)
+    anneal = 0
+    if may_anneal:
+        # Phase 1 lasts kd.anneal_epochs: the knob's top when it is sampled, the fixed value when it is not.
+        # A knob sampled whenever the method is annealing (no condition, or only that one) always replaces
+        # the fixed value; under any other condition both can occur.
+        knob = knobs.get("kd.anneal_epochs")
+        if knob is None:
+            anneal = base.kd.anneal_epochs
+        elif all(c.path == "kd.method" and "annealing" in c.values for c in knob.when):
+            anneal = int(knob.high)
+        else:
+            anneal = max(int(knob.high), base.kd.anneal_epochs)
     every = base.eval_every
     return math.ceil(epochs / every) + (math.ceil(anneal / every) if anneal else 0) + 2
 
@@ -137,6 +149,8 @@ def _trial_dirname(trial: Any) -> str:
 def _make_progress_callback(total: int, stream: TextIO | None, quiet: bool) -> Any:
     from ray import tune
 
+    from tune.searcher import trial_status
+
     class Progress(tune.Callback):
         """One compact status line: trials done / running / pruned / failed and the best so far."""
 
@@ -158,14 +172,13 @@ def _make_progress_callback(total: int, stream: TextIO | None, quiet: bool) -> A
             self._show(trials)
 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            # The same rule the searcher tells Optuna by: a NaN loss ends the trial without raising, as ERROR.
             result = trial.last_result or {}
-            if result.get("is_final"):
-                self.ends["complete"] += 1
-                value = result.get(METRIC)
-                if value is not None and (self.best is None or value > self.best):
-                    self.best = float(value)
-            else:
-                self.ends["pruned"] += 1
+            status = trial_status(result, False, METRIC)
+            self.ends[status.lower()] += 1
+            value = result.get(METRIC)
+            if status == "COMPLETE" and value is not None and (self.best is None or value > self.best):
+                self.best = float(value)
             self._show(trials, force=True)
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -237,13 +250,14 @@ def trial_counts(trials: list[Any]) -> dict[str, int]:
 
 
 def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: int, address: str | None,
-              max_failures: int, stream: TextIO | None = None, quiet: bool = False, new: bool = False
-              ) -> SearchOutcome:
+              max_failures: int, stream: TextIO | None = None, quiet: bool = False, new: bool = False,
+              write_meta: bool = False) -> SearchOutcome:
     """Start (or join) Ray and run ``budget`` more trials of the study with TPE + ASHA; read the outcome back.
 
     With ``new``, the study folder is created only once Ray is up and can hold a trial (so a search that
     fails before it starts leaves nothing behind), under the driver lock. Without it, the caller holds
-    the lock (``kdtune resume`` reconciles the study under it first).
+    the lock (``kdtune resume`` reconciles the study under it first). ``write_meta`` (``resume --more``):
+    ``meta`` changed, and is written at that same point, so a resume that cannot start changes nothing.
     """
     from search_spaces import parse_space
     from tune import cluster
@@ -258,7 +272,7 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: 
                 f"{meta.gpus_per_trial:g} GPU, but the cluster has {handle.cpus:g} CPU and {handle.gpus:g} GPU"
             )
         with driver_lock(paths) if new else contextlib.nullcontext():
-            if new:
+            if new or write_meta:
                 meta.write(paths)
             space = parse_space(meta.space_text, source=f"{paths.meta}:space")
             tables = _study_tables(paths, meta, space)
