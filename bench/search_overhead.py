@@ -45,7 +45,7 @@ def main() -> None:
     cpus = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="kdt-bench-") as tmp:
         storage = Path(tmp)
-        wall_tune, _ = run_search(storage, "noprune", args.trials, args.data, ["--grace-period", "100000"])
+        wall_tune, noprune = run_search(storage, "noprune", args.trials, args.data, ["--grace-period", "100000"])
         journal = optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(str(storage / "noprune" / "optuna.journal")))
         study = optuna.load_study(study_name="noprune", storage=journal)
@@ -68,6 +68,8 @@ def main() -> None:
     print(f"{args.trials} trials of the default space on {args.data}, {cpus} CPUs, one CPU per trial")
     print(f"  kdtune search, no pruning       {wall_tune:7.1f} s wall (Ray start, reference training, "
           f"{args.trials} trials; {in_trial:.1f} s inside trials)")
+    print(f"    of which before Ray was up    {wall_tune - noprune['seconds']:7.1f} s (interpreter, imports, "
+          "data, Ray start)")
     print(f"  plain sequential loop           {wall_loop:7.1f} s wall (teachers once + {args.trials} students)")
     print(f"  ratio search / loop             {wall_tune / wall_loop:7.2f}  (< 1: parallel trials outweigh Ray's cost)")
     print(f"  Ray's cost per trial            {(wall_tune * min(cpus, args.trials) - in_trial) / args.trials:7.2f} "

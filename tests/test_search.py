@@ -806,3 +806,58 @@ def test_temp_dir_names_its_owner(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / ("x" * 120)))
     with pytest.raises(KDTuneError, match="too long for Ray's unix socket paths"):
         cluster._make_temp_dir(local=True)
+
+
+def test_asha_rungs_match_the_scheduler_s_own() -> None:
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
+    from tune.trainable import asha_rungs
+
+    for grace, rf, max_t in [(20, 3, 252), (10, 3, 22), (1, 2, 100), (5, 4, 5), (300, 3, 302)]:
+        bracket = _Bracket(min_t=grace, max_t=max_t, reduction_factor=rf, s=0)
+        assert asha_rungs(grace, rf, max_t) == {m for m, _ in bracket._rungs}, (grace, rf, max_t)
+
+
+def _evaluation(epoch: int, acc: float) -> Any:
+    import numpy as np
+
+    from kdcore.train import EpochReport
+
+    values = np.full(2, acc)
+    return EpochReport(method="student", epoch=epoch, inner_acc=values, inner_loss=1 - values, holdout_acc=values,
+                       holdout_loss=1 - values)
+
+
+def test_reporter_sends_blocks_at_rungs_and_every_evaluation_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reports go out at ASHA's rungs (with the rung's own value on top), every evaluation exactly once, and
+    the last one carries is_final with the selected metrics while the curve keeps the raw last value."""
+    from tune import trainable
+    from tune.searcher import evaluations
+
+    monkeypatch.setattr(trainable, "REPORT_EVERY_S", 1e9)  # only rungs and the end
+    sent: list[dict[str, Any]] = []
+    reporter = trainable._Reporter(sent.append, frozenset({3, 9}), {"node": "n"}, (0, 1))
+    for i in range(1, 12):
+        reporter.evaluation(_evaluation(i, i / 100))
+    reporter.finish({"inner_acc": 0.5})
+    assert [r["evaluation"] for r in sent] == [3, 9, 11]
+    assert [r["inner_acc"] for r in sent[:2]] == [0.03, 0.09]  # what ASHA compares at the rung
+    steps = [step for r in sent for step, _ in evaluations(r)]
+    assert steps == list(range(1, 12))
+    assert [r["is_final"] for r in sent] == [False, False, True]
+    last = sent[-1]
+    assert last["inner_acc"] == 0.5 and last["last_inner_acc"] == 0.11 and last["node"] == "n"
+    assert last["evals"][-1]["inner_acc"] == 0.5  # Optuna's last intermediate value is the trial's value
+
+
+def test_reporter_sends_at_least_every_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tune import trainable
+
+    monkeypatch.setattr(trainable, "REPORT_EVERY_S", 0.0)
+    sent: list[dict[str, Any]] = []
+    reporter = trainable._Reporter(sent.append, frozenset(), {}, (0,))
+    for i in range(1, 5):
+        reporter.evaluation(_evaluation(i, 0.5))
+    reporter.fail("TrainingError: loss is NaN", 1.0)
+    assert [r["evaluation"] for r in sent] == [1, 2, 3, 4]
+    assert sent[-1]["trial_error"] == "TrainingError: loss is NaN" and sent[-1]["is_final"] is False

@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,20 +199,22 @@ def check_cluster(address: str, temp_dir: str) -> None:
         raise KDTuneError(f"{where}: nobody answers there ({reason.lower()}); is the head running "
                           "(`ray start --head`) and is the port its GCS port?") from None
     from ray._raylet import InnerGcsClient  # type: ignore[attr-defined]
+    from ray.exceptions import AuthenticationError
 
     log = Path(temp_dir) / "probe.log"
+    asked = time.monotonic()
     try:
         with _stderr_to(log):
+            # Ray 2.60 tries a few times within this timeout each; about 15 s in all for a silent port.
             InnerGcsClient.standalone(f"{host}:{port}", None, int(PROBE_TIMEOUT_S * 1000))
+    except AuthenticationError:
+        raise KDTuneError(f"{where}: the cluster refused our token: set RAY_AUTH_TOKEN to the token "
+                          "the cluster was started with") from None
     except Exception as exc:  # noqa: BLE001 - what the GCS client raises is the answer; each is one line
-        name = type(exc).__name__
-        if name == "AuthenticationError":
-            raise KDTuneError(f"{where}: the cluster refused our token: set RAY_AUTH_TOKEN to the token "
-                              "the cluster was started with") from None
         if "Timed out" in str(exc):
             raise KDTuneError(f"{where}: something answers there, but no Ray head replied within "
-                              f"{PROBE_TIMEOUT_S * 3:g} s; is this the GCS port of the head?") from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else name
+                              f"{time.monotonic() - asked:.0f} s; is this the GCS port of the head?") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise KDTuneError(f"{where}: {first}") from None
     finally:
         log.unlink(missing_ok=True)

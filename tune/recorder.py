@@ -16,7 +16,7 @@ from ray import tune
 
 from results.schema import param_column, param_type
 from results.writer import StudyTables
-from tune.searcher import PruneAwareOptunaSearch, trial_status
+from tune.searcher import EVAL_KEY, PruneAwareOptunaSearch, evaluations, trial_status
 
 METRICS = ("inner_acc", "inner_loss", "holdout_acc", "holdout_loss")
 
@@ -40,9 +40,10 @@ def _sample_std(values: list[float]) -> float | None:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def epoch_row(ids: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
-    return {**ids, "iteration": int(result.get("training_iteration", 0)), "epoch": int(result.get("epoch", 0)),
-            **{f"{m}_mean": _num(result.get(m)) for m in METRICS}}
+def epoch_row(ids: dict[str, Any], step: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The epochs-table row of one evaluation (``iteration`` is its number, 1, 2, ...)."""
+    return {**ids, "iteration": step, "epoch": int(metrics.get("epoch", 0)),
+            **{f"{m}_mean": _num(metrics.get(m)) for m in METRICS}}
 
 
 def trial_rows(ids: dict[str, Any], status: str, error: str | None, params: dict[str, Any], knobs: list[str],
@@ -61,7 +62,7 @@ def trial_rows(ids: dict[str, Any], status: str, error: str | None, params: dict
         "inner_acc_std": _num(result.get("inner_acc_std")), "holdout_acc_std": _num(result.get("holdout_acc_std")),
         "best_epoch": _num(result.get("best_epoch")),
         "epochs_run": int(result["epoch"]) if result.get("epoch") is not None else None,
-        "iterations": int(result.get("training_iteration") or 0) or None,
+        "iterations": int(result.get(EVAL_KEY) or result.get("training_iteration") or 0) or None,
         "wall_seconds": _num(result.get("trial_seconds", result.get("time_total_s"))),
         "teacher_cache_hit": result.get("teacher_cache_hit"),
         "node": result.get("node"), "hostname": result.get("hostname"), "device": result.get("device"),
@@ -130,10 +131,10 @@ class ResultsRecorder(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any) -> None:
         rows = self._epochs[trial.trial_id]
-        step = int(result.get("training_iteration", 0))
-        while rows and rows[-1]["iteration"] >= step:  # a retried trial starts over
-            rows.pop()
-        rows.append(epoch_row(self._ids(trial.trial_id), result))
+        for step, metrics in evaluations(result):
+            while rows and rows[-1]["iteration"] >= step:  # a retried trial starts over
+                rows.pop()
+            rows.append(epoch_row(self._ids(trial.trial_id), step, metrics))
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._record(trial, error=False)

@@ -357,7 +357,7 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: Any, tables: Any, *,
     from ray.tune.schedulers import ASHAScheduler
 
     from tune.recorder import ResultsRecorder
-    from tune.searcher import PruneAwareOptunaSearch
+    from tune.searcher import EVAL_KEY, PruneAwareOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     mode = space.objective.mode
@@ -366,7 +366,7 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: Any, tables: Any, *,
         sampler=optuna.samplers.TPESampler(seed=sampler_seed), study_name=meta.name,
         storage=journal_storage(paths),
     )
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=meta.max_t,
+    scheduler = ASHAScheduler(time_attr=EVAL_KEY, max_t=meta.max_t,
                               grace_period=meta.grace_period, reduction_factor=meta.reduction_factor)
     resources = {"cpu": meta.cpus_per_trial, "gpu": meta.gpus_per_trial}
     return tune.Tuner(

@@ -3,8 +3,9 @@
 Ray's stock OptunaSearch tells Optuna COMPLETE with the last reported value when ASHA stops a trial, so a
 one-epoch score reaches TPE as if it were a finished trial's. Here:
 
-- every result is reported to the Optuna trial as an intermediate value at its ``training_iteration``
-  (including the result on which the scheduler said STOP, which Tune passes to ``on_trial_complete`` only);
+- every evaluation is reported to the Optuna trial as an intermediate value at its number ``evaluation``
+  (a result carries the evaluations since the previous one in ``evals``; see ``evaluations``), including
+  those of the result on which the scheduler said STOP, which Tune passes to ``on_trial_complete`` only;
 - a trial whose last result carries ``is_final=True`` (the trainable finished: last epoch, or its own early
   stopping) is told COMPLETE with that result's metric;
 - any other end without error (ASHA stopped it, the experiment was stopped) is told PRUNED, and Optuna
@@ -21,14 +22,29 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 FINAL_KEY = "is_final"
+EVAL_KEY = "evaluation"  # the number of the (last) evaluation a result stands for: ASHA's time attribute
+EVALS_KEY = "evals"  # the evaluations a result carries (since the previous result), oldest first
 # Result keys kept as Optuna user attributes: with them the Optuna study alone can rebuild a trial's
 # Parquet rows, which is what lets ``kdtune resume`` make the tables agree with it after a crash.
 RECORDED_KEYS = (
     "epoch", "inner_acc", "inner_loss", "holdout_acc", "holdout_loss", "inner_acc_std", "holdout_acc_std",
     "best_epoch", "epochs_run", "trial_seconds", "teacher_cache_hit", "node", "hostname", "device",
-    "seeds", "seed_inner_acc", "seed_holdout_acc", "per_seed", "trial_error", "training_iteration",
+    "seeds", "seed_inner_acc", "seed_holdout_acc", "per_seed", "trial_error", "training_iteration", EVAL_KEY,
 )
 _log = logging.getLogger("kdtune")
+
+
+def evaluations(result: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """``(evaluation number, metrics)`` for each evaluation a result carries, oldest first.
+
+    A result from ``kd_trial`` carries a block of them in ``evals``; any other result stands for one
+    evaluation, numbered by its ``evaluation`` key or else by Tune's ``training_iteration``.
+    """
+    block = result.get(EVALS_KEY)
+    if block is not None:
+        return [(int(e[EVAL_KEY]), e) for e in block if e.get(EVAL_KEY)]
+    step = result.get(EVAL_KEY, result.get("training_iteration"))
+    return [] if step is None else [(int(step), result)]
 
 
 def trial_status(result: dict[str, Any] | None, error: bool, metric: str) -> str:
@@ -61,13 +77,14 @@ class PruneAwareOptunaSearch(OptunaSearch):
         return params
 
     def _report(self, trial_id: str, result: dict[str, Any]) -> None:
-        step, value = result.get("training_iteration"), result.get(self.metric)
-        if step is None or value is None or trial_id not in self._ot_trials:
+        if trial_id not in self._ot_trials:
             return
-        if step <= self._last_step.get(trial_id, 0):
-            return  # a retried trial reports its early steps again: keep the first value
-        self._ot_trials[trial_id].report(float(value), int(step))
-        self._last_step[trial_id] = int(step)
+        for step, metrics in evaluations(result):
+            value = metrics.get(self.metric)
+            if value is None or step <= self._last_step.get(trial_id, 0):
+                continue  # a retried trial reports its early steps again: keep the first value
+            self._ot_trials[trial_id].report(float(value), step)
+            self._last_step[trial_id] = step
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id not in self._completed_trials:

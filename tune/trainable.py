@@ -4,8 +4,17 @@ The trial's config holds the sampled knobs (dotted paths) and ``STUDY_KEY``, the
 study folder; everything else (data, space, teacher cache) is read from there. With ``reuse_actors`` one
 worker process runs many trials, so the dataset and its tensors are cached per process.
 
-Reports: one per evaluation (``training_iteration`` counts them; ``epoch`` is the epoch it was taken at).
-Each result is held back until the next one exists, so that the trial's last result can carry
+Reports. ``tune.report`` in a function trainable is a round trip to the driver (Ray runs it with
+synchronous result reporting: the training thread waits until the driver has taken the result), about 4 ms
+here; reporting each of a trial's ~150 evaluations cost a quarter of its time. So evaluations are sent in
+blocks: a report goes out at each of ASHA's rungs (exactly at the rung's evaluation, so the scheduler
+decides on the same value as with one report per evaluation), at least every ``REPORT_EVERY_S`` seconds
+(the progress line stays live), and at the end. Each report carries ``evals``: every evaluation since the
+previous report, each with its number ``evaluation`` (1, 2, ...; ASHA's time attribute and Optuna's step)
+and its ``epoch``; the report's own metrics are those of its last evaluation. The searcher and the results
+recorder unpack ``evals`` (``tune.searcher.evaluations``), so Optuna's intermediate values and the epochs
+table still hold every evaluation.
+Each evaluation is held back until the next one exists, so that the trial's last report can carry
 ``is_final=True`` and the *selected* metrics (best weights restored); a trial ASHA stops never sends it.
 A loss that turns NaN or infinite ends the trial at once with ``trial_error`` in its last result (the
 searcher and the tables record it as ERROR) rather than raising: Tune would retry a raised error, and a
@@ -14,6 +23,7 @@ deterministic divergence would only diverge again.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -27,11 +37,13 @@ from kdcore.config import ExperimentConfig
 from kdcore.errors import TrainingError
 from kdcore.teacher_cache import TeacherCache
 from kdcore.train import EpochReport, Prepared, prepare, train_student
-from tune.searcher import FINAL_KEY
+from tune.searcher import EVAL_KEY, EVALS_KEY, FINAL_KEY
 from tune.study import StudyMeta, StudyPaths
 
 STUDY_KEY = "kdtune_study"
 METRIC = "inner_acc"
+REPORT_EVERY_S = 0.5
+_EVAL_FIELDS = (EVAL_KEY, "epoch", "inner_acc", "inner_loss", "holdout_acc", "holdout_loss")
 
 _DATA: dict[str, kdata.MultiDomainData] = {}
 _PREP: dict[tuple[Any, ...], Prepared] = {}
@@ -60,6 +72,66 @@ def _metrics(report: EpochReport, seeds: tuple[int, ...]) -> dict[str, Any]:
         "seed_inner_acc": [float(v) for v in report.inner_acc],
         "seed_holdout_acc": [float(v) for v in report.holdout_acc],
     }
+
+
+def asha_rungs(grace_period: int, reduction_factor: int, max_t: int) -> frozenset[int]:
+    """The evaluations at which ASHA compares trials: as ``ray.tune.schedulers.AsyncHyperBandScheduler``
+    lays out the rungs of its one bracket (``grace * rf**k`` for ``k < int(log(max_t / grace) / log(rf) + 1)``)."""
+    count = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
+    return frozenset(grace_period * reduction_factor**k for k in range(max(count, 0)))
+
+
+class _Reporter:
+    """Sends evaluations to Tune in blocks (see the module docstring): at rungs, every few seconds, at the end."""
+
+    def __init__(self, report: Any, rungs: frozenset[int], extra: dict[str, Any], seeds: tuple[int, ...]) -> None:
+        self._report = report
+        self._rungs = rungs
+        self._extra = extra
+        self._seeds = seeds
+        self._block: list[dict[str, Any]] = []
+        self._held: EpochReport | None = None
+        self._count = 0
+        self._sent = time.monotonic()
+
+    def evaluation(self, report: EpochReport) -> None:
+        """A new evaluation: the one held back until now is not the last, so it can go."""
+        if self._held is not None:
+            metrics = self._queue(self._held)
+            if metrics[EVAL_KEY] in self._rungs or time.monotonic() - self._sent >= REPORT_EVERY_S:
+                self._send(metrics, final=False)
+        self._held = report
+
+    def _queue(self, report: EpochReport) -> dict[str, Any]:
+        self._count += 1
+        metrics = {EVAL_KEY: self._count, **_metrics(report, self._seeds)}
+        self._block.append({k: metrics[k] for k in _EVAL_FIELDS})
+        return metrics
+
+    def _send(self, metrics: dict[str, Any], *, final: bool, **more: Any) -> None:
+        block, self._block = self._block, []
+        self._report({**metrics, **self._extra, **more, EVALS_KEY: block, FINAL_KEY: final})
+        self._sent = time.monotonic()
+
+    def finish(self, selected: dict[str, Any]) -> None:
+        """The last report: the held evaluation, its metrics replaced by the ``selected`` ones (best weights),
+        and the curve's raw last values kept as ``last_<metric>``."""
+        if self._held is None:
+            raise TrainingError("the training made no evaluation (no epoch ran)")
+        metrics = self._queue(self._held)
+        metrics.update({f"last_{m}": metrics[m] for m in ("inner_acc", "inner_loss", "holdout_acc", "holdout_loss")})
+        metrics.update(selected)
+        self._block[-1].update({k: metrics[k] for k in _EVAL_FIELDS})
+        self._send(metrics, final=True)
+
+    def fail(self, error: str, seconds: float) -> None:
+        """The last report of a trial whose training diverged: what it has, and the reason."""
+        if self._held is not None:
+            metrics = self._queue(self._held)
+        else:
+            metrics = {EVAL_KEY: self._count, "epoch": 0, "seeds": list(self._seeds)}
+        metrics.setdefault(METRIC, float("nan"))
+        self._send(metrics, final=False, trial_error=error, trial_seconds=seconds)
 
 
 def experiment_config(config: dict[str, Any]) -> tuple[StudyPaths, StudyMeta, ExperimentConfig]:
@@ -97,26 +169,16 @@ def kd_trial(config: dict[str, Any]) -> None:
         "teacher_cache_hit": teachers.hit,
         "teacher_key": teachers.key[:16],
     }
-    pending: list[EpochReport] = []
-
-    def on_epoch(report: EpochReport) -> None:
-        if pending:
-            tune.report({**_metrics(pending.pop(), exp.seeds), **where, FINAL_KEY: False})
-        pending.append(report)
-
+    reporter = _Reporter(tune.report, asha_rungs(meta.grace_period, meta.reduction_factor, meta.max_t), where,
+                         exp.seeds)
     try:
-        result = train_student(prep, exp, teachers.models, on_epoch)
+        result = train_student(prep, exp, teachers.models, reporter.evaluation)
     except TrainingError as exc:
         # Deterministic divergence: end now as an error with its reason (a retry would diverge again).
-        last = _metrics(pending.pop(), exp.seeds) if pending else {"epoch": 0, "seeds": list(exp.seeds)}
-        last.setdefault(METRIC, float("nan"))
-        tune.report({**last, **where, FINAL_KEY: False, "trial_error": f"TrainingError: {exc}",
-                     "trial_seconds": time.perf_counter() - start})
+        reporter.fail(f"TrainingError: {exc}", time.perf_counter() - start)
         return
-    final = _metrics(pending.pop(), exp.seeds)
     summary = result.summary()
-    final.update({f"last_{m}": final[m] for m in ("inner_acc", "inner_loss", "holdout_acc", "holdout_loss")})
-    final.update({
+    reporter.finish({
         "inner_acc": summary["inner_acc_mean"],
         "inner_loss": summary["inner_loss_mean"],
         "holdout_acc": summary["holdout_acc_mean"],
@@ -128,4 +190,3 @@ def kd_trial(config: dict[str, Any]) -> None:
         "per_seed": summary["per_seed"],
         "trial_seconds": time.perf_counter() - start,
     })
-    tune.report({**final, **where, FINAL_KEY: True})
