@@ -160,8 +160,9 @@ def _make_progress_callback(total: int, stream: TextIO | None, quiet: bool) -> A
             self.best: float | None = None
             self.start = time.monotonic()
 
-        def _show(self, trials: list[Any], force: bool = False) -> None:
-            running = sum(1 for t in trials if t.status == "RUNNING")
+        def _show(self, trials: list[Any], force: bool = False, ended: Any = None) -> None:
+            # A trial that is ending may still say RUNNING while its callbacks run: not counted.
+            running = sum(1 for t in trials if t.status == "RUNNING" and t is not ended)
             best = f"{100 * self.best:.2f} %" if self.best is not None else "-"
             self.line.update(
                 f"trials {sum(self.ends.values())}/{total} done: {self.ends['complete']} complete, "
@@ -179,11 +180,11 @@ def _make_progress_callback(total: int, stream: TextIO | None, quiet: bool) -> A
             value = result.get(METRIC)
             if status == "COMPLETE" and value is not None and (self.best is None or value > self.best):
                 self.best = float(value)
-            self._show(trials, force=True)
+            self._show(trials, force=True, ended=trial)
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             self.ends["error"] += 1
-            self._show(trials, force=True)
+            self._show(trials, force=True, ended=trial)
 
         def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
             self._show(trials, force=True)
