@@ -176,6 +176,8 @@ class Case:
     build: Callable[[Workspace], list[str]]
     fragment: str  # what the one line must say
     token: bool = True  # hand the command a RAY_AUTH_TOKEN (as every process of a token cluster needs)
+    timeout: float = 30  # an unreachable address must be reported within this (a TCP connect fails at once)
+    env: tuple[tuple[str, str], ...] = ()  # more environment for the command
 
 
 # The rows of the table, run as a user runs them: a subprocess with its own HOME.
@@ -206,6 +208,7 @@ MORE = {
     "search-storage-uri": Case(lambda w: ["search", "--space", str(w.root / "space.yaml"), "--name", "new",
                                           "--storage", "s3://bucket/studies"], "need POSIX file locks"),
     "search-address-not-host-port": Case(_search("--address", "head-node"), "--address must be HOST:PORT"),
+    "search-address-ray-client": Case(_search("--address", "ray://head:10001"), "Ray Client addresses"),
     "resume-address-not-host-port": Case(lambda w: ["resume", str(w.study), "--address", "10.0.0.1:http"],
                                          "--address must be HOST:PORT"),
 }
@@ -220,13 +223,16 @@ SLOW = {
         Case(lambda w: ["resume", str(w.study), "--more", "2", "--address", "127.0.0.1:1"], "127.0.0.1:1"),
         marks=[pytest.mark.slow]),
     "search-address-not-a-ray-head": pytest.param(
-        Case(_not_a_ray_head, "no Ray head replied"), marks=pytest.mark.slow),
+        # The GCS probe waits ~15 s for an answer that never comes; start-up on a busy machine comes on top.
+        Case(_not_a_ray_head, "no Ray head replied", timeout=90), marks=pytest.mark.slow),
+    "search-address-token-path-unreadable": pytest.param(
+        Case(_search("--address", "127.0.0.1:1"), "RAY_AUTH_TOKEN_PATH is set but file cannot be opened",
+             token=False, env=(("RAY_AUTH_TOKEN_PATH", "/nonexistent/kdtune-token"),)), marks=pytest.mark.slow),
     "search-address-without-token": pytest.param(
         Case(_search("--address", "127.0.0.1:1"), "RAY_AUTH_TOKEN", token=False),
         marks=[pytest.mark.slow]),
 }
-# An unreachable address must be reported within this time (a TCP connect to a closed port fails at once).
-TIMEOUT_S = 30
+TIMEOUT_S = 30  # for a command that starts no Ray
 
 
 def _kill_marked_processes(token: str) -> None:
@@ -253,11 +259,12 @@ def test_bad_input_gets_one_line_exit_2_and_writes_nothing(case: Case, ws: Works
                KDTUNE_TEST_MARK=token)  # finds the processes this command started, with or without a token
     if case.token:
         env["RAY_AUTH_TOKEN"] = token
+    env.update(case.env)
     try:
         proc = subprocess.run([*_kdtune_cmd(), *args], check=False, cwd=ws.root, env=env, capture_output=True, text=True,
-                              timeout=TIMEOUT_S)
+                              timeout=case.timeout)
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"kdtune {command} gave no answer within {TIMEOUT_S} s; stderr so far: "
+        pytest.fail(f"kdtune {command} gave no answer within {case.timeout} s; stderr so far: "
                     f"{(exc.stderr or b'')[-300:]!r}; changed: {_changes(before, ws.snapshot())}")
     finally:
         _kill_marked_processes(token)

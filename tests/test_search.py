@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import optuna
@@ -836,7 +837,7 @@ def test_reporter_sends_blocks_at_rungs_and_every_evaluation_once(monkeypatch: p
 
     monkeypatch.setattr(trainable, "REPORT_EVERY_S", 1e9)  # only rungs and the end
     sent: list[dict[str, Any]] = []
-    reporter = trainable._Reporter(sent.append, frozenset({3, 9}), {"node": "n"}, (0, 1))
+    reporter = trainable._Reporter(sent.append, frozenset({3, 9}), 100, {"node": "n"}, (0, 1))
     for i in range(1, 12):
         reporter.evaluation(_evaluation(i, i / 100))
     reporter.finish({"inner_acc": 0.5})
@@ -851,13 +852,54 @@ def test_reporter_sends_blocks_at_rungs_and_every_evaluation_once(monkeypatch: p
 
 
 def test_reporter_sends_at_least_every_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no rung in sight, a report goes out once REPORT_EVERY_S has passed since the last, not before."""
     from tune import trainable
 
-    monkeypatch.setattr(trainable, "REPORT_EVERY_S", 0.0)
+    now = [0.0]
+    monkeypatch.setattr(trainable, "time", SimpleNamespace(monotonic=lambda: now[0]))
     sent: list[dict[str, Any]] = []
-    reporter = trainable._Reporter(sent.append, frozenset(), {}, (0,))
+    reporter = trainable._Reporter(sent.append, frozenset(), 100, {}, (0,))
+    for i in range(1, 9):
+        now[0] = 0.2 * i  # evaluation i arrives at 0.2 i s; evaluation i - 1 becomes sendable then
+        reporter.evaluation(_evaluation(i, 0.5))
+    # 0.5 s interval: sendable at 0.4 (1), 0.6 (2) -> sent; 0.8 (3), 1.0 (4) held, 1.2 (5) -> sent; ...
+    assert [r["evaluation"] for r in sent] == [2, 5]
+    assert [len(r["evals"]) for r in sent] == [2, 3]
+
+
+def test_reporter_sends_the_max_t_evaluation_at_once() -> None:
+    """ASHA stops a trial at its first report at or past max_t; that report must not wait for the interval."""
+    from tune import trainable
+
+    sent: list[dict[str, Any]] = []
+    reporter = trainable._Reporter(sent.append, frozenset(), 4, {}, (0,))
+    for i in range(1, 7):
+        reporter.evaluation(_evaluation(i, 0.5))
+    assert [r["evaluation"] for r in sent] == [4, 5]
+
+
+def test_reporter_failing_before_any_evaluation_still_names_every_metric() -> None:
+    """A loss that is NaN at once: the report has each possible objective (as NaN) and the reason."""
+    import math
+
+    from tune import trainable
+
+    sent: list[dict[str, Any]] = []
+    trainable._Reporter(sent.append, frozenset(), 100, {}, (0, 1)).fail("TrainingError: loss is NaN", 0.1)
+    (last,) = sent
+    assert last["trial_error"] == "TrainingError: loss is NaN" and last["evals"] == []
+    assert all(math.isnan(last[m]) for m in ("inner_acc", "inner_loss", "holdout_acc", "holdout_loss"))
+
+
+def test_reporter_failure_carries_the_evaluations_not_yet_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tune import trainable
+
+    monkeypatch.setattr(trainable, "REPORT_EVERY_S", 1e9)
+    sent: list[dict[str, Any]] = []
+    reporter = trainable._Reporter(sent.append, frozenset(), 100, {}, (0,))
     for i in range(1, 5):
         reporter.evaluation(_evaluation(i, 0.5))
     reporter.fail("TrainingError: loss is NaN", 1.0)
-    assert [r["evaluation"] for r in sent] == [1, 2, 3, 4]
+    assert [r["evaluation"] for r in sent] == [4]
+    assert [e["evaluation"] for e in sent[0]["evals"]] == [1, 2, 3, 4]
     assert sent[-1]["trial_error"] == "TrainingError: loss is NaN" and sent[-1]["is_final"] is False

@@ -154,6 +154,9 @@ def _make_temp_dir(local: bool) -> str:
 
 def split_address(address: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` too) as a pair; anything else is refused with one line."""
+    if "://" in address:
+        raise KDTuneError(f"--address must be HOST:PORT of the cluster head's GCS (as `ray start --head` printed); "
+                          f"Ray Client addresses (ray://) are not supported, but got {address!r}")
     host, sep, port = address.strip().rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -179,34 +182,48 @@ def _stderr_to(path: Path) -> Iterator[None]:
 def check_cluster(address: str, temp_dir: str) -> None:
     """Fail in seconds, with one line, where ``ray.init(address=...)`` would retry for minutes.
 
-    1. Token authentication on and no token: Ray's C++ core aborts the process when it looks for one.
-    2. Nobody listening: a TCP connect fails at once (Ray would retry the GCS ~20 times for ~40 s each).
+    1. Token authentication on and no usable token: Ray's C++ core aborts the process when it looks for one.
+    2. Nobody listening: a TCP connect fails at once (Ray would retry the GCS ~20 times for ~40 s each);
+       an unknown host or a silent one (a firewall) is said as such.
     3. Something listening that is not a Ray head, or a head that refuses our token: a GCS client with a
        short timeout says which (its C++ warnings are kept off the terminal).
     """
     where = f"could not join the Ray cluster at {address}"
     host, port = split_address(address)
-    token_on = os.environ.get("RAY_AUTH_MODE", "disabled").lower() == "token"
-    have_token = (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
-                  or (Path.home() / ".ray" / "auth_token").is_file())
-    if token_on and not have_token:
-        raise KDTuneError(f"{where}: no token: set RAY_AUTH_TOKEN to the cluster's token (kdtune keeps Ray's "
-                          "token authentication on; RAY_AUTH_MODE=disabled joins a cluster that has none)")
+    from ray._raylet import AuthenticationTokenLoader, InnerGcsClient  # type: ignore[attr-defined]
+    from ray.exceptions import AuthenticationError
+
+    if os.environ.get("RAY_AUTH_MODE", "disabled").lower() == "token":
+        # Ray's own lookup (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token), asked before its C++ core
+        # is: that one aborts the process when it finds no token.
+        try:
+            found, problem = bool(AuthenticationTokenLoader.instance().has_token()), ""
+        except AuthenticationError as exc:
+            found, problem = False, str(exc).split(". ")[0]
+        if not found and "RAY_AUTH_TOKEN_PATH" in problem:
+            raise KDTuneError(f"{where}: {problem}; set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the "
+                              "cluster's token")
+        if not found:
+            raise KDTuneError(f"{where}: no token: set RAY_AUTH_TOKEN to the cluster's token (kdtune keeps Ray's "
+                              "token authentication on; RAY_AUTH_MODE=disabled joins a cluster that has none)")
     try:
         socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+    except socket.gaierror as exc:
+        raise KDTuneError(f"{where}: cannot resolve the host {host!r} ({exc.strerror or exc})") from None
+    except TimeoutError:
+        raise KDTuneError(f"{where}: no answer within {PROBE_TIMEOUT_S:g} s (a firewall, or the wrong host?)") from None
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise KDTuneError(f"{where}: nobody answers there ({reason.lower()}); is the head running "
                           "(`ray start --head`) and is the port its GCS port?") from None
-    from ray._raylet import InnerGcsClient  # type: ignore[attr-defined]
-    from ray.exceptions import AuthenticationError
 
     log = Path(temp_dir) / "probe.log"
     asked = time.monotonic()
+    gcs = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         with _stderr_to(log):
             # Ray 2.60 tries a few times within this timeout each; about 15 s in all for a silent port.
-            InnerGcsClient.standalone(f"{host}:{port}", None, int(PROBE_TIMEOUT_S * 1000))
+            InnerGcsClient.standalone(gcs, None, int(PROBE_TIMEOUT_S * 1000))
     except AuthenticationError:
         raise KDTuneError(f"{where}: the cluster refused our token: set RAY_AUTH_TOKEN to the token "
                           "the cluster was started with") from None

@@ -62,7 +62,7 @@ def trial_rows(ids: dict[str, Any], status: str, error: str | None, params: dict
         "inner_acc_std": _num(result.get("inner_acc_std")), "holdout_acc_std": _num(result.get("holdout_acc_std")),
         "best_epoch": _num(result.get("best_epoch")),
         "epochs_run": int(result["epoch"]) if result.get("epoch") is not None else None,
-        "iterations": int(result.get(EVAL_KEY) or result.get("training_iteration") or 0) or None,
+        "iterations": int(result[EVAL_KEY] if EVAL_KEY in result else result.get("training_iteration") or 0) or None,
         "wall_seconds": _num(result.get("trial_seconds", result.get("time_total_s"))),
         "teacher_cache_hit": result.get("teacher_cache_hit"),
         "node": result.get("node"), "hostname": result.get("hostname"), "device": result.get("device"),

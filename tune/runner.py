@@ -83,7 +83,7 @@ def max_evaluations(space: Any) -> int:
     """The most evaluations (reports) any trial of ``space`` can make: ASHA's ``max_t``."""
     base = space.base
     knobs = {knob.path: knob for knob in space.knobs}
-    epochs = max(base.student.epochs, int(knobs["student.epochs"].high) if "student.epochs" in knobs else 0)
+    epochs = max(base.student.epochs, int(max(knobs["student.epochs"].extremes())) if "student.epochs" in knobs else 0)
     method = knobs.get("kd.method")
     may_anneal = base.kd.method == "annealing" or (method is not None and "annealing" in method.choices)
     anneal = 0
@@ -95,9 +95,9 @@ def max_evaluations(space: Any) -> int:
         if knob is None:
             anneal = base.kd.anneal_epochs
         elif all(c.path == "kd.method" and "annealing" in c.values for c in knob.when):
-            anneal = int(knob.high)
+            anneal = int(max(knob.extremes()))
         else:
-            anneal = max(int(knob.high), base.kd.anneal_epochs)
+            anneal = max(int(max(knob.extremes())), base.kd.anneal_epochs)
     every = base.eval_every
     return math.ceil(epochs / every) + (math.ceil(anneal / every) if anneal else 0) + 2
 

@@ -14,6 +14,8 @@ previous report, each with its number ``evaluation`` (1, 2, ...; ASHA's time att
 and its ``epoch``; the report's own metrics are those of its last evaluation. The searcher and the results
 recorder unpack ``evals`` (``tune.searcher.evaluations``), so Optuna's intermediate values and the epochs
 table still hold every evaluation.
+A trial cut off from outside (Ctrl-C, a lost worker) loses the evaluations it had not sent yet, at most
+``REPORT_EVERY_S`` worth; such a trial is re-run (``kdtune resume``, Tune's retries) and reports afresh.
 Each evaluation is held back until the next one exists, so that the trial's last report can carry
 ``is_final=True`` and the *selected* metrics (best weights restored); a trial ASHA stops never sends it.
 A loss that turns NaN or infinite ends the trial at once with ``trial_error`` in its last result (the
@@ -82,11 +84,14 @@ def asha_rungs(grace_period: int, reduction_factor: int, max_t: int) -> frozense
 
 
 class _Reporter:
-    """Sends evaluations to Tune in blocks (see the module docstring): at rungs, every few seconds, at the end."""
+    """Sends evaluations to Tune in blocks (see the module docstring): at ASHA's rungs and ``max_t``, at
+    least every ``REPORT_EVERY_S`` seconds, and at the end."""
 
-    def __init__(self, report: Any, rungs: frozenset[int], extra: dict[str, Any], seeds: tuple[int, ...]) -> None:
+    def __init__(self, report: Any, rungs: frozenset[int], max_t: int, extra: dict[str, Any],
+                 seeds: tuple[int, ...]) -> None:
         self._report = report
         self._rungs = rungs
+        self._max_t = max_t  # ASHA stops a trial at its first report at or past max_t: send that one at once
         self._extra = extra
         self._seeds = seeds
         self._block: list[dict[str, Any]] = []
@@ -98,7 +103,8 @@ class _Reporter:
         """A new evaluation: the one held back until now is not the last, so it can go."""
         if self._held is not None:
             metrics = self._queue(self._held)
-            if metrics[EVAL_KEY] in self._rungs or time.monotonic() - self._sent >= REPORT_EVERY_S:
+            step = metrics[EVAL_KEY]
+            if step in self._rungs or step >= self._max_t or time.monotonic() - self._sent >= REPORT_EVERY_S:
                 self._send(metrics, final=False)
         self._held = report
 
@@ -130,7 +136,8 @@ class _Reporter:
             metrics = self._queue(self._held)
         else:
             metrics = {EVAL_KEY: self._count, "epoch": 0, "seeds": list(self._seeds)}
-        metrics.setdefault(METRIC, float("nan"))
+        for key in ("inner_acc", "inner_loss", "holdout_acc", "holdout_loss"):  # either may be the objective
+            metrics.setdefault(key, float("nan"))
         self._send(metrics, final=False, trial_error=error, trial_seconds=seconds)
 
 
@@ -169,8 +176,8 @@ def kd_trial(config: dict[str, Any]) -> None:
         "teacher_cache_hit": teachers.hit,
         "teacher_key": teachers.key[:16],
     }
-    reporter = _Reporter(tune.report, asha_rungs(meta.grace_period, meta.reduction_factor, meta.max_t), where,
-                         exp.seeds)
+    reporter = _Reporter(tune.report, asha_rungs(meta.grace_period, meta.reduction_factor, meta.max_t), meta.max_t,
+                         where, exp.seeds)
     try:
         result = train_student(prep, exp, teachers.models, reporter.evaluation)
     except TrainingError as exc:
