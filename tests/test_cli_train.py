@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cli_errors import assert_one_line_error
 
 from kdcore import data as kdata
 from tune.cli import main
@@ -25,24 +26,14 @@ FAST = ["--data", "builtin:d0.5", "--epochs", "2", "--seeds", "0", "--batch-size
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    return subprocess.run([sys.executable, "-m", "tune.cli", "train", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run([sys.executable, "-m", "tune.cli", "train", *args], check=False, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=env)
 
 
 def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     rc = main(["train", *args])
     captured = capsys.readouterr()
     return rc, captured.out, captured.err
-
-
-def _assert_one_line_error(rc: int, err: str, *fragments: str) -> None:
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("kdtune train: error:"), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def test_train_json_output_shape() -> None:
@@ -101,7 +92,7 @@ def test_set_and_config_file_reach_the_experiment(tmp_path: Path, capsys: pytest
 
 def test_missing_data_file_in_a_real_process(tmp_path: Path) -> None:
     proc = _cli("--data", str(tmp_path / "missing.pkl"), "--epochs", "1", "--seeds", "0")
-    _assert_one_line_error(proc.returncode, proc.stderr, "data file not found", "missing.pkl")
+    assert_one_line_error("train", proc.returncode, proc.stderr, "data file not found", "missing.pkl")
     assert proc.stdout == ""
 
 
@@ -118,7 +109,7 @@ def test_malicious_pickle_in_a_real_process(tmp_path: Path) -> None:
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps({"x_train": _Evil(marker)}, protocol=3))
     proc = _cli("--data", str(path), "--epochs", "1", "--seeds", "0", "--quiet")
-    _assert_one_line_error(proc.returncode, proc.stderr, "refusing to load")
+    assert_one_line_error("train", proc.returncode, proc.stderr, "refusing to load")
     assert not marker.exists()
 
 
@@ -149,7 +140,7 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
 def test_user_errors_are_one_line_exit_2(capsys: pytest.CaptureFixture[str], case: str) -> None:
     args, fragments = ERROR_CASES[case]
     rc, out, err = _main(capsys, "--epochs", "1", "--seeds", "0", "--quiet", *args)
-    _assert_one_line_error(rc, err, *fragments)
+    assert_one_line_error("train", rc, err, *fragments)
     assert out == ""
 
 
@@ -157,17 +148,17 @@ def test_malicious_pickle_path(tmp_path: Path, capsys: pytest.CaptureFixture[str
     marker = tmp_path / "pwned-in-process"
     path = _write(tmp_path, "evil.pkl", pickle.dumps(_Evil(marker), protocol=5))
     rc, _, err = _main(capsys, "--data", path, "--epochs", "1", "--seeds", "0", "--quiet")
-    _assert_one_line_error(rc, err, "refusing to load", "evil.pkl")
+    assert_one_line_error("train", rc, err, "refusing to load", "evil.pkl")
     assert not marker.exists()
 
 
 def test_bad_data_file_contents(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _write(tmp_path, "list.pkl", pickle.dumps([np.zeros(3)], protocol=3))
     rc, _, err = _main(capsys, "--data", path, "--epochs", "1", "--seeds", "0", "--quiet")
-    _assert_one_line_error(rc, err, "expected a dict of numpy arrays")
+    assert_one_line_error("train", rc, err, "expected a dict of numpy arrays")
     path = _write(tmp_path, "garbage.pkl", b"\x00\xffnot a pickle")
     rc, _, err = _main(capsys, "--data", path, "--epochs", "1", "--seeds", "0", "--quiet")
-    _assert_one_line_error(rc, err, "not a readable dataset pickle")
+    assert_one_line_error("train", rc, err, "not a readable dataset pickle")
 
 
 CONFIG_CASES: dict[str, tuple[str, list[str]]] = {
@@ -188,30 +179,30 @@ def test_bad_config_files(tmp_path: Path, capsys: pytest.CaptureFixture[str], ca
     text, fragments = CONFIG_CASES[case]
     path = _write(tmp_path, "exp.yaml", text)
     rc, out, err = _main(capsys, *FAST, "--config", path)
-    _assert_one_line_error(rc, err, *fragments)
+    assert_one_line_error("train", rc, err, *fragments)
     assert out == ""
 
 
 def test_config_file_not_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = _main(capsys, *FAST, "--config", str(tmp_path / "nope.yaml"))
-    _assert_one_line_error(rc, err, "config file not found")
+    assert_one_line_error("train", rc, err, "config file not found")
 
 
 def test_binary_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _write(tmp_path, "exp.yaml", b"\x80\x81\xfe\xff binary")
     rc, _, err = _main(capsys, *FAST, "--config", path)
-    _assert_one_line_error(rc, err)
+    assert_one_line_error("train", rc, err)
 
 
 def test_config_with_non_string_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _write(tmp_path, "exp.yaml", "1: a\nfoo: b\n")
     rc, _, err = _main(capsys, *FAST, "--config", path)
-    _assert_one_line_error(rc, err, "unknown key")
+    assert_one_line_error("train", rc, err, "unknown key")
 
 
 def test_zero_threads(capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = _main(capsys, *FAST, "--threads", "0")
-    _assert_one_line_error(rc, err, "threads")
+    assert_one_line_error("train", rc, err, "threads")
 
 
 def test_exponent_without_dot_is_a_number(capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 import optuna
 import pytest
+from cli_errors import assert_one_line_error
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
@@ -292,16 +293,6 @@ def tmp_ray_entries_of(run: Run, before: set[str]) -> list[str]:
     return sorted(mine)
 
 
-def assert_one_line_error(rc: int, err: str, *fragments: str) -> None:
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("kdtune search: error:"), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
-
 def leftovers_in_tmp(tmp: Path) -> list[str]:
     """What kdtune left in its TMPDIR, less torch's (empty) compile cache folder."""
     left = []
@@ -492,7 +483,7 @@ def test_search_impossible_resource_request_fails_before_writing(tmp_path: Path,
     run = start_kdtune(tmp_path, short_tmp, "search", "--space", "smoke", "--name", "big",
                        "--storage", str(storage), "--num-samples", "2", "--cpus-per-trial", "64")
     rc = run.wait(timeout=180)
-    assert_one_line_error(rc, run.stderr, "impossible resource request", "64 CPU")
+    assert_one_line_error("search", rc, run.stderr, "impossible resource request", "64 CPU")
     assert run.stdout == ""
     assert not storage.exists() or list(storage.iterdir()) == []
     assert list(run.home.iterdir()) == [] and list(run.cwd.iterdir()) == []
@@ -511,7 +502,7 @@ def _join_unanswered(tmp_path: Path, tmp: Path, env: dict[str, str] | None, time
 def test_search_address_without_a_token_is_one_line(tmp_path: Path, short_tmp: Path) -> None:
     """Joining a cluster without its token: Ray refuses before any connection is made (fast)."""
     run, rc, storage = _join_unanswered(tmp_path, short_tmp, env=None, timeout=30)
-    assert_one_line_error(rc, run.stderr, "127.0.0.1:1", "RAY_AUTH_TOKEN")
+    assert_one_line_error("search", rc, run.stderr, "127.0.0.1:1", "RAY_AUTH_TOKEN")
     assert not storage.exists() or list(storage.iterdir()) == []
     assert list(run.home.iterdir()) == [] and list(run.cwd.iterdir()) == []
     assert leftovers_in_tmp(run.tmp) == []
@@ -520,7 +511,7 @@ def test_search_address_without_a_token_is_one_line(tmp_path: Path, short_tmp: P
 @pytest.mark.slow
 def test_search_unanswered_address_fails_fast_with_one_line(tmp_path: Path, short_tmp: Path) -> None:
     run, rc, storage = _join_unanswered(tmp_path, short_tmp, env={"RAY_AUTH_TOKEN": "0" * 64}, timeout=60)
-    assert_one_line_error(rc, run.stderr, "127.0.0.1:1")
+    assert_one_line_error("search", rc, run.stderr, "127.0.0.1:1")
     assert not storage.exists() or list(storage.iterdir()) == []
     assert list(run.home.iterdir()) == [] and list(run.cwd.iterdir()) == []
     assert leftovers_in_tmp(run.tmp) == []
@@ -592,7 +583,7 @@ BAD_INPUT: dict[str, tuple[Callable[[Path], list[str]], str]] = {
 def test_search_bad_input_is_one_line_and_writes_nothing(case: str, sandbox: Sandbox, tmp_path: Path) -> None:
     make_args, fragment = BAD_INPUT[case]
     rc, out, err = sandbox.run(*make_args(tmp_path))
-    assert_one_line_error(rc, err, fragment)
+    assert_one_line_error("search", rc, err, fragment)
     assert out == ""
     assert sandbox.nothing_written()
     assert not (tmp_path / "x").exists()  # "../x" from the storage folder
@@ -603,7 +594,7 @@ def test_search_existing_study_is_refused_and_left_alone(sandbox: Sandbox) -> No
     study.mkdir(parents=True)
     (study / "notes.txt").write_text("mine\n")
     rc, out, err = sandbox.run()
-    assert_one_line_error(rc, err, "already exists")
+    assert_one_line_error("search", rc, err, "already exists")
     assert out == ""
     assert [p.name for p in sandbox.storage.iterdir()] == ["s"]
     assert [p.name for p in study.iterdir()] == ["notes.txt"]
@@ -616,7 +607,7 @@ def test_search_bad_input_in_a_real_process(tmp_path: Path, short_tmp: Path) -> 
     run = start_kdtune(tmp_path, short_tmp, "search", "--space", "nosuch", "--name", "s",
                        "--storage", str(storage))
     rc = run.wait(timeout=120)
-    assert_one_line_error(rc, run.stderr, "unknown built-in search space")
+    assert_one_line_error("search", rc, run.stderr, "unknown built-in search space")
     assert run.stdout == ""
     assert not storage.exists()
     for folder in (run.home, run.tmp, run.cwd):
@@ -651,6 +642,15 @@ def _only_trial(storage: Any) -> optuna.trial.FrozenTrial:
     return trials[0]
 
 
+def _searcher_after_one_result(stock: bool = False) -> tuple[Any, Any]:
+    """A searcher (and its storage) that proposed trial t1, which reported 0.5 at step 1."""
+    storage = optuna.storages.InMemoryStorage()
+    searcher = _searcher(storage, stock=stock)
+    searcher.suggest("t1")
+    searcher.on_trial_result("t1", {"training_iteration": 1, "inner_acc": 0.5})
+    return storage, searcher
+
+
 STOPPED = {"training_iteration": 2, "inner_acc": 0.6, "is_final": False}
 FINISHED = {"training_iteration": 2, "inner_acc": 0.6, "is_final": True}
 
@@ -673,10 +673,7 @@ def test_searcher_tells_optuna_pruned_for_a_trial_stopped_from_outside(backend: 
 
 
 def test_searcher_tells_optuna_complete_for_a_finished_trial() -> None:
-    storage = optuna.storages.InMemoryStorage()
-    searcher = _searcher(storage)
-    searcher.suggest("t1")
-    searcher.on_trial_result("t1", {"training_iteration": 1, "inner_acc": 0.5})
+    storage, searcher = _searcher_after_one_result()
     searcher.on_trial_complete("t1", FINISHED)
     trial = _only_trial(storage)
     assert trial.state == optuna.trial.TrialState.COMPLETE
@@ -685,10 +682,7 @@ def test_searcher_tells_optuna_complete_for_a_finished_trial() -> None:
 
 
 def test_searcher_tells_optuna_fail_for_an_error_even_with_a_metric() -> None:
-    storage = optuna.storages.InMemoryStorage()
-    searcher = _searcher(storage)
-    searcher.suggest("t1")
-    searcher.on_trial_result("t1", {"training_iteration": 1, "inner_acc": 0.5})
+    storage, searcher = _searcher_after_one_result()
     searcher.on_trial_complete("t1", FINISHED, error=True)
     trial = _only_trial(storage)
     assert trial.state == optuna.trial.TrialState.FAIL
@@ -711,10 +705,7 @@ def test_searcher_ignores_a_second_end_and_late_results() -> None:
 
 
 def test_searcher_keeps_the_first_value_of_a_step_reported_again() -> None:
-    storage = optuna.storages.InMemoryStorage()
-    searcher = _searcher(storage)
-    searcher.suggest("t1")
-    searcher.on_trial_result("t1", {"training_iteration": 1, "inner_acc": 0.5})
+    storage, searcher = _searcher_after_one_result()
     searcher.on_trial_result("t1", {"training_iteration": 1, "inner_acc": 0.7})  # a retried worker
     searcher.on_trial_complete("t1", STOPPED)
     assert _only_trial(storage).intermediate_values == {1: 0.5, 2: 0.6}
@@ -723,10 +714,7 @@ def test_searcher_keeps_the_first_value_of_a_step_reported_again() -> None:
 def test_stock_optuna_search_would_call_a_stopped_trial_complete() -> None:
     """Why PruneAwareOptunaSearch exists: Ray's OptunaSearch tells TPE a trial ASHA stopped at step 2 is
     COMPLETE with its step-2 score, as if it had finished, and drops the result it was stopped on."""
-    storage = optuna.storages.InMemoryStorage()
-    searcher = _searcher(storage, stock=True)
-    searcher.suggest("t1")
-    searcher.on_trial_result("t1", {"training_iteration": 1, "inner_acc": 0.5})
+    storage, searcher = _searcher_after_one_result(stock=True)
     searcher.on_trial_complete("t1", STOPPED)
     trial = _only_trial(storage)
     assert trial.state == optuna.trial.TrialState.COMPLETE

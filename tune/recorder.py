@@ -16,9 +16,7 @@ from ray import tune
 
 from results.schema import param_column, param_type
 from results.writer import StudyTables
-from tune.searcher import EVAL_KEY, PruneAwareOptunaSearch, evaluations, trial_status
-
-METRICS = ("inner_acc", "inner_loss", "holdout_acc", "holdout_loss")
+from tune.searcher import EVAL_KEY, METRICS, PruneAwareOptunaSearch, evaluations, trial_status
 
 
 def space_param_types(space: Any) -> list[tuple[str, Any]]:

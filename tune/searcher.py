@@ -21,13 +21,14 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+METRICS = ("inner_acc", "inner_loss", "holdout_acc", "holdout_loss")  # seed means every evaluation carries
 FINAL_KEY = "is_final"
 EVAL_KEY = "evaluation"  # the number of the (last) evaluation a result stands for: ASHA's time attribute
 EVALS_KEY = "evals"  # the evaluations a result carries (since the previous result), oldest first
 # Result keys kept as Optuna user attributes: with them the Optuna study alone can rebuild a trial's
 # Parquet rows, which is what lets ``kdtune resume`` make the tables agree with it after a crash.
 RECORDED_KEYS = (
-    "epoch", "inner_acc", "inner_loss", "holdout_acc", "holdout_loss", "inner_acc_std", "holdout_acc_std",
+    "epoch", *METRICS, "inner_acc_std", "holdout_acc_std",
     "best_epoch", "epochs_run", "trial_seconds", "teacher_cache_hit", "node", "hostname", "device",
     "seeds", "seed_inner_acc", "seed_holdout_acc", "per_seed", "trial_error", "training_iteration", EVAL_KEY,
 )

@@ -39,13 +39,13 @@ from kdcore.config import ExperimentConfig
 from kdcore.errors import TrainingError
 from kdcore.teacher_cache import TeacherCache
 from kdcore.train import EpochReport, Prepared, prepare, train_student
-from tune.searcher import EVAL_KEY, EVALS_KEY, FINAL_KEY
+from tune.searcher import EVAL_KEY, EVALS_KEY, FINAL_KEY, METRICS
 from tune.study import StudyMeta, StudyPaths
 
 STUDY_KEY = "kdtune_study"
 METRIC = "inner_acc"
 REPORT_EVERY_S = 0.5
-_EVAL_FIELDS = (EVAL_KEY, "epoch", "inner_acc", "inner_loss", "holdout_acc", "holdout_loss")
+_EVAL_FIELDS = (EVAL_KEY, "epoch", *METRICS)
 
 _DATA: dict[str, kdata.MultiDomainData] = {}
 _PREP: dict[tuple[Any, ...], Prepared] = {}
@@ -125,7 +125,7 @@ class _Reporter:
         if self._held is None:
             raise TrainingError("the training made no evaluation (no epoch ran)")
         metrics = self._queue(self._held)
-        metrics.update({f"last_{m}": metrics[m] for m in ("inner_acc", "inner_loss", "holdout_acc", "holdout_loss")})
+        metrics.update({f"last_{m}": metrics[m] for m in METRICS})
         metrics.update(selected)
         self._block[-1].update({k: metrics[k] for k in _EVAL_FIELDS})
         self._send(metrics, final=True)
@@ -136,7 +136,7 @@ class _Reporter:
             metrics = self._queue(self._held)
         else:
             metrics = {EVAL_KEY: self._count, "epoch": 0, "seeds": list(self._seeds)}
-        for key in ("inner_acc", "inner_loss", "holdout_acc", "holdout_loss"):  # either may be the objective
+        for key in METRICS:  # inner_acc or inner_loss may be the objective
             metrics.setdefault(key, float("nan"))
         self._send(metrics, final=False, trial_error=error, trial_seconds=seconds)
 
