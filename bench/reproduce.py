@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from kdcore import data as kdata
-from kdcore.config import ExperimentConfig
+from kdcore.config import PUBLISHED_FIT, ExperimentConfig
 from kdcore.train import run_experiment
 
 PUBLISHED = {  # method -> d -> (mean %, std %), from shared/data/README.md
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--distances", default="0.25,0.5,0.75,1.0")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    fit = {"epochs": args.epochs, "lr": 1e-3, "batch_size": None, "restore_best": False}
+    fit = {**PUBLISHED_FIT, "epochs": args.epochs}
     print(f"epochs {args.epochs}, full batch, Adam 1e-3, protocol seed (as published); accuracy % mean ± std")
     print(f"{'d':>5} {'method':<9} {'ours':>15} {'published':>15} {'diff':>6} {'at half':>8}  seconds")
     for d in (float(x) for x in args.distances.split(",")):

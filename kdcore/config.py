@@ -20,6 +20,7 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "step", "cyclic", "onecycle")
 KD_METHODS = ("hinton", "annealing")
 PROTOCOLS = ("honest", "seed")
+INNER = ("folds", "split")
 
 
 def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
@@ -54,6 +55,10 @@ def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
 class FitConfig:
     """How one network (baseline, teacher or student) is built and trained.
 
+    The defaults are the recipe measured best on every built-in distance (``bench/defaults.py``, README
+    "Defaults"): Adam with a one-cycle schedule peaking at 0.01, batches of 128, 300 epochs, the best epoch
+    by selection loss kept. The published recipe (Adam 1e-3 constant, full batch, no selection) is the
+    ``published`` space and ``PUBLISHED_FIT``.
     ``batch_size=None`` means full batch. ``patience=None`` disables early stopping (train all epochs);
     ``restore_best`` then still decides whether the best-by-selection-loss weights or the last ones are kept.
     Schedule parameters are read only by their schedule: ``step_size``/``gamma`` (step, in epochs),
@@ -67,11 +72,11 @@ class FitConfig:
     optimizer: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
-    batch_size: int | None = None
-    epochs: int = 1000
+    batch_size: int | None = 128
+    epochs: int = 300
     patience: int | None = None
     restore_best: bool = True
-    schedule: str = "constant"
+    schedule: str = "onecycle"
     step_size: int = 100
     gamma: float = 0.5
     max_lr: float = 1e-2
@@ -141,14 +146,15 @@ class FitConfig:
 class KDConfig:
     """The distillation knobs.
 
-    ``hinton``: ``(1 - alpha) * CE + alpha * T^2 * KL``. ``annealing`` (Jafari et al. 2021): phase 1 of
+    ``hinton``: ``(1 - alpha) * CE + alpha * T^2 * KL``. Default alpha 0.9, T 1: with per-domain teachers
+    the high temperatures of the published recipe (T 9) hurt (README "Defaults"). ``annealing`` (Jafari et al. 2021): phase 1 of
     ``anneal_epochs`` epochs regresses the student's logits on ``phi(t) * teacher`` with ``tau_max`` steps,
     then phase 2 trains on hard labels (the student's ``epochs``); alpha and temperature are not used.
     """
 
     method: str = "hinton"
-    alpha: float = 0.5
-    temperature: float = 9.0
+    alpha: float = 0.9
+    temperature: float = 1.0
     tau_max: int = 10
     anneal_epochs: int = 500
 
@@ -176,6 +182,15 @@ class KDConfig:
         object.__setattr__(self, "tau_max", tau_max)
         object.__setattr__(self, "anneal_epochs", anneal_epochs)
 
+    @property
+    def uses_teachers(self) -> bool:
+        """False for Hinton KD with alpha = 0: no distillation term, hard labels only."""
+        return self.method != "hinton" or self.alpha > 0
+
+    def without_kd(self) -> KDConfig:
+        """The ablation of this configuration: no distillation term, everything else unchanged."""
+        return KDConfig(method="hinton", alpha=0.0, temperature=self.temperature)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "kd") -> KDConfig:
         _check_keys(cls, data, where)
@@ -189,19 +204,31 @@ def _default_fit() -> FitConfig:
     return FitConfig()
 
 
+# The published recipe (2-20-10-2 ReLU FFNN, Adam 1e-3, full batch, final weights), for comparisons.
+PUBLISHED_FIT = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": None, "epochs": 30000,
+                 "patience": None, "restore_best": False, "schedule": "constant"}
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """One experiment: the seeds, the selection protocol, and the fit settings of every method.
 
-    ``protocol='honest'`` selects on an inner split of ``inner_fraction`` of the training set (stratified
-    by domain and class, drawn with ``split_seed``) and reports the given validation set as holdout;
+    ``protocol='honest'`` selects on inner validation data carved out of the training set (stratified by
+    domain and class, drawn with ``split_seed``) and reports the given validation set as holdout. How it is
+    carved is ``inner``: ``'folds'`` (default) partitions the training set into K = round(1 / inner_fraction)
+    folds and seed number j (in the order of ``seeds``) fits on all folds but fold j mod K and selects on
+    fold j mod K (j counted from ``fold_start``, so that one seed of a study can be re-run alone on its own
+    fold), so that with K seeds the seed-mean inner metric is a K-fold cross-validated estimate over
+    every training point; ``'split'`` holds out one ``inner_fraction`` split that every seed selects on.
     ``protocol='seed'`` trains on the whole training set and selects and reports on the given validation
     set, as the published work did. Metrics are evaluated every ``eval_every`` epochs.
     """
 
     seeds: tuple[int, ...] = DEFAULT_SEEDS
     protocol: str = "honest"
+    inner: str = "folds"
     inner_fraction: float = 0.2
+    fold_start: int = 0
     split_seed: int = 0
     eval_every: int = 1
     baseline: FitConfig = field(default_factory=_default_fit)
@@ -224,7 +251,17 @@ class ExperimentConfig:
         if not 0 < frac < 1:
             raise ConfigError(f"0 < inner_fraction < 1 must hold, but got inner_fraction={frac}")
         object.__setattr__(self, "inner_fraction", frac)
+        _choice(self.inner, "inner", INNER)
+        if self.inner == "folds" and self.n_folds < 2:
+            raise ConfigError(
+                f"inner 'folds' needs at least 2 folds (round(1 / inner_fraction) >= 2), but inner_fraction="
+                f"{frac} gives {self.n_folds}; use inner_fraction <= 0.5 or inner 'split'"
+            )
         object.__setattr__(self, "split_seed", _number(self.split_seed, "split_seed", integer=True))
+        fold_start = _number(self.fold_start, "fold_start", integer=True)
+        if fold_start < 0:
+            raise ConfigError(f"fold_start must be >= 0, but got {fold_start}")
+        object.__setattr__(self, "fold_start", fold_start)
         every = _number(self.eval_every, "eval_every", integer=True)
         if every < 1:
             raise ConfigError(f"eval_every must be >= 1, but got {every}")
@@ -233,6 +270,15 @@ class ExperimentConfig:
                           ("kd", KDConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"{name} must be {cls.__name__}, but got {getattr(self, name)!r}")
+
+    @property
+    def n_folds(self) -> int:
+        """K of the ``folds`` inner validation: round(1 / inner_fraction)."""
+        return round(1 / self.inner_fraction)
+
+    def fold_of(self, j: int) -> int:
+        """The fold that seed number j (its position in ``seeds``) selects on under ``inner='folds'``."""
+        return (self.fold_start + j) % self.n_folds
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExperimentConfig:
@@ -249,7 +295,9 @@ class ExperimentConfig:
         return {
             "seeds": list(self.seeds),
             "protocol": self.protocol,
+            "inner": self.inner,
             "inner_fraction": self.inner_fraction,
+            "fold_start": self.fold_start,
             "split_seed": self.split_seed,
             "eval_every": self.eval_every,
             "baseline": self.baseline.to_dict(),

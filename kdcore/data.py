@@ -196,8 +196,7 @@ def generate(
         )
     rng = np.random.default_rng(seed)
     radius = math.sqrt(2 * math.log(2))
-    theta = 2 * math.pi * np.arange(n_domains) / n_domains
-    centres = 4 * distance * np.stack([np.cos(theta), np.sin(theta)], axis=1)
+    centres = domain_centres(distance, n_domains)
 
     def draw(per_domain: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         noise = rng.standard_normal((n_domains, per_domain, 2))
@@ -256,3 +255,56 @@ def inner_split(data: MultiDomainData, fraction: float, seed: int) -> Split:
         select.append(idx[:n_select])
         fit.append(idx[n_select:])
     return Split(fit=np.sort(np.concatenate(fit)), select=np.sort(np.concatenate(select)))
+
+
+def inner_folds(data: MultiDomainData, n_folds: int, seed: int) -> np.ndarray:
+    """Fold of each training sample (N,) in 0..n_folds-1: a stratified (domain × class) K-fold partition.
+
+    Each cell is shuffled with ``seed`` and dealt round-robin, the dealer's position carrying over from one
+    cell to the next (cells in domain-major order), so every cell, every domain and the whole set split into
+    folds whose sizes differ by at most one.
+    """
+    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 2:
+        raise DataError(f"n_folds >= 2 must hold, but got n_folds={n_folds!r}")
+    rng = np.random.default_rng(seed)
+    folds = np.empty(data.y_train.size, dtype=np.int64)
+    cells = data.d_train * data.n_classes + data.y_train
+    dealt = 0
+    for cell in np.unique(cells):
+        idx = np.flatnonzero(cells == cell)
+        idx = idx[rng.permutation(idx.size)]
+        folds[idx] = (dealt + np.arange(idx.size)) % n_folds
+        dealt += idx.size
+    return folds
+
+
+# ------------------------------------------------------------------------- the built-in generator's law
+
+def domain_centres(distance: float, n_domains: int = 3) -> np.ndarray:
+    """(K, 2) centres of ``generate``'s domains: c_k = 4·d·(cos θ_k, sin θ_k), θ_k = 360°·k/K."""
+    theta = 2 * math.pi * np.arange(n_domains) / n_domains
+    return 4 * distance * np.stack([np.cos(theta), np.sin(theta)], axis=1)
+
+
+def class0_posterior(x: np.ndarray, distance: float, n_domains: int = 3) -> np.ndarray:
+    """P(y = 0 | x) under ``generate``'s law when the domain is not known: (N, 2) -> (N,).
+
+    The domains are equally likely and N(c_k, I); within domain k the label is 0 exactly when
+    |x - c_k| < sqrt(2 ln 2). So the posterior is the Gaussian responsibility of the domains whose disc holds x.
+    """
+    radius = math.sqrt(2 * math.log(2))
+    sq = ((x[:, None, :] - domain_centres(distance, n_domains)[None]) ** 2).sum(axis=-1)  # (N, K)
+    weight = np.exp(-0.5 * (sq - sq.min(axis=1, keepdims=True)))
+    return (weight * (sq < radius**2)).sum(axis=1) / weight.sum(axis=1)
+
+
+def bayes_accuracy(distance: float, *, n: int = 300_000, seed: int = 0, n_domains: int = 3) -> float:
+    """The best accuracy any classifier reaches on ``generate``'s law without the domain as input.
+
+    Monte Carlo over ``n`` fresh points of E[max(p, 1 - p)] with the exact posterior p: its standard error
+    is below 0.05 points at the default n.
+    """
+    fresh = generate(distance, train_per_domain=2, valid_per_domain=max(1, n // n_domains),
+                     n_domains=n_domains, seed=seed)
+    p = class0_posterior(fresh.x_valid.astype(np.float64), distance, n_domains)
+    return float(np.maximum(p, 1 - p).mean())

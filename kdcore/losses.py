@@ -2,7 +2,8 @@
 
 Every function reduces over the sample axis only, so the same code serves one network (B, C) and a batch
 of seeds (S, B, C): the result then has shape (S,), and ``loss.sum()`` gives each seed exactly the gradient
-it would get alone.
+it would get alone. An optional ``weight`` (..., B) turns the mean over samples into a weighted mean: rows
+of weight 0 (the padding of per-seed sets of unequal sizes) count for nothing.
 """
 
 from __future__ import annotations
@@ -11,12 +12,19 @@ import torch
 import torch.nn.functional as F
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the last (sample) axis, weighted by ``weight`` when given. (..., B) -> (...)."""
+    if weight is None:
+        return values.mean(dim=-1)
+    return (values * weight).sum(dim=-1) / weight.sum(dim=-1)
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy over samples. logits (..., B, C), labels (..., B) or (B,) -> (...)."""
     logp = F.log_softmax(logits, dim=-1)
     if labels.dim() < logits.dim() - 1:
         labels = labels.expand(logits.shape[:-1])
-    return -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1).mean(dim=-1)
+    return weighted_mean(-logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1), weight)
 
 
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -46,6 +54,7 @@ def annealing_target(teacher_logits: torch.Tensor, phi: float) -> torch.Tensor:
     return teacher_logits * phi
 
 
-def annealing_mse(student_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def annealing_mse(student_logits: torch.Tensor, target: torch.Tensor,
+                  weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error over samples and classes (phase 1 of annealing KD; no labels). -> (...)."""
-    return (student_logits - target).pow(2).mean(dim=(-2, -1))
+    return weighted_mean((student_logits - target).pow(2).mean(dim=-1), weight)

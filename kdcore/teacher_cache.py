@@ -37,6 +37,9 @@ def teacher_key(fingerprint: str, config: ExperimentConfig) -> str:
         "protocol": config.protocol,
         "inner_fraction": config.inner_fraction if config.protocol == "honest" else None,
         "split_seed": config.split_seed if config.protocol == "honest" else None,
+        # the folds a seed fits on (both only matter under folds; old keys stay valid for split)
+        **({"inner": "folds", "fold_start": config.fold_start}
+           if config.protocol == "honest" and config.inner == "folds" else {}),
         "eval_every": config.eval_every,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

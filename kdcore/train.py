@@ -24,7 +24,7 @@ import torch
 
 from kdcore import losses
 from kdcore.config import ExperimentConfig, FitConfig, KDConfig
-from kdcore.data import MultiDomainData, inner_split
+from kdcore.data import MultiDomainData, inner_folds, inner_split
 from kdcore.errors import DataError, TrainingError
 from kdcore.models import BatchedFFNN
 from kdcore.schedules import annealing_phi, lr_at
@@ -32,18 +32,65 @@ from kdcore.schedules import annealing_phi, lr_at
 
 @dataclass(frozen=True)
 class Subset:
-    """Features (N, F), labels (N,) and domains (N,) on the training device."""
+    """Samples on the training device, shared by every seed or one set per seed.
+
+    Shared: x (N, F), y (N,), d (N,). Per seed: x (S, M, F), y (S, M), d (S, M), each seed its own rows.
+    Per-seed sets of unequal sizes are padded to a common M: a fitting set repeats some of the seed's own
+    rows (so every position is a real sample and batches stay plain), an evaluation set pads with rows of
+    ``weight`` 0, which every metric and loss leaves out. ``weight`` (S, M) is None when no row is padding.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
     d: torch.Tensor
+    weight: torch.Tensor | None = None
+
+    @property
+    def per_seed(self) -> bool:
+        return self.y.dim() == 2
 
     def domain(self, k: int) -> Subset:
-        mask = self.d == k
-        return Subset(self.x[mask], self.y[mask], self.d[mask])
+        """The samples of domain k (each seed's own, re-padded the way this set was padded)."""
+        if not self.per_seed:
+            mask = self.d == k
+            return Subset(self.x[mask], self.y[mask], self.d[mask])
+        keep = self.d == k
+        if self.weight is not None:
+            keep &= self.weight > 0
+        rows = [torch.nonzero(keep[s]).squeeze(1) for s in range(keep.shape[0])]
+        return _padded(self.x, self.y, self.d, rows, mask_padding=self.weight is not None)
+
+    def take(self, t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` (S, B) of one of this set's tensors, each seed from its own rows: -> (S, B, ...)."""
+        if not self.per_seed:
+            return t[idx]
+        if t.dim() == 2:
+            return t.gather(1, idx)
+        return t.gather(1, idx.unsqueeze(-1).expand(*idx.shape, t.shape[-1]))
 
     def __len__(self) -> int:
-        return int(self.y.shape[0])
+        """Rows per seed (padding included)."""
+        return int(self.y.shape[-1])
+
+
+def _padded(x: torch.Tensor, y: torch.Tensor, d: torch.Tensor, rows: Sequence[torch.Tensor], *,
+            mask_padding: bool) -> Subset:
+    """Per-seed subset: seed s gets ``rows[s]`` of x (N, F) / y (N,) / d (N,), or of its own slice if
+    they are per seed already (S, N, ...); padded to the longest by repetition or with weight-0 rows."""
+    if any(r.numel() == 0 for r in rows):
+        raise DataError("a seed's subset is empty")
+    m = max(int(r.numel()) for r in rows)
+    padded = [r.repeat(-(-m // r.numel()))[:m] for r in rows]  # cycle a seed's own rows up to m
+    idx = torch.stack(padded)  # (S, M)
+    if y.dim() == 1:
+        out_x, out_y, out_d = x[idx], y[idx], d[idx]
+    else:
+        out_x = x.gather(1, idx.unsqueeze(-1).expand(*idx.shape, x.shape[-1]))
+        out_y, out_d = y.gather(1, idx), d.gather(1, idx)
+    weight = None
+    if mask_padding and any(int(r.numel()) < m for r in rows):
+        weight = torch.stack([(torch.arange(m, device=idx.device) < r.numel()).float() for r in rows])
+    return Subset(out_x, out_y, out_d, weight)
 
 
 @dataclass(frozen=True)
@@ -59,30 +106,49 @@ class Prepared:
     device: torch.device
 
 
+def _role_check(data: MultiDomainData, idx: np.ndarray, role: str, config: ExperimentConfig) -> None:
+    missing = sorted(set(range(data.n_domains)) - set(data.d_train[idx].tolist()))
+    if missing:
+        raise DataError(
+            f"{data.source}: the honest protocol's {role} data has no samples of domain(s) {missing} "
+            f"(inner={config.inner!r}, inner_fraction={config.inner_fraction}); use more data, another "
+            "inner_fraction, or --protocol seed"
+        )
+
+
 def prepare(data: MultiDomainData, config: ExperimentConfig, device: str | torch.device = "cpu") -> Prepared:
-    """Split ``data`` by ``config.protocol`` and move it to ``device``."""
+    """Split ``data`` by ``config.protocol`` (and ``config.inner``) and move it to ``device``.
+
+    The ``seed`` protocol and the ``split`` inner validation give every seed the same sets (shared tensors);
+    ``folds`` gives seed number j its own: fit on every fold but ``config.fold_of(j)``, select on that fold.
+    """
     dev = torch.device(device)
 
-    def subset(x: np.ndarray, y: np.ndarray, d: np.ndarray) -> Subset:
+    def tensors(x: np.ndarray, y: np.ndarray, d: np.ndarray) -> Subset:
         return Subset(torch.tensor(x, device=dev), torch.tensor(y, device=dev), torch.tensor(d, device=dev))
 
-    holdout = subset(data.x_valid, data.y_valid, data.d_valid)
-    if config.protocol == "honest":
-        split = inner_split(data, config.inner_fraction, config.split_seed)
-        for role, idx in (("inner-validation", split.select), ("training", split.fit)):
-            missing = sorted(set(range(data.n_domains)) - set(data.d_train[idx].tolist()))
-            if missing:
-                raise DataError(
-                    f"{data.source}: the honest protocol's {role} split has no samples of domain(s) {missing} "
-                    f"(inner_fraction={config.inner_fraction}); use more data, another inner_fraction, "
-                    "or --protocol seed"
-                )
+    holdout = tensors(data.x_valid, data.y_valid, data.d_valid)
+    train = tensors(data.x_train, data.y_train, data.d_train)
     if config.protocol == "seed":
-        fit = subset(data.x_train, data.y_train, data.d_train)
-        select = holdout
+        fit, select = train, holdout
+    elif config.inner == "split":
+        split = inner_split(data, config.inner_fraction, config.split_seed)
+        _role_check(data, split.select, "inner-validation", config)
+        _role_check(data, split.fit, "training", config)
+        fit = tensors(data.x_train[split.fit], data.y_train[split.fit], data.d_train[split.fit])
+        select = tensors(data.x_train[split.select], data.y_train[split.select], data.d_train[split.select])
     else:
-        fit = subset(data.x_train[split.fit], data.y_train[split.fit], data.d_train[split.fit])
-        select = subset(data.x_train[split.select], data.y_train[split.select], data.d_train[split.select])
+        folds = inner_folds(data, config.n_folds, config.split_seed)
+        fit_rows, select_rows = [], []
+        for j in range(len(config.seeds)):
+            fold = config.fold_of(j)
+            fit_idx, select_idx = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+            _role_check(data, select_idx, f"inner-validation (fold {fold})", config)
+            _role_check(data, fit_idx, f"training (all but fold {fold})", config)
+            fit_rows.append(torch.as_tensor(fit_idx, device=dev))
+            select_rows.append(torch.as_tensor(select_idx, device=dev))
+        fit = _padded(train.x, train.y, train.d, fit_rows, mask_padding=False)
+        select = _padded(train.x, train.y, train.d, select_rows, mask_padding=True)
     return Prepared(fit, select, holdout, data.n_features, data.n_classes, data.n_domains, dev)
 
 
@@ -163,9 +229,11 @@ def _make_optimizer(model: BatchedFFNN, fit: FitConfig) -> torch.optim.Optimizer
     return torch.optim.Adam(model.parameters(), lr=fit.lr)
 
 
-def _accuracy_and_ce(logits: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    acc = (logits.argmax(dim=-1) == y).float().mean(dim=-1)
-    return acc.cpu().numpy(), losses.cross_entropy(logits, y).cpu().numpy()
+def _accuracy_and_ce(logits: torch.Tensor, subset: Subset) -> tuple[np.ndarray, np.ndarray]:
+    """Per-seed accuracy and mean cross-entropy over the set's real rows. logits (S, M, C) -> (S,), (S,)."""
+    hits = (logits.argmax(dim=-1) == subset.y).float()
+    acc = hits.mean(dim=-1) if subset.weight is None else losses.weighted_mean(hits, subset.weight)
+    return acc.cpu().numpy(), losses.cross_entropy(logits, subset.y, subset.weight).cpu().numpy()
 
 
 def _run_fit(
@@ -187,6 +255,9 @@ def _run_fit(
 ) -> FitResult:
     """The one training loop: shuffled per-seed mini-batches, scheduled LR, selection and early stopping."""
     start = time.perf_counter()
+    if train.per_seed and train.x.shape[0] != model.n_seeds:
+        raise TrainingError(f"{method}: the data was prepared for {train.x.shape[0]} seeds (one fold each), "
+                            f"but {model.n_seeds} seed(s) train; prepare it with the same seeds")
     epochs = fit.epochs if epochs is None else epochs
     stop_after: int | None = fit.patience if isinstance(patience, str) else patience
     restore_best = fit.restore_best if restore_best is None else restore_best
@@ -222,7 +293,7 @@ def _run_fit(
                 lr = lr_at(fit, step, steps_per_epoch, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                x = train.x if full_batch else train.x[idx]  # (N, F) shared or (S, B, F) per seed
+                x = train.x if full_batch else train.take(train.x, idx)  # (N, F) or (S, N, F), or (S, B, F)
                 loss = batch_loss(model(x), idx, epoch - 1).sum()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -239,8 +310,8 @@ def _run_fit(
             sel_logits = model(select.x)
             hold_logits = model(holdout.x)
             sel_loss = select_loss(sel_logits).cpu().numpy()
-            inner_acc, inner_ce = _accuracy_and_ce(sel_logits, select.y)
-            holdout_acc, holdout_ce = _accuracy_and_ce(hold_logits, holdout.y)
+            inner_acc, inner_ce = _accuracy_and_ce(sel_logits, select)
+            holdout_acc, holdout_ce = _accuracy_and_ce(hold_logits, holdout)
         if not np.isfinite(sel_loss).all():
             bad = [seeds[i] for i in np.flatnonzero(~np.isfinite(sel_loss))]
             raise TrainingError(f"{method}: loss became NaN or infinite at epoch {epoch_offset + epoch} (seeds {bad})")
@@ -284,10 +355,10 @@ def _new_model(prep: Prepared, fit: FitConfig, seeds: Sequence[int]) -> BatchedF
 
 def _ce_losses(train: Subset, select: Subset) -> tuple[BatchLoss, SelectLoss]:
     def batch_loss(logits: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
-        return losses.cross_entropy(logits, train.y[idx])
+        return losses.cross_entropy(logits, train.take(train.y, idx))
 
     def select_loss(logits: torch.Tensor) -> torch.Tensor:
-        return losses.cross_entropy(logits, select.y)
+        return losses.cross_entropy(logits, select.y, select.weight)
 
     return batch_loss, select_loss
 
@@ -329,17 +400,16 @@ def train_teachers(prep: Prepared, config: ExperimentConfig, on_epoch: ReportFn 
 def teacher_logits(teachers: Sequence[BatchedFFNN], x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """Per-sample routing: row i gets the logits of teacher ``d[i]`` (each seed its own). -> (S, N, C).
 
-    The only place teachers run: eval mode, no gradient.
+    x (N, F) and d (N,) are shared by the seeds, or (S, N, F) and (S, N) per seed. The only place teachers
+    run: eval mode, no gradient (so a row's logits do not depend on the rows beside it).
     """
     out: torch.Tensor | None = None
     with torch.no_grad():
         for k, teacher in enumerate(teachers):
             teacher.eval()
-            mask = d == k
-            logits = teacher(x[mask])  # (S, n_k, C)
-            if out is None:
-                out = x.new_zeros(logits.shape[0], x.shape[0], logits.shape[2])
-            out[:, mask] = logits
+            logits = teacher(x)  # (S, N, C): every row, kept where the row is of domain k
+            out = torch.zeros_like(logits) if out is None else out
+            out = torch.where((d == k).expand(logits.shape[:2]).unsqueeze(-1), logits, out)
     if out is None:
         raise TrainingError("teacher_logits needs at least one teacher")
     return out
@@ -353,15 +423,25 @@ def _gather(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 def train_student(
     prep: Prepared,
     config: ExperimentConfig,
-    teachers: Sequence[BatchedFFNN],
+    teachers: Sequence[BatchedFFNN] | None,
     on_epoch: ReportFn | None = None,
 ) -> FitResult:
-    """The multi-domain student distilled from the domain teachers (Hinton KD or annealing KD)."""
+    """The multi-domain student distilled from the domain teachers (Hinton KD or annealing KD).
+
+    Without a KD term (Hinton with alpha = 0: the ablation of a configuration) the student trains on
+    hard labels alone, exactly as ``(1 - 0) * CE`` would, and ``teachers`` may be None.
+    """
     kd: KDConfig = config.kd
     fit = config.student
     train, select, holdout = prep.fit, prep.select, prep.holdout
-    targets = teacher_logits(teachers, train.x, train.d)  # (S, N, C) routed by domain
     model = _new_model(prep, fit, config.seeds)
+    if not kd.uses_teachers:
+        batch_ce, select_ce = _ce_losses(train, select)
+        return _run_fit("student", model, fit, train, select, holdout, batch_ce, select_ce,
+                        eval_every=config.eval_every, on_epoch=on_epoch)
+    if teachers is None:
+        raise TrainingError(f"kd.method {kd.method!r} with alpha={kd.alpha} needs teachers, but none were given")
+    targets = teacher_logits(teachers, train.x, train.d)  # (S, N, C) routed by domain
     if model.n_seeds != targets.shape[0]:
         raise TrainingError(f"teachers have {targets.shape[0]} seeds, but the student has {model.n_seeds}")
 
@@ -369,7 +449,8 @@ def train_student(
         _, select_ce = _ce_losses(train, select)
 
         def hinton_loss(logits: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
-            return losses.hinton_kd(logits, _gather(targets, idx), train.y[idx], kd.alpha, kd.temperature)
+            return losses.hinton_kd(logits, _gather(targets, idx), train.take(train.y, idx), kd.alpha,
+                                    kd.temperature)
 
         return _run_fit("student", model, fit, train, select, holdout, hinton_loss, select_ce,
                         eval_every=config.eval_every, on_epoch=on_epoch)
@@ -382,7 +463,7 @@ def train_student(
         return losses.annealing_mse(logits, losses.annealing_target(_gather(targets, idx), phi))
 
     def phase1_select(logits: torch.Tensor) -> torch.Tensor:
-        return losses.annealing_mse(logits, select_targets)
+        return losses.annealing_mse(logits, select_targets, select.weight)
 
     phase1 = _run_fit("student", model, fit, train, select, holdout, phase1_loss, phase1_select,
                       eval_every=config.eval_every, on_epoch=on_epoch, epochs=kd.anneal_epochs,

@@ -12,13 +12,15 @@ from kdcore.config import DEFAULT_SEEDS, ExperimentConfig, FitConfig, KDConfig, 
 from kdcore.errors import ConfigError, KDCoreError
 
 
-def test_defaults_are_the_published_setup() -> None:
+def test_defaults_are_the_measured_recipe() -> None:
     config = ExperimentConfig()
     assert config.seeds == DEFAULT_SEEDS == (0, 10, 1234, 99, 2021)
-    assert config.protocol == "honest"
+    assert (config.protocol, config.inner, config.n_folds) == ("honest", "folds", 5)
     student = config.student
-    assert student.hidden == (20, 10) and student.optimizer == "adam" and student.lr == 1e-3
-    assert (config.kd.method, config.kd.alpha, config.kd.temperature) == ("hinton", 0.5, 9.0)
+    assert student.hidden == (20, 10) and student.optimizer == "adam"
+    assert (student.schedule, student.max_lr, student.batch_size, student.epochs) == ("onecycle", 0.01, 128, 300)
+    assert config.baseline == config.teacher == student
+    assert (config.kd.method, config.kd.alpha, config.kd.temperature) == ("hinton", 0.9, 1.0)
 
 
 @pytest.mark.parametrize(("cls", "data", "names"), [
@@ -155,7 +157,7 @@ def test_with_overrides() -> None:
     config = ExperimentConfig()
     new = config.with_overrides({"kd.alpha": 0.3, "student.lr": 0.01, "seeds": [0, 1]})
     assert (new.kd.alpha, new.student.lr, new.seeds) == (0.3, 0.01, (0, 1))
-    assert new.baseline == config.baseline and config.kd.alpha == 0.5  # the original is untouched
+    assert new.baseline == config.baseline and config.kd.alpha == 0.9  # the original is untouched
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.kd.alpha = 0.1  # type: ignore[misc]
     with pytest.raises(ConfigError, match="0 <= alpha <= 1"):  # overrides are validated like everything else

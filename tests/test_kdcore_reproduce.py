@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kdcore import data as kdata
-from kdcore.config import ExperimentConfig
+from kdcore.config import PUBLISHED_FIT, ExperimentConfig
 from kdcore.train import run_experiment
 
 # The published runs used 30,000 full-batch epochs. 1,500 leave the student at about 98.5 % on this machine
@@ -20,7 +20,7 @@ EPOCHS = 2000
 @pytest.mark.slow
 def test_published_protocol_reaches_the_published_accuracy(reference_path: Callable[[str], Path]) -> None:
     data = kdata.load_pickle(reference_path("1.0"))
-    fit = {"epochs": EPOCHS, "lr": 1e-3, "optimizer": "adam", "batch_size": None, "restore_best": False}
+    fit = {**PUBLISHED_FIT, "epochs": EPOCHS}
     config = ExperimentConfig.from_dict({
         "protocol": "seed", "eval_every": EPOCHS // 10,
         "baseline": fit, "teacher": fit, "student": fit,

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcore import losses
-from kdcore.config import ExperimentConfig, FitConfig
+from kdcore.config import ExperimentConfig
+from kdcore.config import FitConfig as _FitConfig
 from kdcore.data import MultiDomainData, generate, inner_split
 from kdcore.errors import DataError, KDCoreError, TrainingError
 from kdcore.models import BatchedFFNN
@@ -34,8 +35,17 @@ def small() -> MultiDomainData:
     return generate(0.5, train_per_domain=60, valid_per_domain=20, seed=0)
 
 
+# These tests were written against a constant-LR, full-batch recipe; kdcore's default is one-cycle, batch 128.
+OLD_RECIPE = {"schedule": "constant", "batch_size": None}
+
+
+def FitConfig(**kwargs: Any) -> _FitConfig:  # noqa: N802 - stands in for the class in these tests
+    return _FitConfig(**{**OLD_RECIPE, **kwargs})
+
+
 def _config(seeds: list[int], fit: dict[str, Any], kd: dict[str, Any] | None = None,
             **top: Any) -> ExperimentConfig:
+    fit = {**OLD_RECIPE, **fit}
     return ExperimentConfig.from_dict({"seeds": seeds, "baseline": fit, "teacher": fit, "student": fit,
                                        "kd": kd or {"alpha": 0.5, "temperature": 4.0}, **top})
 
@@ -112,7 +122,7 @@ def test_batched_five_seeds_equal_five_standalone_runs(small: MultiDomainData, v
     together = run_experiment(small, _config(SEEDS, fit, kd))
     assert list(together.methods) == ["baseline", "teacher_0", "teacher_1", "teacher_2", "student"]
     for i, seed in enumerate(SEEDS):
-        alone = run_experiment(small, _config([seed], fit, kd))
+        alone = run_experiment(small, _config([seed], fit, kd, fold_start=i))  # seed i selects on fold i
         for name, batched in together.methods.items():
             single = alone.methods[name]
             assert single.seeds == (seed,)
@@ -151,7 +161,7 @@ def _hand_loop(x: torch.Tensor, y: torch.Tensor, seed: int, lr: float, epochs: i
 @pytest.mark.parametrize("batch_size", [None, 32, 50])
 def test_standalone_and_batched_runs_equal_a_hand_written_loop(small: MultiDomainData,
                                                                batch_size: int | None) -> None:
-    prep = prepare(small, ExperimentConfig(seeds=tuple(SEEDS)))
+    prep = prepare(small, ExperimentConfig(seeds=tuple(SEEDS), inner="split"))  # one fit set for every seed
     fit = FitConfig(epochs=6, lr=1e-2, batch_size=batch_size, restore_best=False)
     batched = train_supervised(prep, fit, SEEDS, method="baseline")
     for i in (0, 2):  # seeds 0 and 1234
@@ -190,8 +200,9 @@ def _recomputed(result: FitResult, subset: Any) -> tuple[np.ndarray, np.ndarray]
     result.model.eval()
     with torch.no_grad():
         logits = result.model(subset.x)
-    acc = (logits.argmax(-1) == subset.y).float().mean(-1).numpy()
-    return acc, losses.cross_entropy(logits, subset.y).numpy()
+    hits = (logits.argmax(-1) == subset.y).float()
+    acc = losses.weighted_mean(hits, subset.weight).numpy()
+    return acc, losses.cross_entropy(logits, subset.y, subset.weight).numpy()
 
 
 def test_early_stopping_stops_after_patience(small: MultiDomainData) -> None:
@@ -260,7 +271,7 @@ def test_seed_protocol_selects_on_the_given_validation_set(small: MultiDomainDat
 
 
 def test_honest_protocol_selects_on_an_inner_split_of_train(small: MultiDomainData) -> None:
-    config = ExperimentConfig(seeds=(0, 1), inner_fraction=0.25, split_seed=3)
+    config = ExperimentConfig(seeds=(0, 1), inner="split", inner_fraction=0.25, split_seed=3)
     prep = prepare(small, config)
     split = inner_split(small, 0.25, 3)
     n = small.y_train.size
@@ -358,7 +369,8 @@ def test_summary_means_and_sample_std(small: MultiDomainData) -> None:
     assert s["holdout_acc_mean"] == pytest.approx(float(np.mean(result.holdout_acc)))
     assert s["holdout_acc_std"] == pytest.approx(float(np.std(result.holdout_acc, ddof=1)))
     assert [row["seed"] for row in s["per_seed"]] == [0, 10, 99]
-    one = train_supervised(prep, FitConfig(epochs=3, lr=1e-2), [0], method="baseline").summary()
+    prep_one = prepare(small, ExperimentConfig(seeds=(0,)))
+    one = train_supervised(prep_one, FitConfig(epochs=3, lr=1e-2), [0], method="baseline").summary()
     assert one["holdout_acc_std"] == 0.0
 
 
@@ -372,3 +384,64 @@ def test_tiny_honest_split_is_not_reported_as_divergence() -> None:
         run_experiment(tiny, config)
     except DataError:
         pass  # a clear data error naming the empty selection set would do
+
+
+# ---------------------------------------------------------------- folds: each seed selects on its own fold
+
+
+def _rows(x: torch.Tensor) -> set[tuple[float, ...]]:
+    return {tuple(r) for r in x.reshape(-1, x.shape[-1]).tolist()}
+
+
+def test_folds_give_every_training_point_to_exactly_one_seed_to_select_on(small: MultiDomainData) -> None:
+    config = ExperimentConfig(seeds=tuple(SEEDS))  # 5 seeds, inner_fraction 0.2: 5 folds
+    assert config.inner == "folds" and config.n_folds == 5
+    prep = prepare(small, config)
+    assert prep.select.per_seed and prep.fit.per_seed
+    train = _rows(torch.tensor(small.x_train))
+    assert len(train) == small.y_train.size  # the points are distinct, so rows identify them
+    selected: list[tuple[float, ...]] = []
+    for s in range(len(SEEDS)):
+        sel_rows = prep.select.x[s]
+        if prep.select.weight is not None:
+            sel_rows = sel_rows[prep.select.weight[s] > 0]
+        sel, fit = _rows(sel_rows), _rows(prep.fit.x[s])
+        assert not sel & fit, f"seed {s} fits on a point it selects on"
+        assert sel | fit == train, f"seed {s} leaves training points unused"
+        assert not sel & _rows(torch.tensor(small.x_valid))
+        selected.extend(tuple(r) for r in sel_rows.tolist())
+    assert len(selected) == len(train) and set(selected) == train  # each point selects for exactly one seed
+
+
+def test_folds_are_stratified_balanced_and_deterministic(small: MultiDomainData) -> None:
+    from kdcore.data import inner_folds
+
+    folds = inner_folds(small, 5, seed=0)
+    np.testing.assert_array_equal(folds, inner_folds(small, 5, seed=0))
+    assert not np.array_equal(folds, inner_folds(small, 5, seed=1))
+    sizes = np.bincount(folds, minlength=5)
+    assert sizes.max() - sizes.min() <= 1
+    for k in range(small.n_domains):
+        per_domain = np.bincount(folds[small.d_train == k], minlength=5)
+        assert per_domain.max() - per_domain.min() <= 1
+        for c in range(small.n_classes):
+            cell = np.bincount(folds[(small.d_train == k) & (small.y_train == c)], minlength=5)
+            assert cell.max() - cell.min() <= 1
+
+
+def test_folds_pad_unequal_sets_without_changing_any_metric() -> None:
+    # 7 points per cell: folds of unequal size, so some seeds' sets are padded
+    odd = generate(0.5, train_per_domain=13, valid_per_domain=4, seed=2)
+    config = ExperimentConfig(seeds=(0, 1, 2, 3, 4))
+    prep = prepare(odd, config)
+    assert prep.select.weight is not None  # padding happened, so this test checks something
+    result = train_supervised(prep, FitConfig(epochs=3, lr=1e-2), list(config.seeds), method="b")
+    for s in range(5):  # seed s's inner metrics are those of its real selection rows alone
+        real = prep.select.weight[s] > 0
+        result.model.eval()
+        with torch.no_grad():
+            logits = result.model(prep.select.x)[s][real]
+        acc = (logits.argmax(-1) == prep.select.y[s][real]).float().mean()
+        np.testing.assert_allclose(result.inner_acc[s], float(acc), atol=1e-6)
+        ce = losses.cross_entropy(logits, prep.select.y[s][real])
+        np.testing.assert_allclose(result.inner_loss[s], float(ce), rtol=1e-5)
