@@ -39,7 +39,14 @@ _TRIAL_COLUMNS = ("trial_id", "number", "status", "inner_acc_mean", "inner_acc_s
                   "iterations")
 _EPOCH_COLUMNS = ("trial_id", "number", "iteration", "epoch", "inner_acc_mean", "holdout_acc_mean")
 _SEED_COLUMNS = ("trial_id", "seed", "inner_acc", "holdout_acc")
-_REFERENCE_COLUMNS = ("method", "seed", "inner_acc", "holdout_acc")
+_REFERENCE_COLUMNS = ("method", "seed", "trial_number", "inner_acc", "holdout_acc")
+# The references a best student is compared with, the fairest first: a baseline tuned with the student's
+# budget, the best configuration without its KD term, the fixed-recipe mixed baseline.
+COMPARISONS = {
+    "tuned_baseline": "the best of a CE-only search with the same sampler (--tune-baseline)",
+    "ablation": "the best configuration retrained without its KD term, same recipe and seeds",
+    "baseline": "the mixed baseline with the space's fixed settings",
+}
 
 
 @dataclass(frozen=True)
@@ -426,6 +433,30 @@ def top_configurations(study: StudyData, top_k: int,
         if entry["epochs_run"] is not None:
             entry["epochs_run"] = int(entry["epochs_run"])
         out.append(entry)
+    return out
+
+
+def reference_comparisons(study: StudyData, best: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The best trial minus each reference of ``COMPARISONS`` that the study recorded, paired by seed.
+
+    The ablation counts only if it is of this very trial (it is retrained whenever the best trial changes).
+    """
+    if not best:
+        return {}
+    mine = _seed_accuracies(study.seeds[study.seeds["trial_id"] == best["trial_id"]])
+    out: dict[str, dict[str, Any]] = {}
+    for method, meaning in COMPARISONS.items():
+        rows = study.reference[study.reference["method"] == method]
+        if method == "ablation":
+            rows = rows[pd.to_numeric(rows["trial_number"], errors="coerce") == best.get("number")]
+        theirs = _seed_accuracies(rows)
+        test = paired_test(mine, theirs) if theirs and mine else None
+        if test is None:
+            continue
+        number = _python(rows["trial_number"].iloc[0]) if len(rows) else None
+        holdout, holdout_sd = _mean_std(rows["holdout_acc"])
+        out[method] = {"meaning": meaning, "trial_number": None if number is None else int(number),
+                       "holdout_acc_mean": holdout, "holdout_acc_std": holdout_sd, **test.to_dict()}
     return out
 
 

@@ -23,6 +23,7 @@ from results.analysis import (
     load_study,
     param_importance,
     ranked_complete,
+    reference_comparisons,
     reference_summary,
     rung_survivors,
     status_counts,
@@ -74,6 +75,7 @@ def analyse(study_dir: str | os.PathLike[str], *, top_k: int = 5,
     baseline = baseline_summary(study.reference)
     importance = param_importance(study, ranked)
     counts = status_counts(study.trials)
+    comparisons = reference_comparisons(study, top[0] if top else None)
     notes = _notes(study, counts, baseline, importance)
     plots = _draw(study, ranked, top, baseline, importance, out)
 
@@ -85,6 +87,8 @@ def analyse(study_dir: str | os.PathLike[str], *, top_k: int = 5,
         "planned_trials": study.planned,
         "best": _best(top[0]) if top else None,
         "baseline": baseline,
+        "comparisons": comparisons,
+        "comparison": next(iter(comparisons), None),
         "reference": reference_summary(study.reference),
         "top": top,
         "importance": importance.values,
@@ -241,6 +245,15 @@ def _headline(summary: dict[str, Any]) -> list[str]:
                        f"{2 / 2 ** n:.4g}" if n <= 16 else f"- test: {test['test']}")
     elif base is not None:
         out.append("- no seed of this trial pairs with a baseline seed: no paired test")
+    comparisons = summary.get("comparisons") or {}
+    for i, (method, c) in enumerate(comparisons.items()):
+        which = "the comparison this study reports" if i == 0 else "also"
+        of = f" (trial #{c['trial_number']})" if c.get("trial_number") is not None else ""
+        out.append(f"- {which}: best − {method}{of}, {c['meaning']}: holdout "
+                   f"{_pm(c['holdout_acc_mean'], c['holdout_acc_std'])}, Δ {_comparison(c)}")
+    if comparisons and "tuned_baseline" not in comparisons:
+        out.append("- no tuned baseline: run the search with `--tune-baseline N` for a CE-only search with the "
+                   "same budget")
     return out
 
 

@@ -21,9 +21,13 @@ seeds (one row per trial and seed)
     study, trial_id, number, seed int64, inner_acc, holdout_acc float64,
     inner_loss, holdout_loss float64 (null for PRUNED trials: only accuracies are reported per epoch),
     best_epoch int64 (null for PRUNED)
-reference (one row per reference method and seed: the mixed baseline and each teacher, trained once)
-    study, method str (baseline | teacher_K), seed int64, inner_acc, holdout_acc, inner_loss,
-    holdout_loss float64, best_epoch int64; teacher_K is measured on domain K's samples only
+reference (one row per reference method and seed)
+    study, method str, seed int64, trial_number int64, inner_acc, holdout_acc, inner_loss,
+    holdout_loss float64, best_epoch int64. Methods: ``baseline`` (the mixed FFNN with the space's fixed
+    baseline settings) and ``teacher_K`` (measured on domain K's samples only), trained once before the
+    trials; ``ablation``, the best trial (``trial_number``) retrained without its KD term, same recipe and
+    seeds, replaced whenever the best trial changes; ``tuned_baseline``, the best trial (``trial_number``)
+    of the CE-only search that ``--tune-baseline N`` runs in ``DIR/NAME/ce-baseline``.
 
 Nulls: ``number`` is null for a trial the searcher did not propose; rows that ``kdtune resume`` rebuilt
 from the Optuna study (the driver died between telling Optuna and writing) have ``epoch`` and the
@@ -56,8 +60,9 @@ EPOCH_COLUMNS = [*_ID, ("iteration", pa.int64()), ("epoch", pa.int64()), ("inner
                  ("inner_loss_mean", _F), ("holdout_acc_mean", _F), ("holdout_loss_mean", _F)]
 SEED_COLUMNS = [*_ID, ("seed", pa.int64()), ("inner_acc", _F), ("holdout_acc", _F), ("inner_loss", _F),
                 ("holdout_loss", _F), ("best_epoch", pa.int64())]
-REFERENCE_COLUMNS = [("study", pa.string()), ("method", pa.string()), ("seed", pa.int64()), ("inner_acc", _F),
-                     ("holdout_acc", _F), ("inner_loss", _F), ("holdout_loss", _F), ("best_epoch", pa.int64())]
+REFERENCE_COLUMNS = [("study", pa.string()), ("method", pa.string()), ("seed", pa.int64()),
+                     ("trial_number", pa.int64()), ("inner_acc", _F), ("holdout_acc", _F), ("inner_loss", _F),
+                     ("holdout_loss", _F), ("best_epoch", pa.int64())]
 
 
 def param_column(path: str) -> str:

@@ -67,6 +67,20 @@ class StudyTables:
             new = pa.concat_tables([old, new])
         self._write(path, new)
 
+    def replace_method(self, rows: list[dict[str, Any]], method: str) -> None:
+        """Replace every reference row of ``method`` with ``rows`` (the ablation when the best trial changes)."""
+        path = table_path(self.root, "reference")
+        schema = self.schemas["reference"]
+        old = pq.read_table(path) if path.exists() else schema.empty_table()
+        old = old.filter(pc.not_equal(old["method"], method)) if old.num_rows else old
+        self._write(path, old.cast(schema) if old.schema != schema else old)
+        self.append("reference", rows)
+
+    def methods(self) -> set[str]:
+        """The reference methods recorded so far."""
+        path = table_path(self.root, "reference")
+        return set(pq.read_table(path, columns=["method"])["method"].to_pylist()) if path.exists() else set()
+
     def drop_trials(self, trial_ids: set[str]) -> None:
         """Remove every row of these trials from every per-trial table (trials first, then its details)."""
         if not trial_ids:

@@ -118,6 +118,25 @@ class SearchSpace:
         except ConfigError as err:
             raise SpaceError(f"fixed: {err}") from None
 
+    def without_kd(self) -> SearchSpace:
+        """The same space for a student without distillation: the CE-only baseline search of a study.
+
+        Drops every ``kd.*`` knob (and any knob conditional on a dropped one) and fixes Hinton KD with
+        alpha = 0, so the student trains on hard labels with the same recipe knobs and the same budget.
+        """
+        dropped: set[str] = set()
+        kept: list[Knob] = []
+        for knob in self.knobs:
+            if knob.path.startswith("kd.") or any(c.path in dropped for c in knob.when):
+                dropped.add(knob.path)
+            else:
+                kept.append(knob)
+        fixed = {k: v for k, v in self.fixed.items() if not k.startswith("kd.")}
+        fixed.update({"kd.method": "hinton", "kd.alpha": 0.0})
+        return SearchSpace(name=f"{self.name}-ce", knobs=tuple(kept), fixed=fixed, objective=self.objective,
+                           description=f"{self.name} without distillation (CE only): the tuned baseline",
+                           source=f"{self.source} (CE only)")
+
     def sample(self, trial: Trial) -> dict[str, Any]:
         """Suggest, in order, every knob whose conditions hold; return ``{dotted_path: value}`` of those."""
         params: dict[str, Any] = {}

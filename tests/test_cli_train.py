@@ -60,7 +60,7 @@ def test_train_json_output_shape() -> None:
         assert m["holdout_acc_std"] == pytest.approx(float(np.std(accs, ddof=1)))
         assert 1 <= m["best_epoch_mean"] <= 3
         assert m["epochs_run"] == 3
-    assert result["config"]["student"]["batch_size"] == 256 and result["config"]["kd"]["alpha"] == 0.5
+    assert result["config"]["student"]["batch_size"] == 256 and result["config"]["kd"]["alpha"] == 0.9
 
 
 def test_seed_protocol_text_output_warns_about_optimism(capsys: pytest.CaptureFixture[str]) -> None:

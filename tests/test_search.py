@@ -759,8 +759,8 @@ def test_max_evaluations_covers_every_report(name: str) -> None:
 def test_max_evaluations_default_space_counts_the_annealing_knob() -> None:
     from tune.runner import max_evaluations
 
-    # annealing: phase 1 (kd.anneal_epochs <= 100 epochs) then phase 2 (150 student epochs), every epoch
-    assert 250 <= max_evaluations(_space("default")) <= 252
+    # annealing: phase 1 (kd.anneal_epochs <= 100 epochs) then phase 2 (200 student epochs), every epoch
+    assert 300 <= max_evaluations(_space("default")) <= 302
 
 
 def test_reap_removes_temp_dirs_of_dead_drivers_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -891,3 +891,34 @@ def test_reporter_failure_carries_the_evaluations_not_yet_sent(monkeypatch: pyte
     assert [r["evaluation"] for r in sent] == [4]
     assert [e["evaluation"] for e in sent[0]["evals"]] == [1, 2, 3, 4]
     assert sent[-1]["trial_error"] == "TrainingError: loss is NaN" and sent[-1]["is_final"] is False
+
+
+def test_asha_compares_the_objectives_best_so_far_not_its_value_at_the_rung(monkeypatch: pytest.MonkeyPatch
+                                                                           ) -> None:
+    """A cyclic schedule is at a high learning rate at some rung: ASHA sees the best value the trial has
+    reached (its selected weights are its best ones), for max and for min objectives alike."""
+    from tune import trainable
+    from tune.searcher import SCHEDULER_KEY
+
+    monkeypatch.setattr(trainable, "REPORT_EVERY_S", 1e9)
+    curve = [0.5, 0.8, 0.6, 0.9, 0.7, 0.4]
+    sent: list[dict[str, Any]] = []
+    reporter = trainable._Reporter(sent.append, frozenset({3, 5}), 100, {}, (0, 1))
+    for i, acc in enumerate(curve, start=1):
+        reporter.evaluation(_evaluation(i, acc))
+    reporter.finish({"inner_acc": 0.9})
+    assert [(r["evaluation"], r["inner_acc"], r[SCHEDULER_KEY]) for r in sent[:2]] == [(3, 0.6, 0.8), (5, 0.7, 0.9)]
+    low: list[dict[str, Any]] = []
+    by_loss = trainable._Reporter(low.append, frozenset({3}), 100, {}, (0, 1), ("inner_loss", "min"))
+    for i, acc in enumerate(curve, start=1):
+        by_loss.evaluation(_evaluation(i, acc))  # inner_loss = 1 - acc: 0.5, 0.2, 0.4, ...
+    assert low[0]["evaluation"] == 3 and low[0][SCHEDULER_KEY] == pytest.approx(0.2)
+
+
+def test_default_grace_is_a_third_of_the_students_evaluations() -> None:
+    from tune.runner import default_grace
+
+    assert default_grace(_space("default")) == 66  # 200 epochs, every epoch
+    assert default_grace(_space("smoke")) == 1  # 5 epochs
+    published = _space("published")
+    assert default_grace(published) == 2000 // 10 // 3  # evaluations, not epochs

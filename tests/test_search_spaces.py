@@ -122,8 +122,9 @@ def test_default_space_covers_the_design_table() -> None:
     assert space.objective.metric == "inner_acc" and space.objective.mode == "max"
     base = space.base
     assert base.seeds == (0, 10, 1234, 99, 2021)
-    assert (base.student.epochs, base.student.patience) == (150, 30)
-    assert (base.teacher.optimizer, base.teacher.lr, base.teacher.batch_size) == ("adam", 0.005, 128)
+    assert (base.student.epochs, base.student.patience) == (200, None)
+    assert (base.teacher.schedule, base.teacher.max_lr, base.teacher.batch_size, base.teacher.epochs) == (
+        "onecycle", 0.01, 128, 300)
     assert base.baseline == base.teacher
 
 
@@ -152,8 +153,8 @@ def test_sample_suggests_only_active_knobs_in_order() -> None:
             "kd.alpha",
             "kd.temperature",
             "student.optimizer",
-            "student.lr",
             "student.schedule",
+            "student.lr",
             "student.batch_size",
             "student.batch_norm",
         ]
@@ -166,7 +167,6 @@ def test_sample_suggests_only_active_knobs_in_order() -> None:
         "kd.anneal_epochs",
         "student.optimizer",
         "student.weight_decay",
-        "student.lr",
         "student.schedule",
         "student.max_lr",
         "student.pct_start",
@@ -190,7 +190,7 @@ def test_experiment_applies_the_params_over_fixed() -> None:
         5e-2,
         True,
     )
-    assert config.student.epochs == 150 and config.teacher.lr == 0.005
+    assert config.student.epochs == 200 and config.teacher.epochs == 300
 
 
 @pytest.mark.parametrize(

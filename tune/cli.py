@@ -21,6 +21,7 @@ from kdcore.yaml_loader import safe_load
 from tune.errors import KDTuneError
 
 EXIT_USAGE = 2
+DEFAULT_DATA = "builtin:d0.5"
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -107,9 +108,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.threads < 1:
         raise KDTuneError(f"--threads must be >= 1, but got {args.threads}")
-    config = _train_config(args)
-    dataset = kdata.load(args.data)
+    origin: dict[str, Any] | None = None
+    if args.from_study is not None:
+        from tune.rerun import check_data, study_trial_config
+
+        _refuse_recipe_flags(args)
+        config, data_spec, origin = study_trial_config(args.from_study, trial=args.trial, rank=args.rank,
+                                                       seeds=args.seeds)
+    else:
+        if args.trial is not None or args.rank is not None:
+            flag = "--trial" if args.trial is not None else "--rank"
+            raise KDTuneError(f"{flag} chooses a trial of a study, so it needs --from DIR/NAME, "
+                              "but got no --from")
+        config, data_spec = _train_config(args), args.data or DEFAULT_DATA
+    dataset = kdata.load(data_spec)
     device = _resolve_device(args.device)
+    if origin is not None:
+        check_data(origin, dataset.fingerprint(), dataset.source)
+        if not args.json:
+            print(_describe_origin(origin), flush=True)
     torch.set_num_threads(args.threads)
     progress = ProgressLine(enabled=not args.quiet)
     totals = {"baseline": config.baseline.epochs, "student": config.student.epochs
@@ -123,6 +140,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result: dict[str, Any] = run_experiment(dataset, config, device=device, on_epoch=on_epoch).to_dict()
     progress.done()
     result["data"] = {**result["data"], "source": dataset.source}
+    if origin is not None:
+        result["from"] = {key: origin[key] for key in ("study", "trial", "params")}
     if args.json:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
@@ -134,6 +153,37 @@ def cmd_train(args: argparse.Namespace) -> int:
             print("protocol 'seed': checkpoints were selected on the same validation set that is reported "
                   "(as published); these figures are optimistic.")
     return 0
+
+
+# Flags that change the recipe: `--from` trains the study's configuration exactly, so it takes none of them.
+RECIPE_FLAGS = (("config", "--config"), ("set", "--set"), ("alpha", "--alpha"),
+                ("temperature", "--temperature"), ("epochs", "--epochs"), ("lr", "--lr"),
+                ("optimizer", "--optimizer"), ("batch_size", "--batch-size"), ("patience", "--patience"),
+                ("eval_every", "--eval-every"), ("kd_method", "--kd-method"), ("protocol", "--protocol"),
+                ("data", "--data"))
+
+
+def _refuse_recipe_flags(args: argparse.Namespace) -> None:
+    unset = {"batch_size": False}  # `--batch-size full` parses to None, so "not given" is False there
+    given = [flag for dest, flag in RECIPE_FLAGS if getattr(args, dest) is not unset.get(dest)]
+    if given:
+        raise KDTuneError(f"--from re-trains the study's configuration exactly, so it takes only --trial, "
+                          f"--rank, --seeds, --device, --threads, --json and --quiet, but got {', '.join(given)}")
+
+
+def _format_params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in params.items())
+
+
+def _describe_origin(origin: dict[str, Any]) -> str:
+    """The first line of ``train --from``: which trial of which study, its objective value and params."""
+    value, metric = origin["value"], origin["metric"]
+    score = ""
+    if isinstance(value, float):
+        shown = f"{100 * value:.2f} %" if metric.endswith("_acc") else f"{value:.4g}"
+        score = f", {metric.replace('_', ' ')} {shown}"
+    return (f"re-training trial {origin['trial']} ({origin['state']}{score}) of study {origin['study']}: "
+            f"{_format_params(origin['params'])}")
 
 
 def _resolve_device(name: str) -> str:
@@ -164,11 +214,12 @@ def cmd_analyse(args: argparse.Namespace) -> int:
               f"{100 * (best['holdout_acc_std'] or 0):.2f} %, inner {100 * best['inner_acc_mean']:.2f} %")
     if base:
         print(f"mixed baseline: holdout {100 * base['holdout_acc_mean']:.2f} ± {100 * (base['holdout_acc_std'] or 0):.2f} %")
-    vs = (best or {}).get("vs_baseline")
-    if vs:
+    for i, (method, vs) in enumerate((summary.get("comparisons") or {}).items()):
         interval = vs.get("ci95")
         ci = f", 95 % CI [{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]" if interval else ""
-        print(f"best - baseline: {100 * vs['diff_mean']:+.2f} points{ci}, p = {vs['p_value']:.3g} ({vs['test']})")
+        tag = " (the comparison reported)" if i == 0 else ""
+        print(f"best - {method}{tag}: {100 * vs['diff_mean']:+.2f} points{ci}, p = {vs['p_value']:.3g}; "
+              f"{method} holdout {100 * vs['holdout_acc_mean']:.2f} %")
     print(f"report: {summary['report']}")
     return 0
 
@@ -196,9 +247,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, address=args.address, seed=args.seed,
         grace_period=args.grace_period, reduction_factor=args.reduction_factor, max_t=args.max_t,
-        max_failures=args.max_failures,
+        max_failures=args.max_failures, tune_baseline=args.tune_baseline, sampler=args.sampler,
     )
     outcome = search(settings, quiet=args.quiet)
+    if outcome.extra.get("note") and not args.json:
+        print(outcome.extra["note"])
     _print_outcome(outcome.to_dict(), args.json)
     return 130 if outcome.interrupted else 0
 
@@ -233,6 +286,7 @@ def _print_outcome(outcome: dict[str, Any], as_json: bool) -> None:
     print(f"best: trial {best['number']}, inner acc {100 * best['inner_acc_mean']:.2f} %{hold_text}")
     for key, value in best["params"].items():
         print(f"  {key} = {value:.4g}" if isinstance(value, float) else f"  {key} = {value}")
+    print(f"re-run it: kdtune train --from {outcome['study']} --trial {best['number']}")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -248,7 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="run one configuration over all seeds and print mean ± std per method")
-    p.add_argument("--data", default="builtin:d0.5", help="builtin:d0.25|d0.5|d0.75|d1.0 or a pickle path")
+    p.add_argument("--data", help=f"builtin:d0.25|d0.5|d0.75|d1.0 or a pickle path (default {DEFAULT_DATA})")
+    p.add_argument("--from", dest="from_study", metavar="DIR/NAME",
+                   help="re-train a trial of this study exactly: its params, fixed settings, data and seeds")
+    p.add_argument("--trial", type=int, help="with --from: the Optuna trial number (COMPLETE or PRUNED)")
+    p.add_argument("--rank", type=int, help="with --from: the K-th best COMPLETE trial (default 1, the best)")
     p.add_argument("--config", help="YAML file of experiment settings (see kdcore/config.py)")
     p.add_argument("--set", action="append", type=_parse_set, metavar="KEY=VALUE",
                    help="override any setting by dotted path, e.g. --set student.lr=0.003 (repeatable)")
@@ -278,10 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as resources allow)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.25")
-    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
-    p.add_argument("--grace-period", type=int, default=20, help="ASHA: evaluations before a trial can stop (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    p.add_argument("--sampler", choices=["tpe", "random"], default="tpe",
+                   help="Optuna's TPE (default) or random search, e.g. as a yardstick for TPE")
+    p.add_argument("--grace-period", type=int,
+                   help="ASHA: evaluations before a trial can stop (default: a third of the student's epochs)")
     p.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1 in this many per rung")
     p.add_argument("--max-t", type=int, help="ASHA: most evaluations (default: from the space)")
+    p.add_argument("--tune-baseline", type=int, default=0, metavar="N",
+                   help="also tune the no-KD baseline: a CE-only search of N trials with the same sampler, "
+                        "in DIR/NAME/ce-baseline, reported beside the best student (default 0: none)")
     _add_run_options(p)
     p.set_defaults(func=cmd_search)
 

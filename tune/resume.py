@@ -31,6 +31,7 @@ from tune.runner import (
     read_outcome,
     run_study,
     trial_counts,
+    with_tuned_baseline,
 )
 from tune.study import StudyMeta, StudyPaths, driver_lock
 
@@ -102,6 +103,9 @@ def resume(study_dir: str | Path, *, more: int = 0, address: str | None = None, 
             outcome = read_outcome(paths, meta)
             outcome.extra["note"] = (f"the study already holds its {meta.num_samples} trials; "
                                      "add more with --more N")
-            return outcome
-        return run_study(paths, meta, budget=left, sampler_seed=meta.seed + len(trials), address=address,
-                         max_failures=max_failures, stream=stream, quiet=quiet, write_meta=bool(more))
+        else:
+            outcome = run_study(paths, meta, budget=left, sampler_seed=meta.seed + len(trials),
+                                address=address, max_failures=max_failures, stream=stream, quiet=quiet,
+                                write_meta=bool(more))
+    return with_tuned_baseline(outcome, paths, meta, address=address, max_failures=max_failures, stream=stream,
+                               quiet=quiet)

@@ -35,10 +35,12 @@ class SearchSettings:
     gpus_per_trial: float = 0.0
     address: str | None = None
     seed: int = 0
-    grace_period: int = 20
+    grace_period: int | None = None  # None: a third of the student's evaluations (``default_grace``)
     reduction_factor: int = 3
     max_t: int | None = None
     max_failures: int = 2
+    tune_baseline: int = 0
+    sampler: str = "tpe"
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -48,11 +50,14 @@ class SearchSettings:
              f"--max-concurrent must be >= 1, but got {self.max_concurrent}"),
             (self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, but got {self.cpus_per_trial}"),
             (self.gpus_per_trial >= 0, f"--gpus-per-trial must be >= 0, but got {self.gpus_per_trial}"),
-            (self.grace_period >= 1, f"--grace-period must be >= 1, but got {self.grace_period}"),
+            (self.grace_period is None or self.grace_period >= 1,
+             f"--grace-period must be >= 1, but got {self.grace_period}"),
             (self.reduction_factor >= 2, f"--reduction-factor must be >= 2, but got {self.reduction_factor}"),
-            (self.max_t is None or self.max_t >= self.grace_period,
+            (self.max_t is None or self.max_t >= (self.grace_period or 1),
              f"`max_t >= grace_period` must hold, but got max_t={self.max_t}, grace_period={self.grace_period}"),
             (self.max_failures >= 0, f"--max-failures must be >= 0, but got {self.max_failures}"),
+            (self.tune_baseline >= 0, f"--tune-baseline must be >= 0, but got {self.tune_baseline}"),
+            (self.sampler in SAMPLERS, f"--sampler must be one of {list(SAMPLERS)}, but got {self.sampler!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -75,8 +80,11 @@ class SearchOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"study": self.study_dir, "trials": self.trials, "best": self.best,
-                "interrupted": self.interrupted, "seconds": round(self.seconds, 2)}
+        out = {"study": self.study_dir, "trials": self.trials, "best": self.best,
+               "interrupted": self.interrupted, "seconds": round(self.seconds, 2)}
+        if "tuned_baseline" in self.extra:
+            out["tuned_baseline"] = self.extra["tuned_baseline"]
+        return out
 
 
 def max_evaluations(space: Any) -> int:
@@ -100,6 +108,34 @@ def max_evaluations(space: Any) -> int:
             anneal = max(int(max(knob.extremes())), base.kd.anneal_epochs)
     every = base.eval_every
     return math.ceil(epochs / every) + (math.ceil(anneal / every) if anneal else 0) + 2
+
+
+def _tpe(seed: int) -> Any:
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _random(seed: int) -> Any:
+    import optuna
+
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+# The Optuna samplers a study can use: TPE (the point of the service) and random search (its yardstick).
+SAMPLERS = {"tpe": _tpe, "random": _random}
+
+
+def default_grace(space: Any) -> int:
+    """ASHA's first rung: a third of the evaluations of the space's fixed student epochs.
+
+    Measured (``bench/selection.py``, README "Pruning"): with the first rung at 20 evaluations ASHA stopped
+    3 to 4.5 of a 48-trial study's final top 5 (cyclic and constant schedules that improve late); with the
+    rung at a third of the run and comparing best-so-far values it stopped 0.1 of them and still ran only
+    about two thirds of the evaluations.
+    """
+    base = space.base
+    return max(1, math.ceil(base.student.epochs / base.eval_every) // 3)
 
 
 def _versions() -> dict[str, str]:
@@ -134,10 +170,10 @@ def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
     meta = StudyMeta(
         name=settings.name, data=spec, data_source=dataset.source, fingerprint=dataset.fingerprint(),
         space_name=space.name, space_text=space.source_text, num_samples=settings.num_samples,
-        seed=settings.seed, max_t=max_t, grace_period=min(settings.grace_period, max_t),
+        seed=settings.seed, max_t=max_t, grace_period=min(settings.grace_period or default_grace(space), max_t),
         reduction_factor=settings.reduction_factor, cpus_per_trial=settings.cpus_per_trial,
         gpus_per_trial=settings.gpus_per_trial, max_concurrent=settings.max_concurrent or 0,
-        versions=_versions(),
+        versions=_versions(), tune_baseline=settings.tune_baseline, sampler=settings.sampler,
     )
     return paths, meta
 
@@ -259,6 +295,8 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: 
     fails before it starts leaves nothing behind), under the driver lock. Without it, the caller holds
     the lock (``kdtune resume`` reconciles the study under it first). ``write_meta`` (``resume --more``):
     ``meta`` changed, and is written at that same point, so a resume that cannot start changes nothing.
+    ``meta.references``: train the mixed baseline and the teachers first (unless recorded) and, once the
+    trials are done, the ablation of the best trial (off for the CE-only baseline search).
     """
     from search_spaces import parse_space
     from tune import cluster
@@ -266,6 +304,7 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: 
     handle = cluster.start(address)
     started = time.monotonic()
     interrupted = False
+    note: str | None = None
     try:
         if meta.cpus_per_trial > handle.cpus or meta.gpus_per_trial > handle.gpus:
             raise KDTuneError(
@@ -278,14 +317,16 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: 
             space = parse_space(meta.space_text, source=f"{paths.meta}:space")
             tables = _study_tables(paths, meta, space)
             tables.write_metadata()
-            if not tables.has_rows("reference"):
-                _train_reference(paths, meta, space, tables, stream=stream, quiet=quiet)
+            if meta.references and "baseline" not in tables.methods():
+                _train_reference(paths, meta, tables, stream=stream, quiet=quiet)
             tuner = _build_tuner(paths, meta, space, tables, budget=budget, sampler_seed=sampler_seed,
                                  max_failures=max_failures, stream=stream, quiet=quiet)
             # Tune logs "Trials did not complete" with every trial id; the progress line already counts errors.
             logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
             try:
                 tuner.fit()
+                if meta.references:
+                    note = _record_ablation(paths, meta, tables, stream=stream, quiet=quiet)
             except KeyboardInterrupt:
                 interrupted = True
     finally:
@@ -299,6 +340,8 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: 
     outcome = read_outcome(paths, meta)
     outcome.interrupted = interrupted or outcome.trials["total"] < meta.num_samples
     outcome.seconds = time.monotonic() - started
+    if note:
+        outcome.extra["note"] = note
     return outcome
 
 
@@ -319,36 +362,53 @@ def _study_tables(paths: StudyPaths, meta: StudyMeta, space: Any) -> Any:
     return StudyTables(paths.results, space_param_types(space), metadata)
 
 
-def _train_reference(paths: StudyPaths, meta: StudyMeta, space: Any, tables: Any, *, stream: TextIO | None,
+def _train_reference(paths: StudyPaths, meta: StudyMeta, tables: Any, *, stream: TextIO | None,
                      quiet: bool) -> None:
-    """Train the mixed baseline and the teachers once, on the study's seeds, in the driver.
+    """Train the mixed baseline and the teachers once, on the study's seeds, as two Ray tasks.
 
     The teachers go into the study's teacher cache, so the trials that share the base teacher settings
     never train them; the baseline gives every analysis its "student vs baseline" on equal terms.
     """
-    import torch
+    from tune.reference import reference_rows, run_jobs
 
-    from kdcore import data as kdata
-    from kdcore.teacher_cache import TeacherCache
-    from kdcore.train import prepare, train_baseline
-
-    line = ProgressLine(stream, enabled=not quiet)
-    config = space.base
-    dataset = kdata.load(meta.data)
-    prep = prepare(dataset, config)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    line.update("training the reference teachers (once per study) ...", force=True)
-    teachers = TeacherCache(paths.teachers).get_or_train(prep, config, dataset.fingerprint())
-    line.update("training the reference mixed baseline ...", force=True)
-    baseline = train_baseline(prep, config).summary()
-    line.done()
-    rows = []
-    for method, summary in [("baseline", baseline), *((f"teacher_{k}", s) for k, s in enumerate(teachers.summaries))]:
-        for s in summary["per_seed"]:  # type: ignore[union-attr]
-            rows.append({"study": meta.name, "method": method, "seed": s["seed"], "inner_acc": s["inner_acc"],
-                         "holdout_acc": s["holdout_acc"], "inner_loss": s["inner_loss"],
-                         "holdout_loss": s["holdout_loss"], "best_epoch": s["best_epoch"]})
+    done = run_jobs(paths, meta, [("baseline", None), ("teachers", None)],
+                    label="training the references (mixed baseline, teachers)", stream=stream, quiet=quiet)
+    rows = [row for method, summary in done for row in reference_rows(meta.name, method, summary)]
     tables.append("reference", rows)
+
+
+def _record_ablation(paths: StudyPaths, meta: StudyMeta, tables: Any, *, stream: TextIO | None,
+                     quiet: bool) -> str | None:
+    """Retrain the best COMPLETE trial without its KD term (unless its ablation is recorded); a note if not.
+
+    A failure here (the ablation diverged, a worker died) is reported, never fatal: the trials are kept.
+    """
+    import optuna
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from results.writer import table_path
+    from tune.reference import ABLATION, reference_rows, run_jobs
+
+    study = optuna.load_study(study_name=meta.name, storage=journal_storage(paths))
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        return None
+    best = study.best_trial
+    if ABLATION in tables.methods():
+        ref = pq.read_table(table_path(paths.results, "reference"), columns=["method", "trial_number"])
+        numbers = ref.filter(pc.equal(ref["method"], ABLATION))["trial_number"].to_pylist()
+        if numbers and all(n == best.number for n in numbers):
+            return None
+    try:
+        done = run_jobs(paths, meta, [(ABLATION, dict(best.params))],
+                        label=f"ablation: best trial {best.number} without its KD term", stream=stream, quiet=quiet)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a reference that fails must not cost the study its trials
+        return f"the ablation of trial {best.number} failed: {str(exc).strip().splitlines()[-1][:300]}"
+    tables.replace_method(reference_rows(meta.name, ABLATION, done[0][1], best.number), ABLATION)
+    return None
 
 
 def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: Any, tables: Any, *, budget: int, sampler_seed: int,
@@ -358,23 +418,24 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: Any, tables: Any, *,
     from ray.tune.schedulers import ASHAScheduler
 
     from tune.recorder import ResultsRecorder
-    from tune.searcher import EVAL_KEY, PruneAwareOptunaSearch
+    from tune.searcher import EVAL_KEY, SCHEDULER_KEY, PruneAwareOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     mode = space.objective.mode
     searcher = PruneAwareOptunaSearch(
         space=space.sample, metric=space.objective.metric, mode=mode,
-        sampler=optuna.samplers.TPESampler(seed=sampler_seed), study_name=meta.name,
+        sampler=SAMPLERS[meta.sampler](sampler_seed), study_name=meta.name,
         storage=journal_storage(paths),
     )
-    scheduler = ASHAScheduler(time_attr=EVAL_KEY, max_t=meta.max_t,
+    scheduler = ASHAScheduler(time_attr=EVAL_KEY, metric=SCHEDULER_KEY, mode=mode, max_t=meta.max_t,
                               grace_period=meta.grace_period, reduction_factor=meta.reduction_factor)
     resources = {"cpu": meta.cpus_per_trial, "gpu": meta.gpus_per_trial}
     return tune.Tuner(
         tune.with_resources(kd_trial, resources),
         param_space={STUDY_KEY: str(paths.root)},
+        # No metric here: the searcher optimises the objective, ASHA compares its best value so far.
         tune_config=tune.TuneConfig(
-            metric=space.objective.metric, mode=mode, search_alg=searcher, scheduler=scheduler,
+            search_alg=searcher, scheduler=scheduler,
             num_samples=budget, max_concurrent_trials=meta.max_concurrent or None,
             reuse_actors=True, trial_dirname_creator=_trial_dirname,
         ),
@@ -391,5 +452,25 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: Any, tables: Any, *,
 def search(settings: SearchSettings, *, stream: TextIO | None = None, quiet: bool = False) -> SearchOutcome:
     """``kdtune search``: create the study folder, then run it."""
     paths, meta = plan_study(settings)
-    return run_study(paths, meta, budget=meta.num_samples, sampler_seed=meta.seed, address=settings.address,
-                     max_failures=settings.max_failures, stream=stream, quiet=quiet, new=True)
+    outcome = run_study(paths, meta, budget=meta.num_samples, sampler_seed=meta.seed, address=settings.address,
+                        max_failures=settings.max_failures, stream=stream, quiet=quiet, new=True)
+    return with_tuned_baseline(outcome, paths, meta, address=settings.address, max_failures=settings.max_failures,
+                               stream=stream, quiet=quiet)
+
+
+def with_tuned_baseline(outcome: SearchOutcome, paths: StudyPaths, meta: StudyMeta, *, address: str | None,
+                        max_failures: int, stream: TextIO | None, quiet: bool) -> SearchOutcome:
+    """Run (or finish) the study's CE-only baseline search once its own trials are all done."""
+    if meta.tune_baseline <= 0 or outcome.interrupted:
+        return outcome
+    from tune.reference import tuned_baseline
+
+    try:
+        base = tuned_baseline(paths, meta, address=address, max_failures=max_failures, stream=stream, quiet=quiet)
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+        return outcome
+    outcome.interrupted = base.interrupted
+    outcome.extra["tuned_baseline"] = base.to_dict()
+    outcome.seconds += base.seconds
+    return outcome

@@ -25,6 +25,10 @@ METRICS = ("inner_acc", "inner_loss", "holdout_acc", "holdout_loss")  # seed mea
 FINAL_KEY = "is_final"
 EVAL_KEY = "evaluation"  # the number of the (last) evaluation a result stands for: ASHA's time attribute
 EVALS_KEY = "evals"  # the evaluations a result carries (since the previous result), oldest first
+# What ASHA compares: the objective's best value so far in the trial, not its value at the rung. A trial's
+# selected weights are its best ones, and cyclic schedules sit at a high learning rate at any given rung
+# (bench/selection.py: ranking the raw value at the rungs stopped 3 to 4.5 of a study's final top 5).
+SCHEDULER_KEY = "best_so_far"
 # Result keys kept as Optuna user attributes: with them the Optuna study alone can rebuild a trial's
 # Parquet rows, which is what lets ``kdtune resume`` make the tables agree with it after a crash.
 RECORDED_KEYS = (

@@ -90,6 +90,9 @@ class StudyMeta:
     max_concurrent: int
     versions: dict[str, str] = field(default_factory=dict)
     format: int = 1
+    references: bool = True  # train the baseline, teachers and the best trial's ablation (not for ce-baseline)
+    tune_baseline: int = 0  # trials of the CE-only baseline search in DIR/NAME/ce-baseline (0: none)
+    sampler: str = "tpe"  # tune.runner.SAMPLERS
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -39,7 +39,7 @@ from kdcore.config import ExperimentConfig
 from kdcore.errors import TrainingError
 from kdcore.teacher_cache import TeacherCache
 from kdcore.train import EpochReport, Prepared, prepare, train_student
-from tune.searcher import EVAL_KEY, EVALS_KEY, FINAL_KEY, METRICS
+from tune.searcher import EVAL_KEY, EVALS_KEY, FINAL_KEY, METRICS, SCHEDULER_KEY
 from tune.study import StudyMeta, StudyPaths
 
 STUDY_KEY = "kdtune_study"
@@ -57,7 +57,8 @@ def _prepared(spec: str, config: ExperimentConfig, device: str) -> tuple[Prepare
         _PREP.clear()
         _DATA[spec] = kdata.load(spec)
     data = _DATA[spec]
-    key = (spec, config.protocol, config.inner_fraction, config.split_seed, device)
+    key = (spec, config.protocol, config.inner, config.inner_fraction, config.fold_start, config.split_seed,
+           config.seeds, device)
     if key not in _PREP:
         _PREP[key] = prepare(data, config, device)
     return _PREP[key], data.fingerprint()
@@ -88,8 +89,10 @@ class _Reporter:
     least every ``REPORT_EVERY_S`` seconds, and at the end."""
 
     def __init__(self, report: Any, rungs: frozenset[int], max_t: int, extra: dict[str, Any],
-                 seeds: tuple[int, ...]) -> None:
+                 seeds: tuple[int, ...], objective: tuple[str, str] = (METRIC, "max")) -> None:
         self._report = report
+        self._objective = objective  # (metric, mode): SCHEDULER_KEY is its best value so far
+        self._best: float | None = None
         self._rungs = rungs
         self._max_t = max_t  # ASHA stops a trial at its first report at or past max_t: send that one at once
         self._extra = extra
@@ -111,6 +114,11 @@ class _Reporter:
     def _queue(self, report: EpochReport) -> dict[str, Any]:
         self._count += 1
         metrics = {EVAL_KEY: self._count, **_metrics(report, self._seeds)}
+        metric, mode = self._objective
+        value = metrics[metric]
+        if math.isfinite(value) and (self._best is None or (value > self._best if mode == "max" else value < self._best)):
+            self._best = value
+        metrics[SCHEDULER_KEY] = self._best if self._best is not None else value
         self._block.append({k: metrics[k] for k in _EVAL_FIELDS})
         return metrics
 
@@ -136,20 +144,25 @@ class _Reporter:
             metrics = self._queue(self._held)
         else:
             metrics = {EVAL_KEY: self._count, "epoch": 0, "seeds": list(self._seeds)}
-        for key in METRICS:  # inner_acc or inner_loss may be the objective
+        for key in (*METRICS, SCHEDULER_KEY):  # inner_acc or inner_loss may be the objective
             metrics.setdefault(key, float("nan"))
         self._send(metrics, final=False, trial_error=error, trial_seconds=seconds)
 
 
 def experiment_config(config: dict[str, Any]) -> tuple[StudyPaths, StudyMeta, ExperimentConfig]:
     """The study and the ExperimentConfig a trial's Tune config stands for."""
+    paths, meta, _, exp = _trial_setup(config)
+    return paths, meta, exp
+
+
+def _trial_setup(config: dict[str, Any]) -> tuple[StudyPaths, StudyMeta, Any, ExperimentConfig]:
     from search_spaces import parse_space
 
     paths = StudyPaths(Path(config[STUDY_KEY]))
     meta = StudyMeta.read(paths)
     space = parse_space(meta.space_text, source=f"{paths.meta}:space")
     params = {k: v for k, v in config.items() if k != STUDY_KEY}
-    return paths, meta, space.experiment(params)
+    return paths, meta, space, space.experiment(params)
 
 
 def kd_trial(config: dict[str, Any]) -> None:
@@ -157,14 +170,15 @@ def kd_trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     start = time.perf_counter()
-    paths, meta, exp = experiment_config(config)
+    paths, meta, space, exp = _trial_setup(config)
     context = tune.get_context()
     resources = context.get_trial_resources().required_resources
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
     use_gpu = resources.get("GPU", 0) > 0 and torch.cuda.is_available()
     device = "cuda" if use_gpu else "cpu"
     prep, fingerprint = _prepared(meta.data, exp, device)
-    teachers = TeacherCache(paths.teachers).get_or_train(prep, exp, fingerprint)
+    # A configuration without a KD term (the CE-only baseline search) never consults the teachers.
+    teachers = TeacherCache(paths.teachers).get_or_train(prep, exp, fingerprint) if exp.kd.uses_teachers else None
 
     import ray
 
@@ -173,13 +187,13 @@ def kd_trial(config: dict[str, Any]) -> None:
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
         "device": torch.cuda.get_device_name() if use_gpu else "cpu",
-        "teacher_cache_hit": teachers.hit,
-        "teacher_key": teachers.key[:16],
+        "teacher_cache_hit": teachers.hit if teachers else None,
+        "teacher_key": teachers.key[:16] if teachers else None,
     }
     reporter = _Reporter(tune.report, asha_rungs(meta.grace_period, meta.reduction_factor, meta.max_t), meta.max_t,
-                         where, exp.seeds)
+                         where, exp.seeds, (space.objective.metric, space.objective.mode))
     try:
-        result = train_student(prep, exp, teachers.models, reporter.evaluation)
+        result = train_student(prep, exp, teachers.models if teachers else None, reporter.evaluation)
     except TrainingError as exc:
         # Deterministic divergence: end now as an error with its reason (a retry would diverge again).
         reporter.fail(f"TrainingError: {exc}", time.perf_counter() - start)
