@@ -58,12 +58,22 @@ class AshaSettings:
     max_t: int
 
     def rungs(self) -> list[int]:
-        """Milestones (evaluations reported) at which ASHA compares trials, as Ray Tune places them."""
-        out, milestone = [], self.grace_period
-        while milestone <= self.max_t:
-            out.append(milestone)
-            milestone *= self.reduction_factor
-        return out
+        """Milestones (evaluations reported) at which ASHA compares trials (``asha_rungs``)."""
+        return asha_rungs(self.grace_period, self.reduction_factor, self.max_t)
+
+
+def asha_rungs(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
+    """The rungs of kdtune's ASHA (``tune.scheduler.RungASHA``): ``grace * rf**k`` while a trial promoted
+    there still has ``rf`` times as far to go (``grace * rf**(k + 1) <= max_t``).
+
+    Ray's own layout also puts a rung within a factor rf of ``max_t``: with a 200-evaluation trial and a first
+    rung at 66 it compares again at 198, where stopping saves 1 % of the trial and loses its result.
+    """
+    out, milestone = [], grace_period
+    while milestone * reduction_factor <= max_t:
+        out.append(milestone)
+        milestone *= reduction_factor
+    return out
 
 
 @dataclass(frozen=True)

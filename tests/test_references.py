@@ -7,11 +7,6 @@ read back). Fast: the CE-only space a study derives from its own.
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,13 +17,12 @@ import pytest
 import torch
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from study_runs import run_search
 
 from kdcore import data as kdata
 from kdcore.train import prepare, train_student
 from results.report import analyse
 from search_spaces import load_space, parse_space
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_ce_only_space_drops_every_kd_knob_and_fixes_alpha_zero() -> None:
@@ -51,18 +45,8 @@ def test_without_kd_keeps_the_recipe_and_drops_only_the_kd_term() -> None:
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     storage = tmp_path_factory.mktemp("refs") / "studies"
-    tmp = Path(tempfile.mkdtemp(prefix="kref-", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_", "TUNE_"))}
-    env.update(TMPDIR=str(tmp), RAY_USAGE_STATS_ENABLED="0", PYTHONDONTWRITEBYTECODE="1")
-    try:
-        proc = subprocess.run([sys.executable, "-m", "tune.cli", "search", "--space", "smoke", "--name", "refs",
-                               "--storage", str(storage), "--num-samples", "3", "--tune-baseline", "2",
-                               "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-                              check=False)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if proc.returncode != 0:
-        pytest.fail(f"kdtune search exited {proc.returncode}; stderr tail:\n{proc.stderr[-3000:]}")
+    run_search("--space", "smoke", "--name", "refs", "--storage", str(storage), "--num-samples", "3",
+               "--tune-baseline", "2")
     yield storage / "refs"
 
 

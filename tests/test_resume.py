@@ -59,7 +59,7 @@ fixed:
   eval_every: 1
   teacher: {batch_size: 256, epochs: 5, patience: null}
   baseline: {batch_size: 256, epochs: 5, patience: null}
-  student: {batch_size: 64, epochs: 20, patience: null}
+  student: {batch_size: 64, epochs: 20, patience: null, schedule: constant}
 objective: {metric: inner_acc, mode: max}
 knobs:
   student.lr: {type: categorical, choices: [0.001, 1.0e+30]}

@@ -38,7 +38,7 @@ from tune.cli import main
 NAME = "smoke8"
 SAMPLES = 8
 SMOKE_EVALUATIONS = 5  # smoke.yaml: 5 student epochs, eval_every 1, no early stopping
-ASHA_RUNGS = {1, 3}  # --grace-period 1, reduction factor 3, max_t 7: ASHA may stop a trial at step 1 or 3
+ASHA_RUNGS = {1, 2}  # --grace-period 1, reduction factor 2, max_t 7: ASHA may stop a trial at step 1 or 2
 RAY_TEMP_PREFIX = "kdt-ray-"
 TORCH_CACHE_PREFIX = "torchinductor_"  # torch.optim creates $TMPDIR/torchinductor_<user> (empty); see report
 
@@ -797,14 +797,17 @@ def test_temp_dir_names_its_owner(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         cluster._make_temp_dir(local=True)
 
 
-def test_asha_rungs_match_the_scheduler_s_own() -> None:
-    from ray.tune.schedulers.async_hyperband import _Bracket
-
+def test_asha_rungs_match_the_scheduler_s_own_and_leave_room_to_promote() -> None:
+    from tune.scheduler import RungASHA
     from tune.trainable import asha_rungs
 
-    for grace, rf, max_t in [(20, 3, 252), (10, 3, 22), (1, 2, 100), (5, 4, 5), (300, 3, 302)]:
-        bracket = _Bracket(min_t=grace, max_t=max_t, reduction_factor=rf, s=0)
-        assert asha_rungs(grace, rf, max_t) == {m for m, _ in bracket._rungs}, (grace, rf, max_t)
+    cases = {(66, 3, 302): [66], (20, 3, 252): [20, 60], (10, 3, 22): [], (1, 2, 100): [1, 2, 4, 8, 16, 32],
+             (5, 4, 5): [], (300, 3, 302): [], (1, 3, 7): [1]}
+    for (grace, rf, max_t), expected in cases.items():
+        scheduler = RungASHA(time_attr="evaluation", metric="m", mode="max", grace_period=grace,
+                             reduction_factor=rf, max_t=max_t)
+        assert scheduler.rungs == expected == sorted(asha_rungs(grace, rf, max_t)), (grace, rf, max_t)
+        assert all(r * rf <= max_t for r in expected)  # a promoted trial has rf times as far to go
 
 
 def _evaluation(epoch: int, acc: float) -> Any:
@@ -915,10 +918,18 @@ def test_asha_compares_the_objectives_best_so_far_not_its_value_at_the_rung(monk
     assert low[0]["evaluation"] == 3 and low[0][SCHEDULER_KEY] == pytest.approx(0.2)
 
 
-def test_default_grace_is_a_third_of_the_students_evaluations() -> None:
+def test_default_grace_is_two_thirds_of_the_students_evaluations() -> None:
     from tune.runner import default_grace
 
-    assert default_grace(_space("default")) == 66  # 200 epochs, every epoch
-    assert default_grace(_space("smoke")) == 1  # 5 epochs
+    assert default_grace(_space("default")) == 133  # 200 epochs, every epoch
+    assert default_grace(_space("smoke")) == 3  # 5 epochs
     published = _space("published")
-    assert default_grace(published) == 2000 // 10 // 3  # evaluations, not epochs
+    assert default_grace(published) == 2 * (2000 // 10) // 3  # evaluations, not epochs
+
+
+def test_cli_asha_defaults_are_the_runners() -> None:
+    from tune.cli import build_parser
+    from tune.runner import DEFAULT_REDUCTION_FACTOR
+
+    args = build_parser().parse_args(["search", "--name", "x"])
+    assert args.reduction_factor == DEFAULT_REDUCTION_FACTOR and args.grace_period is None

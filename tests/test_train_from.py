@@ -8,13 +8,10 @@ small studies written here with Optuna's own API into a real journal (no trainin
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +21,7 @@ import optuna
 import pandas as pd
 import pytest
 from cli_errors import assert_one_line_error
+from study_runs import run_search
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -67,17 +65,8 @@ def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmokeStudy
     """``kdtune search --space smoke --num-samples 3`` in its own process, with a TMPDIR short enough for
     Ray's unix sockets (pytest's tmp_path is not)."""
     storage = tmp_path_factory.mktemp("train-from") / "studies"
-    tmp = Path(tempfile.mkdtemp(prefix="ktf-", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_", "TUNE_"))}
-    env.update(TMPDIR=str(tmp), RAY_USAGE_STATS_ENABLED="0", PYTHONDONTWRITEBYTECODE="1")
-    try:
-        proc = subprocess.run([sys.executable, "-m", "tune.cli", "search", "--space", "smoke", "--name", "rerun",
-                               "--storage", str(storage), "--num-samples", str(SAMPLES), "--seed", "0", "--quiet"],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=420, check=False)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if proc.returncode != 0:
-        pytest.fail(f"kdtune search exited {proc.returncode}; stderr tail:\n{proc.stderr[-3000:]}")
+    proc = run_search("--space", "smoke", "--name", "rerun", "--storage", str(storage),
+                      "--num-samples", str(SAMPLES), "--seed", "0", timeout=420)
     root = storage / "rerun"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     yield SmokeStudy(root, proc.stdout, pd.read_parquet(root / "results" / "trials.parquet"),

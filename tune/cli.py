@@ -340,8 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=["tpe", "random"], default="tpe",
                    help="Optuna's TPE (default) or random search, e.g. as a yardstick for TPE")
     p.add_argument("--grace-period", type=int,
-                   help="ASHA: evaluations before a trial can stop (default: a third of the student's epochs)")
-    p.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1 in this many per rung")
+                   help="ASHA: evaluations before a trial can stop (default: two thirds of the student's epochs)")
+    p.add_argument("--reduction-factor", type=int, default=2,
+                   help="ASHA: keep 1 in this many per rung (default 2, tune.runner.DEFAULT_REDUCTION_FACTOR)")
     p.add_argument("--max-t", type=int, help="ASHA: most evaluations (default: from the space)")
     p.add_argument("--tune-baseline", type=int, default=0, metavar="N",
                    help="also tune the no-KD baseline: a CE-only search of N trials with the same sampler, "

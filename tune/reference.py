@@ -89,7 +89,13 @@ def run_jobs(paths: StudyPaths, meta: StudyMeta, jobs: list[tuple[str, dict[str,
         line.done()
     out: list[tuple[str, dict[str, Any]]] = []
     for ref in refs:
-        out.extend(ray.get(ref)["summaries"])
+        try:
+            out.extend(ray.get(ref)["summaries"])
+        except ray.exceptions.RayTaskError as exc:  # the job's own error (a kdcore error is one line)
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, Exception):
+                raise cause from None
+            raise
     return out
 
 

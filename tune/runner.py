@@ -21,6 +21,9 @@ from tune.study import StudyMeta, StudyPaths, check_name, driver_lock
 from tune.trainable import METRIC, STUDY_KEY, kd_trial
 
 
+DEFAULT_REDUCTION_FACTOR = 2  # ASHA keeps the better half at its rung (see default_grace)
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     """Everything ``kdtune search`` takes."""
@@ -36,7 +39,7 @@ class SearchSettings:
     address: str | None = None
     seed: int = 0
     grace_period: int | None = None  # None: a third of the student's evaluations (``default_grace``)
-    reduction_factor: int = 3
+    reduction_factor: int = DEFAULT_REDUCTION_FACTOR
     max_t: int | None = None
     max_failures: int = 2
     tune_baseline: int = 0
@@ -127,15 +130,16 @@ SAMPLERS = {"tpe": _tpe, "random": _random}
 
 
 def default_grace(space: Any) -> int:
-    """ASHA's first rung: a third of the evaluations of the space's fixed student epochs.
+    """ASHA's (only) rung: two thirds of the evaluations of the space's fixed student epochs.
 
-    Measured (``bench/selection.py``, README "Pruning"): with the first rung at 20 evaluations ASHA stopped
-    3 to 4.5 of a 48-trial study's final top 5 (cyclic and constant schedules that improve late); with the
-    rung at a third of the run and comparing best-so-far values it stopped 0.1 of them and still ran only
-    about two thirds of the evaluations.
+    Measured (``bench/selection.py``, README "Selection and pruning, measured"): Ray's rungs at 20, 60 and
+    180 of 200 evaluations stopped 4.1 of a 48-trial study's final top 5 (cyclic and one-cycle schedules
+    improve late); a third of the run still lost 2.3; one rung at two thirds, keeping the better half
+    (``DEFAULT_REDUCTION_FACTOR``) by best-so-far values, lost 0.3 and ran 80 % of the evaluations.
     """
     base = space.base
-    return max(1, math.ceil(base.student.epochs / base.eval_every) // 3)
+    return max(1, 2 * math.ceil(base.student.epochs / base.eval_every) // 3)
+
 
 
 def _versions() -> dict[str, str]:
@@ -355,8 +359,12 @@ def _study_tables(paths: StudyPaths, meta: StudyMeta, space: Any) -> Any:
         "space_name": meta.space_name, "space": meta.space_text, "protocol": base.protocol,
         "protocol_note": ("seed protocol: checkpoints selected on the given validation set, which is also "
                           "reported as holdout (as published): holdout figures are optimistic")
-        if base.protocol == "seed" else "honest protocol: selection on an inner split; holdout never chooses",
-        "seeds": list(base.seeds), "inner_fraction": base.inner_fraction, "split_seed": base.split_seed,
+        if base.protocol == "seed" else (
+            f"honest protocol: each seed selects on its own of {base.n_folds} folds of the training set; "
+            "holdout never chooses" if base.inner == "folds" else
+            "honest protocol: selection on an inner split of the training set; holdout never chooses"),
+        "seeds": list(base.seeds), "inner": base.inner, "inner_fraction": base.inner_fraction,
+        "fold_start": base.fold_start, "split_seed": base.split_seed,
         "objective": space.objective.to_dict(), "versions": meta.versions,
     }
     return StudyTables(paths.results, space_param_types(space), metadata)
@@ -415,9 +423,9 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: Any, tables: Any, *,
                  max_failures: int, stream: TextIO | None, quiet: bool) -> Any:
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from tune.recorder import ResultsRecorder
+    from tune.scheduler import RungASHA
     from tune.searcher import EVAL_KEY, SCHEDULER_KEY, PruneAwareOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -427,8 +435,8 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: Any, tables: Any, *,
         sampler=SAMPLERS[meta.sampler](sampler_seed), study_name=meta.name,
         storage=journal_storage(paths),
     )
-    scheduler = ASHAScheduler(time_attr=EVAL_KEY, metric=SCHEDULER_KEY, mode=mode, max_t=meta.max_t,
-                              grace_period=meta.grace_period, reduction_factor=meta.reduction_factor)
+    scheduler = RungASHA(time_attr=EVAL_KEY, metric=SCHEDULER_KEY, mode=mode, max_t=meta.max_t,
+                         grace_period=meta.grace_period, reduction_factor=meta.reduction_factor)
     resources = {"cpu": meta.cpus_per_trial, "gpu": meta.gpus_per_trial}
     return tune.Tuner(
         tune.with_resources(kd_trial, resources),

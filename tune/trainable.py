@@ -78,10 +78,10 @@ def _metrics(report: EpochReport, seeds: tuple[int, ...]) -> dict[str, Any]:
 
 
 def asha_rungs(grace_period: int, reduction_factor: int, max_t: int) -> frozenset[int]:
-    """The evaluations at which ASHA compares trials: as ``ray.tune.schedulers.AsyncHyperBandScheduler``
-    lays out the rungs of its one bracket (``grace * rf**k`` for ``k < int(log(max_t / grace) / log(rf) + 1)``)."""
-    count = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
-    return frozenset(grace_period * reduction_factor**k for k in range(max(count, 0)))
+    """The evaluations at which ASHA compares trials (``results.analysis.asha_rungs``)."""
+    from results.analysis import asha_rungs as rungs
+
+    return frozenset(rungs(grace_period, reduction_factor, max_t))
 
 
 class _Reporter:

@@ -1,0 +1,31 @@
+"""One real ``kdtune search`` in its own process, for the slow tests that need a finished study."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_search(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``kdtune search ARGS --quiet`` from the checkout, with a TMPDIR short enough for Ray's unix sockets
+    (pytest's tmp_path is not) and no Ray or pytest variables of the calling process; fails the test if the
+    search does not exit 0."""
+    tmp = Path(tempfile.mkdtemp(prefix="kst-", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_", "TUNE_"))}
+    env.update(TMPDIR=str(tmp), RAY_USAGE_STATS_ENABLED="0", PYTHONDONTWRITEBYTECODE="1")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tune.cli", "search", *args, "--quiet"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if proc.returncode != 0:
+        pytest.fail(f"kdtune search exited {proc.returncode}; stderr tail:\n{proc.stderr[-3000:]}")
+    return proc

@@ -1,0 +1,31 @@
+"""kdtune's ASHA: Ray's asynchronous successive halving, with the rungs kdtune lays out.
+
+Ray's ``AsyncHyperBandScheduler`` places rungs at ``grace * rf**k`` up to ``max_t``, so the last one can sit
+just before a trial's end (66 and 198 for 200 evaluations), where stopping saves nothing and throws the
+trial's result away. ``RungASHA`` keeps Ray's decision rule (stop a trial whose value at a rung is below the
+``1 - 1/rf`` quantile of the values recorded there) and its bookkeeping, over ``results.analysis.asha_rungs``:
+only rungs after which a surviving trial still has ``rf`` times as far to go.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.tune.schedulers import AsyncHyperBandScheduler
+
+from results.analysis import asha_rungs
+
+
+class RungASHA(AsyncHyperBandScheduler):
+    """One ASHA bracket whose rungs are ``asha_rungs(grace_period, reduction_factor, max_t)``."""
+
+    def __init__(self, *, grace_period: int, reduction_factor: int, max_t: int, **kwargs: Any) -> None:
+        super().__init__(grace_period=grace_period, reduction_factor=reduction_factor, max_t=max_t, brackets=1,
+                         **kwargs)
+        rungs = asha_rungs(grace_period, reduction_factor, max_t)
+        # Ray keeps a bracket's rungs highest first, each with the values recorded there.
+        self._brackets[0]._rungs = [(milestone, {}) for milestone in sorted(rungs, reverse=True)]
+
+    @property
+    def rungs(self) -> list[int]:
+        return sorted(milestone for milestone, _ in self._brackets[0]._rungs)
