@@ -160,7 +160,7 @@ def asha_table(records: list[dict[str, Any]], option: str, *, max_t: int, orders
     print(f"\nASHA replayed on the {mode} curves ({metric}); final top 5 by {option}: "
           + ", ".join(f"{n} {f}" for f, n in sorted(fams.items()))
           + f"; {orders} random arrival orders; mean number of the top 5 stopped, by schedule")
-    third = min(len(r["folds"]["curve_acc"]) for r in records) // 3  # default_grace: 66 of 200 epochs
+    third = min(len(r["folds"]["curve_acc"]) for r in records) // 3  # 66 of 200; default_grace is 2 * third
     half = 2 * third
     rules = {"before: Ray's rungs from 20, rf 3, raw": (raw, 20, 3, False, True),
              "grace 20, rf 3, best so far": (best_so_far, 20, 3),

@@ -14,6 +14,7 @@ The holdout (the given validation set) is only ever reported.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -36,14 +37,20 @@ class Subset:
 
     Shared: x (N, F), y (N,), d (N,). Per seed: x (S, M, F), y (S, M), d (S, M), each seed its own rows.
     Per-seed sets of unequal sizes are padded to a common M: a fitting set repeats some of the seed's own
-    rows (so every position is a real sample and batches stay plain), an evaluation set pads with rows of
-    ``weight`` 0, which every metric and loss leaves out. ``weight`` (S, M) is None when no row is padding.
+    rows (so every position is a real sample and batches stay plain), an ``evaluation`` set pads with rows
+    of ``weight`` 0, which every metric and loss leaves out. ``weight`` (S, M) is None when no row is
+    padding; ``real`` holds each seed's number of real rows (they come first) when a fitting set was padded.
+    ``domain_lengths[k]`` is the M of domain k's subset: the largest over every fold, not only over the
+    folds of the seeds present, so that a seed trains the same alone as beside others.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     d: torch.Tensor
     weight: torch.Tensor | None = None
+    evaluation: bool = False
+    real: tuple[int, ...] | None = None
+    domain_lengths: tuple[int, ...] | None = None
 
     @property
     def per_seed(self) -> bool:
@@ -57,8 +64,11 @@ class Subset:
         keep = self.d == k
         if self.weight is not None:
             keep &= self.weight > 0
+        if self.real is not None:  # a fitting set's repeated rows are its padding: keep each row once
+            keep &= torch.arange(keep.shape[1], device=keep.device) < torch.tensor(self.real, device=keep.device)[:, None]
         rows = [torch.nonzero(keep[s]).squeeze(1) for s in range(keep.shape[0])]
-        return _padded(self.x, self.y, self.d, rows, mask_padding=self.weight is not None)
+        length = self.domain_lengths[k] if self.domain_lengths is not None else None
+        return _padded(self.x, self.y, self.d, rows, evaluation=self.evaluation, length=length)
 
     def take(self, t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Rows ``idx`` (S, B) of one of this set's tensors, each seed from its own rows: -> (S, B, ...)."""
@@ -74,12 +84,13 @@ class Subset:
 
 
 def _padded(x: torch.Tensor, y: torch.Tensor, d: torch.Tensor, rows: Sequence[torch.Tensor], *,
-            mask_padding: bool) -> Subset:
+            evaluation: bool, length: int | None = None) -> Subset:
     """Per-seed subset: seed s gets ``rows[s]`` of x (N, F) / y (N,) / d (N,), or of its own slice if
-    they are per seed already (S, N, ...); padded to the longest by repetition or with weight-0 rows."""
+    they are per seed already (S, N, ...); padded to ``length`` (default: the longest), an evaluation set
+    with weight-0 rows, a fitting set by repeating the seed's own rows."""
     if any(r.numel() == 0 for r in rows):
         raise DataError("a seed's subset is empty")
-    m = max(int(r.numel()) for r in rows)
+    m = max(int(r.numel()) for r in rows) if length is None else length
     padded = [r.repeat(-(-m // r.numel()))[:m] for r in rows]  # cycle a seed's own rows up to m
     idx = torch.stack(padded)  # (S, M)
     if y.dim() == 1:
@@ -87,10 +98,13 @@ def _padded(x: torch.Tensor, y: torch.Tensor, d: torch.Tensor, rows: Sequence[to
     else:
         out_x = x.gather(1, idx.unsqueeze(-1).expand(*idx.shape, x.shape[-1]))
         out_y, out_d = y.gather(1, idx), d.gather(1, idx)
+    counts = tuple(int(r.numel()) for r in rows)
+    short = any(c < m for c in counts)
     weight = None
-    if mask_padding and any(int(r.numel()) < m for r in rows):
-        weight = torch.stack([(torch.arange(m, device=idx.device) < r.numel()).float() for r in rows])
-    return Subset(out_x, out_y, out_d, weight)
+    if evaluation and short:
+        weight = torch.stack([(torch.arange(m, device=idx.device) < c).float() for c in counts])
+    return Subset(out_x, out_y, out_d, weight, evaluation=evaluation,
+                  real=counts if short and not evaluation else None)
 
 
 @dataclass(frozen=True)
@@ -147,8 +161,14 @@ def prepare(data: MultiDomainData, config: ExperimentConfig, device: str | torch
             _role_check(data, fit_idx, f"training (all but fold {fold})", config)
             fit_rows.append(torch.as_tensor(fit_idx, device=dev))
             select_rows.append(torch.as_tensor(select_idx, device=dev))
-        fit = _padded(train.x, train.y, train.d, fit_rows, mask_padding=False)
-        select = _padded(train.x, train.y, train.d, select_rows, mask_padding=True)
+        # Pad to the largest size over all K folds (sizes differ by at most one per domain and overall), so a
+        # seed's batches do not depend on which other seeds train beside it.
+        k, n = config.n_folds, data.y_train.size
+        per_domain = np.bincount(data.d_train, minlength=data.n_domains)
+        fit = _padded(train.x, train.y, train.d, fit_rows, evaluation=False, length=n - n // k)
+        fit = dataclasses.replace(fit, domain_lengths=tuple(int(c - c // k) for c in per_domain))
+        select = _padded(train.x, train.y, train.d, select_rows, evaluation=True, length=-(-n // k))
+        select = dataclasses.replace(select, domain_lengths=tuple(int(-(-c // k)) for c in per_domain))
     return Prepared(fit, select, holdout, data.n_features, data.n_classes, data.n_domains, dev)
 
 

@@ -63,13 +63,16 @@ class AshaSettings:
 
 
 def asha_rungs(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
-    """The rungs of kdtune's ASHA (``tune.scheduler.RungASHA``): ``grace * rf**k`` while a trial promoted
-    there still has ``rf`` times as far to go (``grace * rf**(k + 1) <= max_t``).
+    """The rungs of kdtune's ASHA (``tune.scheduler.RungASHA``): the first at ``grace`` (if below ``max_t``),
+    then ``grace * rf**k`` only while a trial promoted there still has ``rf`` times as far to go
+    (``grace * rf**(k + 1) <= max_t``).
 
-    Ray's own layout also puts a rung within a factor rf of ``max_t``: with a 200-evaluation trial and a first
-    rung at 66 it compares again at 198, where stopping saves 1 % of the trial and loses its result.
+    Ray's own layout puts rungs up to ``max_t``: with a 200-evaluation trial and a first rung at 66 it
+    compares again at 198, where stopping saves 1 % of the trial and throws its result away.
     """
-    out, milestone = [], grace_period
+    if grace_period >= max_t:
+        return []
+    out, milestone = [grace_period], grace_period * reduction_factor
     while milestone * reduction_factor <= max_t:
         out.append(milestone)
         milestone *= reduction_factor

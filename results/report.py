@@ -236,19 +236,21 @@ def _headline(summary: dict[str, Any]) -> list[str]:
     if base is not None:
         holdout += f", mixed baseline {_pm(base['holdout_acc_mean'], base['holdout_acc_std'])}"
     out.append(holdout)
+    comparisons = summary.get("comparisons") or {}
     test = best["vs_baseline"]
     if test is not None:
-        out.append(f"- difference from the baseline: {_comparison(test)}")
+        if not comparisons:  # otherwise the baseline is one of the comparisons below
+            out.append(f"- difference from the baseline: {_comparison(test)}")
         n = test["n_seeds"]
         if n >= 1:
             out.append(f"- test: {test['test']}; with {n} paired seeds the smallest possible p is "
                        f"{2 / 2 ** n:.4g}" if n <= 16 else f"- test: {test['test']}")
     elif base is not None:
         out.append("- no seed of this trial pairs with a baseline seed: no paired test")
-    comparisons = summary.get("comparisons") or {}
     for i, (method, c) in enumerate(comparisons.items()):
         which = "the comparison this study reports" if i == 0 else "also"
-        of = f" (trial #{c['trial_number']})" if c.get("trial_number") is not None else ""
+        study = " of ce-baseline" if method == "tuned_baseline" else ""
+        of = f" (trial #{c['trial_number']}{study})" if c.get("trial_number") is not None else ""
         out.append(f"- {which}: best − {method}{of}, {c['meaning']}: holdout "
                    f"{_pm(c['holdout_acc_mean'], c['holdout_acc_std'])}, Δ {_comparison(c)}")
     if comparisons and "tuned_baseline" not in comparisons:

@@ -49,32 +49,43 @@ class StudyTables:
 
     def append(self, table: str, rows: list[dict[str, Any]], *, replace_trial: str | None = None) -> None:
         """Add ``rows`` to ``table``; with ``replace_trial``, first drop that trial's earlier rows."""
+        new = self._table(table, rows)
+        path = table_path(self.root, table)
+        if path.exists():
+            old = pq.read_table(path)
+            if replace_trial is not None and "trial_id" in old.column_names:
+                old = old.filter(pc.not_equal(old["trial_id"], replace_trial))
+            new = pa.concat_tables([self._conform(old, table), new])
+        self._write(path, new)
+
+    def _table(self, table: str, rows: list[dict[str, Any]]) -> pa.Table:
         schema = self.schemas[table]
         text = {f.name for f in schema if pa.types.is_string(f.type)}
         # A categorical knob of mixed choices (e.g. [64, "auto"]) is a string column: store its text.
         rows = [{k: (str(v) if k in text and v is not None and not isinstance(v, str) else v)
                  for k, v in row.items()} for row in rows]
         try:
-            new = pa.Table.from_pylist(rows, schema=schema)
+            return pa.Table.from_pylist(rows, schema=schema)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise ResultsError(f"rows for table {table!r} do not fit its schema: {exc}") from None
-        path = table_path(self.root, table)
-        if path.exists():
-            old = pq.read_table(path)
-            if replace_trial is not None and "trial_id" in old.column_names:
-                old = old.filter(pc.not_equal(old["trial_id"], replace_trial))
-            old = old.cast(schema) if old.schema != schema else old
-            new = pa.concat_tables([old, new])
-        self._write(path, new)
+
+    def _conform(self, old: pa.Table, table: str) -> pa.Table:
+        """Rows already on disk in this table's schema; a column an older kdtune did not write is null."""
+        schema = self.schemas[table]
+        if old.schema == schema:
+            return old
+        columns = [old[f.name] if f.name in old.column_names else pa.nulls(old.num_rows, f.type) for f in schema]
+        try:
+            return pa.Table.from_arrays(columns, schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return pa.Table.from_arrays([c.cast(f.type) for c, f in zip(columns, schema)], schema=schema)
 
     def replace_method(self, rows: list[dict[str, Any]], method: str) -> None:
         """Replace every reference row of ``method`` with ``rows`` (the ablation when the best trial changes)."""
         path = table_path(self.root, "reference")
-        schema = self.schemas["reference"]
-        old = pq.read_table(path) if path.exists() else schema.empty_table()
+        old = pq.read_table(path) if path.exists() else self.schemas["reference"].empty_table()
         old = old.filter(pc.not_equal(old["method"], method)) if old.num_rows else old
-        self._write(path, old.cast(schema) if old.schema != schema else old)
-        self.append("reference", rows)
+        self._write(path, pa.concat_tables([self._conform(old, "reference"), self._table("reference", rows)]))
 
     def methods(self) -> set[str]:
         """The reference methods recorded so far."""

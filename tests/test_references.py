@@ -102,3 +102,39 @@ def test_analysis_reports_the_tuned_baseline_first_then_the_ablation(study_dir: 
         assert c["n_seeds"] == 2 and 0 <= c["p_value"] <= 1
     report = (tmp_path / "report.md").read_text()
     assert "the comparison this study reports: best − tuned_baseline" in report
+
+
+def test_tune_baseline_of_a_space_with_only_kd_knobs_is_refused_before_anything_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli_errors import assert_one_line_error
+
+    from tune.cli import main
+
+    rc = main(["search", "--space", "published", "--name", "p", "--storage", str(tmp_path), "--num-samples", "2",
+               "--tune-baseline", "2"])
+    assert_one_line_error("search", rc, capsys.readouterr().err, "--tune-baseline 2", "at least one knob")
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_a_study_of_an_older_format_is_refused_with_one_line(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from cli_errors import assert_one_line_error
+
+    from tune.cli import main
+    from tune.study import StudyMeta, StudyPaths
+
+    paths = StudyPaths(tmp_path / "old")
+    paths.root.mkdir()
+    meta = StudyMeta(name="old", data="builtin:d0.5", data_source="builtin:d0.5", fingerprint="x", space_name="smoke",
+                     space_text=load_space("smoke").source_text, num_samples=2, seed=0, max_t=7, grace_period=1,
+                     reduction_factor=3, cpus_per_trial=1.0, gpus_per_trial=0.0, max_concurrent=0)
+    record = json.loads(meta.to_json())
+    record["format"] = 1
+    paths.meta.write_text(json.dumps(record))
+    before = paths.meta.read_bytes()
+    for argv in (["resume", str(paths.root)], ["train", "--from", str(paths.root)]):
+        rc = main(argv)
+        assert_one_line_error(argv[0], rc, capsys.readouterr().err, "older kdtune", "study format 1")
+    assert paths.meta.read_bytes() == before

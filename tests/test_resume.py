@@ -443,8 +443,9 @@ def test_trial_that_raises_ends_as_error_with_its_message(session: Session) -> N
     err = session.root / "search.err"
     proc = session.start("search", "--space", str(space), "--data", str(data), "--name", "r", "--storage",
                          "studies", "--num-samples", "2", "--max-failures", "1", "--json", stderr=err)
-    # The driver loads the data before it says it trains the reference teachers; trials load it again.
-    wait_for(lambda: "training the reference teachers" in err.read_text(), 240, "the reference training", proc)
+    # The references (Ray tasks) load the data and are recorded before any trial starts; trials load it again.
+    reference = session.root / "studies" / "r" / "results" / "reference.parquet"
+    wait_for(reference.exists, 240, "the reference training", proc)
     data.unlink()
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, err.read_text()

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from kdcore.errors import KDCoreError
+from tune.errors import KDTuneError
 from tune.progress import ProgressLine
 from tune.study import StudyMeta, StudyPaths
 
@@ -91,11 +93,14 @@ def run_jobs(paths: StudyPaths, meta: StudyMeta, jobs: list[tuple[str, dict[str,
     for ref in refs:
         try:
             out.extend(ray.get(ref)["summaries"])
-        except ray.exceptions.RayTaskError as exc:  # the job's own error (a kdcore error is one line)
+        except Exception as exc:  # noqa: BLE001 - a job's error, or its worker's death: one line, others stopped
+            for other in refs:
+                ray.cancel(other, force=True)
             cause = getattr(exc, "cause", None)
-            if isinstance(cause, Exception):
+            if isinstance(cause, KDCoreError):
                 raise cause from None
-            raise
+            last = (str(cause or exc).strip().splitlines() or [type(exc).__name__])[-1]
+            raise KDTuneError(f"{label}: the {pending[ref]} job failed: {last[:300]}") from None
     return out
 
 

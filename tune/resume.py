@@ -29,6 +29,7 @@ from tune.runner import (
     is_interrupted,
     journal_storage,
     read_outcome,
+    record_missing_ablation,
     run_study,
     trial_counts,
     with_tuned_baseline,
@@ -100,9 +101,10 @@ def resume(study_dir: str | Path, *, more: int = 0, address: str | None = None, 
         if left <= 0:
             if more:
                 meta.write(paths)
+            note = record_missing_ablation(paths, meta, address=address, stream=stream, quiet=quiet)
             outcome = read_outcome(paths, meta)
-            outcome.extra["note"] = (f"the study already holds its {meta.num_samples} trials; "
-                                     "add more with --more N")
+            outcome.extra["note"] = note or (f"the study already holds its {meta.num_samples} trials; "
+                                             "add more with --more N")
         else:
             outcome = run_study(paths, meta, budget=left, sampler_seed=meta.seed + len(trials),
                                 address=address, max_failures=max_failures, stream=stream, quiet=quiet,

@@ -38,7 +38,7 @@ class SearchSettings:
     gpus_per_trial: float = 0.0
     address: str | None = None
     seed: int = 0
-    grace_period: int | None = None  # None: a third of the student's evaluations (``default_grace``)
+    grace_period: int | None = None  # None: two thirds of the student's evaluations (``default_grace``)
     reduction_factor: int = DEFAULT_REDUCTION_FACTOR
     max_t: int | None = None
     max_failures: int = 2
@@ -159,7 +159,7 @@ def journal_storage(paths: StudyPaths) -> Any:
 def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
     """Validate every input and describe the study; writes nothing (``run_study`` writes once Ray is up)."""
     from kdcore import data as kdata
-    from search_spaces import load_space
+    from search_spaces import SpaceError, load_space
 
     paths = StudyPaths(settings.storage.expanduser().resolve() / settings.name)
     if paths.root.exists() and any(paths.root.iterdir()):
@@ -168,6 +168,12 @@ def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
     if paths.storage.exists() and not paths.storage.is_dir():
         raise KDTuneError(f"--storage {paths.storage} is a file, not a folder")
     space = load_space(settings.space)
+    if settings.tune_baseline:
+        try:
+            space.without_kd()
+        except SpaceError as exc:
+            raise KDTuneError(f"--tune-baseline {settings.tune_baseline}: the space without its kd.* knobs is no "
+                              f"search space ({exc})") from None
     spec = settings.data if settings.data.startswith("builtin:") else str(Path(settings.data).resolve())
     dataset = kdata.load(spec)
     max_t = settings.max_t or max_evaluations(space)
@@ -329,7 +335,8 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: 
             logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
             try:
                 tuner.fit()
-                if meta.references:
+                # Tune's own SIGINT handler makes fit() return: the ablation waits for a study that is done.
+                if meta.references and _counted(paths, meta) >= meta.num_samples:
                     note = _record_ablation(paths, meta, tables, stream=stream, quiet=quiet)
             except KeyboardInterrupt:
                 interrupted = True
@@ -385,22 +392,19 @@ def _train_reference(paths: StudyPaths, meta: StudyMeta, tables: Any, *, stream:
     tables.append("reference", rows)
 
 
-def _record_ablation(paths: StudyPaths, meta: StudyMeta, tables: Any, *, stream: TextIO | None,
-                     quiet: bool) -> str | None:
-    """Retrain the best COMPLETE trial without its KD term (unless its ablation is recorded); a note if not.
-
-    A failure here (the ablation diverged, a worker died) is reported, never fatal: the trials are kept.
-    """
+def ablation_needed(paths: StudyPaths, meta: StudyMeta, tables: Any) -> Any:
+    """The best COMPLETE trial if its ablation is not recorded yet (None when there is nothing to do)."""
     import optuna
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from results.writer import table_path
-    from tune.reference import ABLATION, reference_rows, run_jobs
+    from tune.reference import ABLATION
 
+    if not meta.references:
+        return None
     study = optuna.load_study(study_name=meta.name, storage=journal_storage(paths))
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         return None
     best = study.best_trial
     if ABLATION in tables.methods():
@@ -408,13 +412,44 @@ def _record_ablation(paths: StudyPaths, meta: StudyMeta, tables: Any, *, stream:
         numbers = ref.filter(pc.equal(ref["method"], ABLATION))["trial_number"].to_pylist()
         if numbers and all(n == best.number for n in numbers):
             return None
+    return best
+
+
+def record_missing_ablation(paths: StudyPaths, meta: StudyMeta, *, address: str | None, stream: TextIO | None,
+                            quiet: bool) -> str | None:
+    """For a study whose trials are all done: train the ablation if it is missing or of an older best."""
+    from search_spaces import parse_space
+    from tune import cluster
+
+    tables = _study_tables(paths, meta, parse_space(meta.space_text, source=f"{paths.meta}:space"))
+    if ablation_needed(paths, meta, tables) is None:
+        return None
+    handle = cluster.start(address)
+    try:
+        return _record_ablation(paths, meta, tables, stream=stream, quiet=quiet)
+    finally:
+        handle.stop()
+
+
+def _record_ablation(paths: StudyPaths, meta: StudyMeta, tables: Any, *, stream: TextIO | None,
+                     quiet: bool) -> str | None:
+    """Retrain the best COMPLETE trial without its KD term (unless its ablation is recorded); a note if not.
+
+    A failure here (the ablation diverged, a worker died) is reported, never fatal: the trials are kept.
+    """
+    from tune.reference import ABLATION, reference_rows, run_jobs
+
+    best = ablation_needed(paths, meta, tables)
+    if best is None:
+        return None
     try:
         done = run_jobs(paths, meta, [(ABLATION, dict(best.params))],
                         label=f"ablation: best trial {best.number} without its KD term", stream=stream, quiet=quiet)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - a reference that fails must not cost the study its trials
-        return f"the ablation of trial {best.number} failed: {str(exc).strip().splitlines()[-1][:300]}"
+        last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        return f"the ablation of trial {best.number} failed: {last[:300]}; `kdtune resume` tries it again"
     tables.replace_method(reference_rows(meta.name, ABLATION, done[0][1], best.number), ABLATION)
     return None
 
@@ -474,7 +509,9 @@ def with_tuned_baseline(outcome: SearchOutcome, paths: StudyPaths, meta: StudyMe
     from tune.reference import tuned_baseline
 
     try:
-        base = tuned_baseline(paths, meta, address=address, max_failures=max_failures, stream=stream, quiet=quiet)
+        with driver_lock(paths):  # it writes this study's reference table
+            base = tuned_baseline(paths, meta, address=address, max_failures=max_failures, stream=stream,
+                                  quiet=quiet)
     except KeyboardInterrupt:
         outcome.interrupted = True
         return outcome

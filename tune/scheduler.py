@@ -4,7 +4,7 @@ Ray's ``AsyncHyperBandScheduler`` places rungs at ``grace * rf**k`` up to ``max_
 just before a trial's end (66 and 198 for 200 evaluations), where stopping saves nothing and throws the
 trial's result away. ``RungASHA`` keeps Ray's decision rule (stop a trial whose value at a rung is below the
 ``1 - 1/rf`` quantile of the values recorded there) and its bookkeeping, over ``results.analysis.asha_rungs``:
-only rungs after which a surviving trial still has ``rf`` times as far to go.
+the first rung, then only rungs after which a surviving trial still has ``rf`` times as far to go.
 """
 
 from __future__ import annotations

@@ -25,9 +25,9 @@ METRICS = ("inner_acc", "inner_loss", "holdout_acc", "holdout_loss")  # seed mea
 FINAL_KEY = "is_final"
 EVAL_KEY = "evaluation"  # the number of the (last) evaluation a result stands for: ASHA's time attribute
 EVALS_KEY = "evals"  # the evaluations a result carries (since the previous result), oldest first
-# What ASHA compares: the objective's best value so far in the trial, not its value at the rung. A trial's
-# selected weights are its best ones, and cyclic schedules sit at a high learning rate at any given rung
-# (bench/selection.py: ranking the raw value at the rungs stopped 3 to 4.5 of a study's final top 5).
+# What ASHA compares: the best seed-mean value of the objective the trial has reached so far, not its value
+# at the rung: a stand-in (slightly optimistic: each seed keeps its own best epoch by loss) for what the
+# trial would deliver if stopped there, since it keeps its best weights. See README "Selection and pruning".
 SCHEDULER_KEY = "best_so_far"
 # Result keys kept as Optuna user attributes: with them the Optuna study alone can rebuild a trial's
 # Parquet rows, which is what lets ``kdtune resume`` make the tables agree with it after a crash.

@@ -26,6 +26,7 @@ from kdcore.atomic_file import write_atomic
 from tune.errors import KDTuneError
 
 STUDY_FILE = "study.json"
+FORMAT = 2
 JOURNAL_FILE = "optuna.journal"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -89,7 +90,7 @@ class StudyMeta:
     gpus_per_trial: float
     max_concurrent: int
     versions: dict[str, str] = field(default_factory=dict)
-    format: int = 1
+    format: int = FORMAT  # 2: kdcore's measured defaults and per-seed folds; a format-1 study meant other settings
     references: bool = True  # train the baseline, teachers and the best trial's ablation (not for ce-baseline)
     tune_baseline: int = 0  # trials of the CE-only baseline search in DIR/NAME/ce-baseline (0: none)
     sampler: str = "tpe"  # tune.runner.SAMPLERS
@@ -105,9 +106,15 @@ class StudyMeta:
             raise KDTuneError(f"no study at {paths.root}")
         try:
             data: dict[str, Any] = json.loads(paths.meta.read_text())
-            return cls(**data)
+            meta = cls(**data)
         except (ValueError, TypeError) as exc:
             raise KDTuneError(f"{paths.meta} is damaged ({exc}); it is not a readable kdtune study record")
+        if meta.format < FORMAT:
+            # Its space names only what it fixed; kdcore's defaults (recipe, inner folds) filled the rest then
+            # and fill it differently now, so continuing or re-training it would not be the same study.
+            raise KDTuneError(f"{paths.root} was made by an older kdtune (study format {meta.format}, this one "
+                              f"writes {FORMAT}) whose defaults differ; start a new study, or use that kdtune")
+        return meta
 
     def write(self, paths: StudyPaths) -> None:
         write_atomic(paths.meta, self.to_json().encode())

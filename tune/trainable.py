@@ -149,13 +149,8 @@ class _Reporter:
         self._send(metrics, final=False, trial_error=error, trial_seconds=seconds)
 
 
-def experiment_config(config: dict[str, Any]) -> tuple[StudyPaths, StudyMeta, ExperimentConfig]:
-    """The study and the ExperimentConfig a trial's Tune config stands for."""
-    paths, meta, _, exp = _trial_setup(config)
-    return paths, meta, exp
-
-
 def _trial_setup(config: dict[str, Any]) -> tuple[StudyPaths, StudyMeta, Any, ExperimentConfig]:
+    """The study, its search space and the ExperimentConfig a trial's Tune config stands for."""
     from search_spaces import parse_space
 
     paths = StudyPaths(Path(config[STUDY_KEY]))
