@@ -43,12 +43,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds = (0, 10, 1234, 99, 2021)
-    fit = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": 1e-3}
+    # A constant rate, so the hand-written loop below does the same work (kdcore's default is one-cycle).
+    fit = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": 1e-3, "schedule": "constant"}
     config = ExperimentConfig.from_dict({"seeds": list(seeds), "student": fit, "teacher": fit,
                                          "kd": {"alpha": 0.5, "temperature": 9.0}})
-    prep = prepare(kdata.load("builtin:d0.5"), config)
+    data = kdata.load("builtin:d0.5")
+    prep = prepare(data, config)
     teachers = [t.model for t in train_teachers(prep, config)]
-    one_seed = {s: config.with_overrides({"seeds": [s]}) for s in seeds}
+    # Seed number i alone, on its own fold (fold_start=i), as it is inside the batched run.
+    one_seed = {s: config.with_overrides({"seeds": [s], "fold_start": i}) for i, s in enumerate(seeds)}
+    one_prep = {s: prepare(data, one_seed[s]) for s in seeds}
     # Standalone teachers for the one-seed runs: slice each seed out of the batched teachers.
     teachers_by_seed = {}
     for i, s in enumerate(seeds):
@@ -64,17 +68,17 @@ def main() -> None:
 
     def sequential() -> None:
         for s in seeds:
-            train_student(prep, one_seed[s], teachers_by_seed[s])
+            train_student(one_prep[s], one_seed[s], teachers_by_seed[s])
 
-    targets = teacher_logits(teachers, prep.fit.x, prep.fit.d)  # (S, N, C)
+    targets = teacher_logits(teachers, prep.fit.x, prep.fit.d)  # (S, N, C), each seed its own fit folds
 
     def dataloader_loop() -> None:
         for i, s in enumerate(seeds):
             gen = torch.Generator().manual_seed(s)
             net = FFNN(prep.n_features, config.student.hidden, prep.n_classes, generator=gen)
             opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-            loader = DataLoader(TensorDataset(prep.fit.x, prep.fit.y, targets[i]), batch_size=args.batch_size,
-                                shuffle=True, generator=gen)
+            loader = DataLoader(TensorDataset(prep.fit.x[i], prep.fit.y[i], targets[i]),
+                                batch_size=args.batch_size, shuffle=True, generator=gen)
             for _ in range(args.epochs):
                 net.train()
                 for xb, yb, tb in loader:
@@ -84,7 +88,7 @@ def main() -> None:
                     opt.step()
                 net.eval()
                 with torch.no_grad():  # the same per-epoch evaluation kdcore does
-                    losses.cross_entropy(net(prep.select.x), prep.select.y)
+                    losses.cross_entropy(net(prep.select.x[i]), prep.select.y[i])
                     net(prep.holdout.x).argmax(-1)
 
     steps = args.epochs * -(-len(prep.fit) // args.batch_size)

@@ -157,13 +157,28 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 def load_pickle(path: str | Path) -> MultiDomainData:
     """Load a reference-format pickle (a dict of numpy arrays) safely and validate it."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"data file not found: {path} is a folder; give a dataset file (a reference-format "
+                        "pickle) or builtin:NAME")
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     raw = path.read_bytes()
+    if not raw:
+        raise DataError(f"{path}: not a readable dataset pickle: the file is empty")
     try:
         obj = _NumpyOnlyUnpickler(io.BytesIO(raw)).load()
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from None
+    except EOFError:
+        raise DataError(f"{path}: not a readable dataset pickle: the file ends before its pickle does "
+                        "(truncated)") from None
+    except pickle.UnpicklingError as exc:
+        if "invalid load key" not in str(exc):
+            raise DataError(f"{path}: not a readable dataset pickle ({exc})") from None
+        head = raw[:24].decode("utf-8", "replace").strip().splitlines()
+        shown = repr(head[0]) if head and head[0].isprintable() else "binary data"
+        raise DataError(f"{path}: not a readable dataset pickle: it is not a pickle at all (it starts with "
+                        f"{shown}); --data takes a pickle of a dict of numpy arrays {list(ARRAY_KEYS)}") from None
     except Exception as exc:  # noqa: BLE001 - any other unpickling failure means a corrupt or foreign file
         raise DataError(f"{path}: not a readable dataset pickle ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):

@@ -209,3 +209,19 @@ def test_exponent_without_dot_is_a_number(capsys: pytest.CaptureFixture[str]) ->
     rc, out, err = _main(capsys, *FAST, "--json", "--set", "student.lr=1e-3")
     assert rc == 0, err
     assert json.loads(out)["config"]["student"]["lr"] == 1e-3
+
+
+def test_version_exits_0_and_names_the_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from kdcore import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"kdtune {__version__}"
+
+
+@pytest.mark.parametrize("argv", [["search", "--name", "x", "--num-sample", "5"], ["train", "--alph", "0.3"]])
+def test_a_prefix_of_a_flag_is_not_taken_for_the_flag(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"unrecognized arguments: {argv[-2]}" in err

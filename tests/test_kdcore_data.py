@@ -423,3 +423,21 @@ def test_inner_split_keeps_a_training_sample_in_tiny_cells() -> None:
 def test_inner_split_rejects_bad_fraction(builtin_half: kdata.MultiDomainData, fraction: float) -> None:
     with pytest.raises(DataError, match="fraction"):
         kdata.inner_split(builtin_half, fraction, seed=0)
+
+
+@pytest.mark.parametrize(("raw", "says"), [
+    (b"", "the file is empty"),
+    (pickle.dumps({"x_train": np.zeros((3, 2))}, protocol=3)[:-20], "truncated"),
+    (b"x_train,y_train\n0.1,0\n", "not a pickle at all (it starts with 'x_train,y_train')"),
+])
+def test_empty_truncated_and_text_files_say_what_they_are(tmp_path: Path, raw: bytes, says: str) -> None:
+    path = tmp_path / "bad.pkl"
+    path.write_bytes(raw)
+    with pytest.raises(DataError, match="not a readable dataset pickle") as info:
+        kdata.load_pickle(path)
+    assert says in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_folder_as_data_says_it_is_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="is a folder"):
+        kdata.load_pickle(tmp_path)

@@ -298,10 +298,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kdtune", description=__doc__.splitlines()[0])
+    from kdcore import __version__
+
+    # No prefix matching: `--num-sample 5` must not silently mean --num-samples (nor a future flag).
+    parser = argparse.ArgumentParser(prog="kdtune", description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"kdtune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="run one configuration over all seeds and print mean ± std per method")
+    p = sub.add_parser("train", allow_abbrev=False, help="run one configuration over all seeds and print mean ± std per method")
     p.add_argument("--data", help=f"builtin:d0.25|d0.5|d0.75|d1.0 or a pickle path (default {DEFAULT_DATA})")
     p.add_argument("--from", dest="from_study", metavar="DIR/NAME",
                    help="re-train a trial of this study exactly: its params, fixed settings, data and seeds")
@@ -327,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("search", help="run an Optuna-guided (TPE) Ray Tune study with ASHA")
+    p = sub.add_parser("search", allow_abbrev=False, help="run an Optuna-guided (TPE) Ray Tune study with ASHA")
     p.add_argument("--data", default="builtin:d0.5", help="builtin:d0.25|d0.5|d0.75|d1.0 or a pickle path")
     p.add_argument("--space", default="default", help="a built-in space (kdtune spaces) or a YAML file")
     p.add_argument("--name", required=True, help="the study's name (a folder under --storage)")
@@ -350,20 +354,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("resume", help="continue an interrupted study, or extend a finished one (--more N)")
+    p = sub.add_parser("resume", allow_abbrev=False, help="continue an interrupted study, or extend a finished one (--more N)")
     p.add_argument("study", help="the study folder, DIR/NAME")
     p.add_argument("--more", type=int, default=0, help="add N trials to the study's budget")
     _add_run_options(p)
     p.set_defaults(func=cmd_resume)
 
-    p = sub.add_parser("analyse", help="report a study from its Parquet tables: top K, baseline, importance, plots")
+    p = sub.add_parser("analyse", allow_abbrev=False, help="report a study from its Parquet tables: top K, baseline, importance, plots")
     p.add_argument("study", help="the study folder, DIR/NAME (running, interrupted or finished)")
     p.add_argument("--top-k", type=int, default=5, help="how many configurations to rank (default 5)")
     p.add_argument("--out", help="where to write report.md and the plots (default DIR/NAME/analysis)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     p.set_defaults(func=cmd_analyse)
 
-    p = sub.add_parser("spaces", help="list the built-in search spaces")
+    p = sub.add_parser("spaces", allow_abbrev=False, help="list the built-in search spaces")
     p.set_defaults(func=cmd_spaces)
     return parser
 
