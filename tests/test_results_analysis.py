@@ -374,3 +374,17 @@ def test_analyse_a_real_smoke_study(tmp_path: Path) -> None:
         assert Path(path).read_bytes()[:8] == PNG_MAGIC
     assert Path(result["report"]).is_file()
     json.dumps(result, allow_nan=False)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_report_and_plots_respect_the_umask_like_every_other_file(tmp_path: Path, umask: int) -> None:
+    study = _rich_study(tmp_path / "modes")
+    old = os.umask(umask)
+    try:
+        summary = analyse(study.root, top_k=3)
+    finally:
+        os.umask(old)
+    written = [Path(summary["report"]), *(Path(p) for p in summary["plots"])]
+    assert len(written) > 2  # the report and some plots
+    for path in written:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
