@@ -13,26 +13,9 @@ from typing import Any
 
 from kdcore.config import ExperimentConfig
 from tune.errors import KDTuneError
-from tune.study import StudyMeta, StudyPaths
+from tune.study import StudyMeta, StudyPaths, load_optuna_study
 
 RETRAINABLE = ("COMPLETE", "PRUNED")
-
-
-def _load_study(paths: StudyPaths, meta: StudyMeta) -> Any:
-    """The study's Optuna study, read from its journal (nothing is written, not even an empty journal)."""
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    # Not tune.runner.journal_storage: importing tune.runner imports Ray, which `kdtune train` never needs.
-    if not paths.journal.is_file():
-        raise KDTuneError(f"{paths.root} has no {paths.journal.name}: it is not a kdtune study with trials")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        return optuna.load_study(study_name=meta.name,
-                                 storage=JournalStorage(JournalFileBackend(str(paths.journal))))
-    except KeyError:
-        raise KDTuneError(f"{paths.journal} holds no Optuna study named {meta.name!r}") from None
 
 
 def _by_number(study: Any, root: Path, number: int) -> Any:
@@ -86,7 +69,7 @@ def study_trial_config(study_dir: str | Path, trial: int | None = None, rank: in
         raise KDTuneError(f"--rank must be >= 1 (1 = the best trial), but got {rank}")
     paths = StudyPaths(Path(study_dir).expanduser().resolve())
     meta = StudyMeta.read(paths)
-    study = _load_study(paths, meta)
+    study = load_optuna_study(paths, meta)
     if trial is not None:
         chosen = _by_number(study, paths.root, trial)
     else:

@@ -27,26 +27,13 @@ from tune.runner import (
     _study_tables,
     end_stale_trials,
     is_interrupted,
-    journal_storage,
     read_outcome,
     record_missing_ablation,
     run_study,
     trial_counts,
     with_tuned_baseline,
 )
-from tune.study import StudyMeta, StudyPaths, driver_lock
-
-
-def _load_study(paths: StudyPaths, meta: StudyMeta) -> Any:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if not paths.journal.is_file():
-        raise KDTuneError(f"{paths.root} has no {paths.journal.name}: it is not a resumable kdtune study")
-    try:
-        return optuna.load_study(study_name=meta.name, storage=journal_storage(paths))
-    except KeyError:
-        raise KDTuneError(f"{paths.journal} holds no Optuna study named {meta.name!r}") from None
+from tune.study import StudyMeta, StudyPaths, driver_lock, load_optuna_study
 
 
 def reconcile_tables(paths: StudyPaths, meta: StudyMeta, study: Any) -> dict[str, int]:
@@ -91,7 +78,7 @@ def resume(study_dir: str | Path, *, more: int = 0, address: str | None = None, 
         stale_lock = paths.root / f"{paths.journal.name}.lock"
         if os.path.lexists(stale_lock):
             os.unlink(stale_lock)
-        study = _load_study(paths, meta)
+        study = load_optuna_study(paths, meta)
         end_stale_trials(study)
         if more:  # written by run_study once Ray is up: a resume --more that cannot start changes nothing
             meta = dataclasses.replace(meta, num_samples=meta.num_samples + more)

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from tune.errors import KDTuneError
 from tune.progress import ProgressLine
-from tune.study import StudyMeta, StudyPaths, check_name, driver_lock
+from tune.study import StudyMeta, StudyPaths, check_name, driver_lock, journal_storage
 from tune.trainable import METRIC, STUDY_KEY, kd_trial
 
 
@@ -147,13 +147,6 @@ def _versions() -> dict[str, str]:
 
     return {name: version(dist) for name, dist in
             (("kdtune", "kdtune"), ("torch", "torch"), ("ray", "ray"), ("optuna", "optuna"))}
-
-
-def journal_storage(paths: StudyPaths) -> Any:
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    return JournalStorage(JournalFileBackend(str(paths.journal)))
 
 
 def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:

@@ -134,3 +134,24 @@ def driver_lock(paths: StudyPaths) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def journal_storage(paths: StudyPaths) -> Any:
+    """The study's Optuna storage: the journal file ``DIR/NAME/optuna.journal`` (imports optuna, never Ray)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(paths.journal)))
+
+
+def load_optuna_study(paths: StudyPaths, meta: StudyMeta) -> Any:
+    """The study's Optuna study; one line if there is no journal (nothing is written, not even an empty one)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not paths.journal.is_file():
+        raise KDTuneError(f"{paths.root} has no {paths.journal.name}: it is not a kdtune study with trials")
+    try:
+        return optuna.load_study(study_name=meta.name, storage=journal_storage(paths))
+    except KeyError:
+        raise KDTuneError(f"{paths.journal} holds no Optuna study named {meta.name!r}") from None
