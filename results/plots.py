@@ -84,15 +84,32 @@ def plot_history(trials: pd.DataFrame, column: str, *, maximize: bool, path: Pat
     return _save(fig, path)
 
 
-def plot_importance(values: dict[str, float], *, path: Path, title: str) -> Path:
-    """Horizontal bars, most important knob on top."""
+def plot_importance(values: dict[str, float], *, path: Path, title: str, labels: dict[str, str] | None = None,
+                    intervals: dict[str, tuple[float, float]] | None = None) -> Path:
+    """Horizontal bars in the order of ``values``, the first on top; ``labels`` replace the knob names
+    (a conditional knob as ``└ child (parent=value)``), ``intervals`` draw as error bars."""
     names = list(values)[::-1]
-    fig = _figure(7.0, max(2.2, 0.4 * len(names) + 1.2))
+    shown = [(labels or {}).get(n, n) for n in names]
+    width = [values[n] for n in names]
+    y = np.arange(len(names))
+    fig = _figure(7.5, max(2.2, 0.4 * len(names) + 1.2))
     ax = fig.add_subplot()
-    bars = ax.barh(names, [values[n] for n in names], color=_COMPLETE)
-    ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
-    ax.set(xlabel="importance (sums to 1)", title=title)
-    ax.set_xlim(0, max(1e-9, max(values.values(), default=0.0)) * 1.15)
+    ax.barh(y, width, color=_COMPLETE)
+    ends = np.array(width, dtype=float)
+    if intervals:
+        spans = np.array([intervals.get(n, (values[n], values[n])) for n in names], dtype=float)  # (knobs, 2)
+        lower = np.clip(ends - spans[:, 0], 0.0, None)
+        upper = np.clip(spans[:, 1] - ends, 0.0, None)
+        ax.errorbar(width, y, xerr=[lower, upper], fmt="none", ecolor="black", elinewidth=1, capsize=3,
+                    label="90 % bootstrap interval")
+        ends = np.maximum(ends, spans[:, 1])
+        ax.legend(fontsize=8, loc="lower right")
+    for yi, end, value in zip(y, ends, width):
+        ax.text(end, yi, f" {value:.2f}", va="center", fontsize=8)
+    ax.set_yticks(y, shown, fontsize=8)
+    ax.set(xlabel="importance (sums to 1)")
+    fig.suptitle(title, fontsize=10)  # centred on the figure: long knob labels push the axes right
+    ax.set_xlim(0, max(1e-9, float(ends.max(initial=0.0))) * 1.18)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 

@@ -54,12 +54,12 @@ _PLOT_TITLES = {
 
 
 def analyse(study_dir: str | os.PathLike[str], *, top_k: int = 5,
-            out_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+            out_dir: str | os.PathLike[str] | None = None, random_state: int = 0) -> dict[str, Any]:
     """Analyse the study at ``study_dir``: write ``report.md`` and PNG plots, return the summary dict.
 
-    Output goes to ``study_dir/analysis/`` unless ``out_dir`` is given. The dict is JSON-serialisable
-    (accuracies as fractions, None where a value is missing); ``ResultsError`` if ``study_dir`` is not a
-    study with tables.
+    Output goes to ``study_dir/analysis/`` unless ``out_dir`` is given; ``random_state`` seeds the
+    importance bootstrap (and is written to the summary). The dict is JSON-serialisable (accuracies as
+    fractions, None where a value is missing); ``ResultsError`` if ``study_dir`` is not a study with tables.
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ResultsError(f"top_k must be an integer >= 1, but got {top_k!r}")
@@ -73,7 +73,7 @@ def analyse(study_dir: str | os.PathLike[str], *, top_k: int = 5,
     ranked = ranked_complete(study)
     top = top_configurations(study, top_k, ranked)
     baseline = baseline_summary(study.reference)
-    importance = param_importance(study, ranked)
+    importance = param_importance(study, ranked, random_state=random_state)
     counts = status_counts(study.trials)
     comparisons = reference_comparisons(study, top[0] if top else None)
     notes = _notes(study, counts, baseline, importance)
@@ -91,9 +91,7 @@ def analyse(study_dir: str | os.PathLike[str], *, top_k: int = 5,
         "comparison": next(iter(comparisons), None),
         "reference": reference_summary(study.reference),
         "top": top,
-        "importance": importance.values,
-        "importance_method": {"evaluator": importance.evaluator, "n_trials": importance.n_trials,
-                              "note": importance.note},
+        **_importance_fields(importance),
         "protocol_note": study.metadata.get("protocol_note"),
         "notes": notes,
         "tables": {name: str(path) for name, path in study.tables.items()},
@@ -127,7 +125,16 @@ def _notes(study: StudyData, counts: dict[str, int], baseline: dict[str, Any] | 
         notes.append("no mixed-baseline rows in the reference table: no comparison with the baseline")
     if importance.values is None and importance.note:
         notes.append(f"parameter importance not computed: {importance.note}")
+    if importance.agreement is not None and not importance.agreement.agree:
+        notes.append(f"parameter importance: {importance.agreement.sentence}")
     return notes
+
+
+def _importance_fields(importance: Importance) -> dict[str, Any]:
+    """``importance`` (PED-ANOVA shares, as before), ``importance_method`` (how, with the bootstrap, the
+    second evaluator and their agreement) and ``importance_knobs`` (a row per knob, in the report's order)."""
+    d = importance.to_dict()
+    return {"importance": d["values"], "importance_method": d["method"], "importance_knobs": d["knobs"]}
 
 
 def _counts_in_words(counts: dict[str, int]) -> str:
@@ -153,9 +160,13 @@ def _draw(study: StudyData, ranked: pd.DataFrame, top: list[dict[str, Any]], bas
             label=column.removesuffix("_mean").replace("_", " "),
             baseline=base_inner if column == "inner_acc_mean" else None)
     if importance.values and any(v > 0 for v in importance.values.values()):
+        resamples = importance.resamples
+        spread = f"\n90 % bootstrap intervals over {resamples} resamples" if resamples else ""
         drawn["importance"] = P.plot_importance(
-            importance.values, path=path["importance"],
-            title=f"Parameter importance (PED-ANOVA, {importance.n_trials} COMPLETE trials)")
+            importance.values, path=path["importance"], labels={k.path: k.label() for k in importance.knobs},
+            intervals={k.path: (k.low, k.high) for k in importance.knobs
+                       if k.low is not None and k.high is not None},
+            title=f"Parameter importance (PED-ANOVA, {importance.n_trials} COMPLETE trials){spread}")
     curves = [(t["trial_id"], f"#{t['number']} (rank {t['rank']})") for t in top if t["trial_id"] is not None]
     if curves and study.epochs["trial_id"].isin([c[0] for c in curves]).any():
         drawn["curves"] = P.plot_curves(study.epochs, curves, path=path["curves"], baseline=base_inner)
@@ -312,10 +323,52 @@ def _importance_section(summary: dict[str, Any]) -> list[str]:
     if values is None:
         return lines + [f"Not computed: {method['note']}.", ""]
     lines += [(f"{method['evaluator']}: {method['note']}. Only COMPLETE trials count (a PRUNED trial's "
-               "value is from an earlier epoch). With few trials, read it as a hint, not a finding."), "",
-              "| knob | importance |", "|---|---:|"]
-    lines += [f"| `{k}` | {v:.3f} |" for k, v in values.items()]
+               "value is from an earlier epoch)."), ""]
+    boot = method.get("bootstrap")
+    if boot:
+        seed = f", seed {boot['random_state']}" if boot["random_state"] is not None else ""
+        lines += [(f"Uncertainty: {boot['resamples']} bootstrap resamples of the {method['n_trials']} "
+                   f"COMPLETE trials (with replacement{seed}); the interval holds 90 % of a knob's resampled "
+                   "shares (5th to 95th percentile); *same rank* and *top 3* say in how many resamples it "
+                   "kept its rank or ranked among the first three."), ""]
+    else:
+        lines += ["No bootstrap: the ranking has no uncertainty attached.", ""]
+    if method.get("second_evaluator"):
+        lines += [f"Second evaluator, {method['second_evaluator']}.", ""]
+    said = []
+    if method.get("agreement"):
+        said.append(method["agreement"]["sentence"])
+    said += _separation(summary)
+    if said:
+        lines += ["**" + " ".join(said) + "**", ""]
+    knobs = summary.get("importance_knobs") or []
+    lines += [("| knob | active in | PED-ANOVA | bootstrap mean [90 % interval] | same rank | top 3 | "
+               "variance explained |"), "|---|---:|---:|---|---:|---:|---:|"]
+    for k in knobs:
+        indent = ("&nbsp;&nbsp;" * (k["depth"] - 1) + "└ ") if k["depth"] else ""
+        condition = f" ({_escape(k['condition'])})" if k["depth"] else ""
+        interval = "–" if k["mean"] is None else f"{k['mean']:.3f} [{k['low']:.3f}, {k['high']:.3f}]"
+        cells = [f"{indent}`{k['knob']}`{condition}", f"{k['n_active']} of {method['n_trials']}",
+                 f"{k['importance']:.3f}", interval, _share(k["same_rank"]), _share(k["top3"]),
+                 f"{k['variance']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if any(k["depth"] for k in knobs):
+        lines += ["", ("A conditional knob (└) is listed under the knob its condition is on, and is scored "
+                       "only over the trials where it was active (*active in*).")]
     return lines + [""]
+
+
+def _separation(summary: dict[str, Any]) -> list[str]:
+    """Whether the bootstrap separates the two most important knobs, in one sentence (or none)."""
+    separated = summary["importance_method"].get("separated")
+    if separated is None:
+        return []
+    knobs = sorted(summary.get("importance_knobs") or [], key=lambda k: -k["importance"])
+    first, second = knobs[0]["knob"], knobs[1]["knob"]
+    if separated:
+        return [f"The 90 % interval of `{first}` lies above that of `{second}`, the runner-up."]
+    return [(f"The 90 % intervals of `{first}` and `{second}`, the top two, overlap: the bootstrap does not "
+             "separate them.")]
 
 
 def _provenance_section(study: StudyData, summary: dict[str, Any]) -> list[str]:
@@ -346,6 +399,10 @@ def _analysis_versions() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------ formatting
+
+def _share(value: Any) -> str:
+    return "–" if value is None else f"{100 * value:.0f} %"
+
 
 def _pct(value: Any) -> str:
     return "–" if value is None else f"{100 * value:.2f} %"

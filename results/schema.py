@@ -1,5 +1,11 @@
 """The Parquet tables of a study: names, columns, types and units.
 
+Each table is ``DIR/NAME/results/<table>.parquet``, a symlink to a folder of Parquet files, every file in
+the table's full schema below (``results.writer`` keeps it, appending at a cost independent of the study's
+size; a reader that lists it sees each row exactly once); a study of an older kdtune has one Parquet file
+there instead. The study's metadata is ``results/_study.json`` (``study.json`` in older studies) and, under
+the key ``kdtune.study``, in every file's key-value metadata.
+
 Accuracies are fractions in 0..1, losses are mean cross-entropy in nats, times are seconds. ``_mean`` and
 ``_std`` are over seeds (std is the sample std, ddof=1). "inner" is the selection set: the inner split of
 the training set under the honest protocol, the given validation set under the seed protocol; "holdout" is
@@ -13,10 +19,12 @@ trials (one row per trial)
     inner_acc_mean, inner_acc_std, holdout_acc_mean, holdout_acc_std, inner_loss_mean, holdout_loss_mean
         float64, at the selected epoch (COMPLETE) or at the last evaluation (PRUNED),
     best_epoch float64 (seed mean), epochs_run int64, iterations int64 (evaluations reported),
-    wall_seconds float64, teacher_cache_hit bool, node str (Ray node id, 12 hex), hostname str, device str
+    wall_seconds float64, teacher_cache_hit bool, node str (Ray node id, 12 hex), hostname str, device str,
+    started_at, ended_at timestamp[us, UTC] (the trial's start on its worker, and its last evaluation)
 epochs (one row per trial and evaluation)
     study, trial_id, number, iteration int64, epoch int64,
-    inner_acc_mean, inner_loss_mean, holdout_acc_mean, holdout_loss_mean float64
+    inner_acc_mean, inner_loss_mean, holdout_acc_mean, holdout_loss_mean float64,
+    started_at, ended_at timestamp[us, UTC] (from the previous evaluation, or the trial's start, to this one)
 seeds (one row per trial and seed)
     study, trial_id, number, seed int64, inner_acc, holdout_acc float64,
     inner_loss, holdout_loss float64 (null for PRUNED trials: only accuracies are reported per epoch),
@@ -49,15 +57,17 @@ METADATA_KEY = b"kdtune.study"
 
 _ID = [("study", pa.string()), ("trial_id", pa.string()), ("number", pa.int64())]
 _F = pa.float64()
+_UTC = pa.timestamp("us", tz="UTC")
 
 TRIAL_METRICS = [
     ("inner_acc_mean", _F), ("inner_acc_std", _F), ("holdout_acc_mean", _F), ("holdout_acc_std", _F),
     ("inner_loss_mean", _F), ("holdout_loss_mean", _F), ("best_epoch", _F), ("epochs_run", pa.int64()),
     ("iterations", pa.int64()), ("wall_seconds", _F), ("teacher_cache_hit", pa.bool_()), ("node", pa.string()),
-    ("hostname", pa.string()), ("device", pa.string()),
+    ("hostname", pa.string()), ("device", pa.string()), ("started_at", _UTC), ("ended_at", _UTC),
 ]
 EPOCH_COLUMNS = [*_ID, ("iteration", pa.int64()), ("epoch", pa.int64()), ("inner_acc_mean", _F),
-                 ("inner_loss_mean", _F), ("holdout_acc_mean", _F), ("holdout_loss_mean", _F)]
+                 ("inner_loss_mean", _F), ("holdout_acc_mean", _F), ("holdout_loss_mean", _F),
+                 ("started_at", _UTC), ("ended_at", _UTC)]
 SEED_COLUMNS = [*_ID, ("seed", pa.int64()), ("inner_acc", _F), ("holdout_acc", _F), ("inner_loss", _F),
                 ("holdout_loss", _F), ("best_epoch", pa.int64())]
 REFERENCE_COLUMNS = [("study", pa.string()), ("method", pa.string()), ("seed", pa.int64()),

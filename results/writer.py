@@ -1,32 +1,70 @@
-"""Writing a study's tables: one Parquet file per table, replaced atomically on every append.
+"""Writing a study's tables: each table a folder of Parquet files, appended to at a cost that does not grow.
 
-Each append reads the table, adds the rows, writes a temporary file beside it and renames it into place,
-so a reader (or a study killed at any moment) only ever sees a complete file holding every trial recorded
-so far, and there is never a part and its compacted copy side by side. A trial written again (a retried or
-resumed trial) replaces its earlier rows, so ids stay unique. Trials are written last: a trial that
-appears in ``trials`` always has its ``epochs`` and ``seeds`` rows.
+Layout of ``DIR/NAME/results/`` (``trials`` shown; ``epochs``, ``seeds`` and ``reference`` alike)::
+
+    _study.json                    the study's metadata (also in every Parquet file, key ``kdtune.study``)
+    trials.parquet -> .trials.g7   a symlink to the table's current generation
+    .trials.g7/g7-compacted.parquet      every row up to the generation's start (maybe none)
+    .trials.g7/g7-trial-<id>.parquet     one part per trial recorded since
+    .trials.g6/                    the previous generation, kept for a reader that listed it before the swap
+
+Recording a trial writes its part (a '.'-prefixed ``.tmp`` file renamed into place), so it costs the same
+for the first trial and the ten-thousandth. In a live generation a file is only ever added or replaced
+whole, never removed, and a trial's rows are in one file: its part, or the compacted file. Writing a trial
+again (a retried or resumed trial) replaces its part; when its rows are in the compacted file instead, a
+new generation without them is written and the symlink swapped (``os.replace``), as ``compact()`` and every
+change to the small ``reference`` table do. Hence the reader guarantee: a reader that lists a generation
+sees each row exactly once. Every file name carries its generation, so a reader that lists through the
+symlink and opens a file after a swap gets FileNotFoundError (retry) rather than a mix of two generations;
+``results.reader.read_table`` resolves the symlink and reads one generation. Trials are written last: a
+trial in ``trials`` always has its ``epochs`` and ``seeds`` rows. pyarrow's dataset discovery skips names
+that start with '.' or '_', so ``pyarrow.dataset.dataset("DIR/NAME/results")`` sees each table once.
+
+A study written by an older kdtune (each table one Parquet file, metadata in ``study.json``) is read as it
+is and turned into this layout on its first write.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Sequence
+import os
+import re
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from kdcore.atomic_file import replacing, write_atomic
 from results.errors import ResultsError
-from results.schema import METADATA_KEY, fixed_schema, trials_schema
+from results.schema import METADATA_KEY, TABLES, fixed_schema, trials_schema
 
-META_FILE = "study.json"
+META_FILE = "_study.json"
+LEGACY_META_FILE = "study.json"  # an older kdtune's name, beside the tables (read, and removed on rewrite)
+PER_TRIAL = ("trials", "epochs", "seeds")
+_SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def table_path(results_dir: Path, table: str) -> Path:
+    """What readers open: a symlink to the current generation folder, or an older kdtune's single file."""
     return results_dir / f"{table}.parquet"
+
+
+def part_name(generation: str, trial_id: str) -> str:
+    """``g7-trial-<id>.parquet``; an id with characters unsafe in a file name gets a hash to stay unique."""
+    safe = _SAFE.sub("_", trial_id)[:100]
+    if safe != trial_id:
+        safe += "~" + hashlib.sha1(trial_id.encode()).hexdigest()[:10]
+    return f"{generation}-trial-{safe}.parquet"
+
+
+def _compacted_name(generation: str) -> str:
+    return f"{generation}-compacted.parquet"
 
 
 class StudyTables:
@@ -41,22 +79,96 @@ class StudyTables:
             self.schemas[table] = fixed_schema(table)
         meta_bytes = json.dumps(metadata, sort_keys=True, default=str).encode()
         self._kv = {METADATA_KEY: meta_bytes}
+        self._bulk: dict[Path, set[str]] = {}  # generation folder -> trial ids in its compacted file
 
     def write_metadata(self) -> None:
-        """The study's metadata as a small JSON beside the tables (also inside every Parquet file)."""
+        """The study's metadata as ``_study.json`` beside the tables (also inside every Parquet file)."""
         write_atomic(self.root / META_FILE,
-                      json.dumps(self.metadata, indent=2, sort_keys=True, default=str).encode())
+                     json.dumps(self.metadata, indent=2, sort_keys=True, default=str).encode())
+        # An older kdtune's copy: a non-Parquet file among the tables that pyarrow's discovery would read.
+        (self.root / LEGACY_META_FILE).unlink(missing_ok=True)
 
     def append(self, table: str, rows: list[dict[str, Any]], *, replace_trial: str | None = None) -> None:
         """Add ``rows`` to ``table``; with ``replace_trial``, first drop that trial's earlier rows."""
         new = self._table(table, rows)
+        if table not in PER_TRIAL:
+            self._new_generation(table, lambda old: pa.concat_tables([old, new]))
+            return
+        parts = self._by_trial(table, new)
+        gen = self._generation(table)
+        if replace_trial is not None:
+            parts.setdefault(replace_trial, new.slice(0, 0))
+            if replace_trial in self._bulk_ids(gen):
+                # Rare (a trial retried or resumed after a compaction): dropping its rows from the compacted
+                # file in place would leave a moment with none or two copies of them, so swap generations.
+                self._new_generation(table, _without({replace_trial}), parts)
+                return
+        for tid, part in parts.items():
+            path = gen / part_name(_number(gen), tid)
+            exists = path.exists()
+            if tid != replace_trial and exists:
+                part = pa.concat_tables([self._conform(pq.read_table(path), table), part])
+            elif not exists and part.num_rows == 0:
+                continue
+            self._write(path, part)
+
+    def record_trial(self, trial: dict[str, Any], epochs: list[dict[str, Any]], seeds: list[dict[str, Any]]) -> None:
+        """One finished trial: its epoch and seed rows first, then its trial row."""
+        tid = trial["trial_id"]
+        self.append("epochs", epochs, replace_trial=tid)
+        self.append("seeds", seeds, replace_trial=tid)
+        self.append("trials", [trial], replace_trial=tid)
+
+    def replace_method(self, rows: list[dict[str, Any]], method: str) -> None:
+        """Replace every reference row of ``method`` with ``rows`` (the ablation when the best trial changes)."""
+        new = self._table("reference", rows)
+        self._new_generation("reference", lambda old: pa.concat_tables(
+            [old.filter(pc.not_equal(old["method"], method)), new]))
+
+    def drop_trials(self, trial_ids: set[str]) -> None:
+        """Remove every row of these trials from every per-trial table (trials first, then its details)."""
+        if not trial_ids:
+            return
+        for table in PER_TRIAL:
+            gen = self._existing(table)
+            if gen is None:
+                continue
+            if trial_ids & self._bulk_ids(gen):
+                self._new_generation(table, _without(trial_ids))
+                continue
+            for tid in trial_ids:
+                path = gen / part_name(_number(gen), tid)
+                if path.exists():  # emptied, not removed: a reader that listed it can still open it
+                    self._write(path, self.schemas[table].empty_table())
+
+    def compact(self) -> None:
+        """Merge each table's files into one, in a new generation swapped in atomically.
+
+        Reading a table of thousands of parts is slow: the runner calls this at the end of a study and on
+        resume. A table already held in one file is left as it is.
+        """
+        for table in TABLES:
+            gen = self._existing(table)
+            if gen is not None and os.listdir(gen) != [_compacted_name(_number(gen))]:
+                self._new_generation(table, lambda old: old)
+
+    def methods(self) -> set[str]:
+        """The reference methods recorded so far."""
+        rows = self._read("reference", ["method"])
+        return set(rows["method"].to_pylist()) if rows is not None else set()
+
+    def trial_ids(self) -> set[str]:
+        rows = self._read("trials", ["trial_id"])
+        return set(rows["trial_id"].to_pylist()) if rows is not None else set()
+
+    def has_rows(self, table: str) -> bool:
         path = table_path(self.root, table)
-        if path.exists():
-            old = pq.read_table(path)
-            if replace_trial is not None and "trial_id" in old.column_names:
-                old = old.filter(pc.not_equal(old["trial_id"], replace_trial))
-            new = pa.concat_tables([self._conform(old, table), new])
-        self._write(path, new)
+        if not path.exists():
+            return False
+        files = [path] if path.is_file() else _files(path.resolve())
+        return any(pq.read_metadata(f).num_rows > 0 for f in files)
+
+    # --- rows and files ---------------------------------------------------------------------------------
 
     def _table(self, table: str, rows: list[dict[str, Any]]) -> pa.Table:
         schema = self.schemas[table]
@@ -69,6 +181,17 @@ class StudyTables:
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise ResultsError(f"rows for table {table!r} do not fit its schema: {exc}") from None
 
+    def _by_trial(self, table: str, rows: pa.Table) -> dict[str, pa.Table]:
+        """``rows`` split by trial id, in order of first appearance."""
+        ids = rows["trial_id"].to_pylist()
+        if None in ids:
+            missing = ids.count(None)
+            raise ResultsError(f"every row of table {table!r} needs a trial_id, but {missing} have none")
+        unique = list(dict.fromkeys(ids))
+        if len(unique) == 1:
+            return {unique[0]: rows}
+        return {tid: rows.filter(pc.equal(rows["trial_id"], tid)) for tid in unique}
+
     def _conform(self, old: pa.Table, table: str) -> pa.Table:
         """Rows already on disk in this table's schema; a column an older kdtune did not write is null."""
         schema = self.schemas[table]
@@ -80,45 +203,123 @@ class StudyTables:
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             return pa.Table.from_arrays([c.cast(f.type) for c, f in zip(columns, schema)], schema=schema)
 
-    def replace_method(self, rows: list[dict[str, Any]], method: str) -> None:
-        """Replace every reference row of ``method`` with ``rows`` (the ablation when the best trial changes)."""
-        path = table_path(self.root, "reference")
-        old = pq.read_table(path) if path.exists() else self.schemas["reference"].empty_table()
-        old = old.filter(pc.not_equal(old["method"], method)) if old.num_rows else old
-        self._write(path, pa.concat_tables([self._conform(old, "reference"), self._table("reference", rows)]))
-
-    def methods(self) -> set[str]:
-        """The reference methods recorded so far."""
-        path = table_path(self.root, "reference")
-        return set(pq.read_table(path, columns=["method"])["method"].to_pylist()) if path.exists() else set()
-
-    def drop_trials(self, trial_ids: set[str]) -> None:
-        """Remove every row of these trials from every per-trial table (trials first, then its details)."""
-        if not trial_ids:
-            return
-        for table in ("trials", "epochs", "seeds"):
-            path = table_path(self.root, table)
-            if path.exists():
-                old = pq.read_table(path)
-                keep = pc.invert(pc.is_in(old["trial_id"], value_set=pa.array(sorted(trial_ids))))
-                self._write(path, old.filter(keep))
-
-    def trial_ids(self) -> set[str]:
-        path = table_path(self.root, "trials")
-        return set(pq.read_table(path, columns=["trial_id"])["trial_id"].to_pylist()) if path.exists() else set()
-
-    def has_rows(self, table: str) -> bool:
+    def _read(self, table: str, columns: list[str]) -> pa.Table | None:
         path = table_path(self.root, table)
-        return path.exists() and pq.read_metadata(path).num_rows > 0
+        return pq.read_table(path.resolve(), columns=columns) if path.exists() else None
 
-    def record_trial(self, trial: dict[str, Any], epochs: list[dict[str, Any]], seeds: list[dict[str, Any]]) -> None:
-        """One finished trial: its epoch and seed rows first, then its trial row."""
-        tid = trial["trial_id"]
-        self.append("epochs", epochs, replace_trial=tid)
-        self.append("seeds", seeds, replace_trial=tid)
-        self.append("trials", [trial], replace_trial=tid)
-
-    def _write(self, path: Path, table: pa.Table) -> None:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **self._kv})
+    def _write(self, path: Path, rows: pa.Table) -> None:
+        rows = rows.replace_schema_metadata({**(rows.schema.metadata or {}), **self._kv})
         with replacing(path) as tmp:
-            pq.write_table(table, tmp)
+            pq.write_table(rows, tmp)
+
+    # --- generations ------------------------------------------------------------------------------------
+
+    def _existing(self, table: str) -> Path | None:
+        """The table's current generation folder (an older layout made one first); None before any write."""
+        link = table_path(self.root, table)
+        if link.is_symlink():
+            return self.root / os.readlink(link)
+        if link.is_file():  # an older kdtune's single file
+            rows = self._conform(pq.read_table(link), table)
+            return self._new_generation(table, lambda old: old, start=rows)
+        if link.is_dir():  # a copy that followed the symlink
+            return self._new_generation(table, lambda old: old, start=self._read_files(link, table))
+        # Killed between a first generation and its symlink: that generation is complete.
+        done = [g for g in self._generations(table) if (g / _compacted_name(_number(g))).exists()]
+        if done:
+            self._point(table, done[-1])
+            return done[-1]
+        return None
+
+    def _generation(self, table: str) -> Path:
+        gen = self._existing(table)
+        return gen if gen is not None else self._new_generation(table, lambda old: old)
+
+    def _bulk_ids(self, gen: Path) -> set[str]:
+        """Trial ids in a generation's compacted file (read once per generation: the file never changes)."""
+        if gen not in self._bulk:
+            path = gen / _compacted_name(_number(gen))
+            ids = pa.array([], pa.string())
+            if path.exists():
+                ids = pq.read_table(path, columns=["trial_id"])["trial_id"]
+            self._bulk[gen] = set(pc.unique(ids).to_pylist())
+        return self._bulk[gen]
+
+    def _new_generation(self, table: str, change: Callable[[pa.Table], pa.Table],
+                        parts: dict[str, pa.Table] | None = None, *, start: pa.Table | None = None) -> Path:
+        """Write ``change(every row)`` as a new generation's compacted file, and ``parts``; swap it in.
+
+        ``start``, the rows of an older layout, stands in for the current generation's rows.
+        """
+        link = table_path(self.root, table)
+        previous = self.root / os.readlink(link) if link.is_symlink() else None
+        if start is None:
+            start = self._read_files(previous, table) if previous else self.schemas[table].empty_table()
+        rows = change(start)
+        gen = self._next_generation(table)
+        gen.mkdir()
+        self._write(gen / _compacted_name(_number(gen)), rows)
+        for tid, part in (parts or {}).items():
+            if part.num_rows:
+                self._write(gen / part_name(_number(gen), tid), part)
+        if "trial_id" in rows.column_names:
+            self._bulk[gen] = set(pc.unique(rows["trial_id"]).to_pylist())
+        self._point(table, gen)
+        for old in self._generations(table):  # all but this one and the one a reader may still be listing
+            if old not in (gen, previous):
+                shutil.rmtree(old, ignore_errors=True)
+                self._bulk.pop(old, None)
+        return gen
+
+    def _read_files(self, folder: Path, table: str) -> pa.Table:
+        """Every row of a folder of parts in the current schema (an older file's missing column is null)."""
+        # Compacted file first, then parts in the order they were written: rows keep their recording order.
+        files = sorted(_files(folder), key=lambda p: (not p.name.endswith("-compacted.parquet"),
+                                                       p.stat().st_mtime_ns, p.name))
+        try:
+            dataset = ds.dataset([str(f) for f in files], schema=self.schemas[table], format="parquet")
+            return dataset.to_table()
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ResultsError(f"{folder} holds rows that do not fit table {table!r}: {exc}") from None
+
+    def _generations(self, table: str) -> list[Path]:
+        pattern = re.compile(rf"\.{re.escape(table)}\.g(\d+)")
+        found = [p for p in self.root.iterdir() if pattern.fullmatch(p.name) and p.is_dir()] \
+            if self.root.is_dir() else []
+        return sorted(found, key=lambda p: int(_number(p)[1:]))
+
+    def _next_generation(self, table: str) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        existing = self._generations(table)
+        number = int(_number(existing[-1])[1:]) + 1 if existing else 0
+        return self.root / f".{table}.g{number}"
+
+    def _point(self, table: str, gen: Path) -> None:
+        """Swap the table's symlink to ``gen`` in one rename: a reader sees the old generation or the new."""
+        link = table_path(self.root, table)
+        aside = None
+        if link.is_dir() and not link.is_symlink():  # a rename cannot replace a folder: move it aside first
+            aside = self.root / f".{table}.copy.tmp"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.rename(link, aside)
+        tmp = self.root / f".{table}.link.tmp"
+        tmp.unlink(missing_ok=True)
+        os.symlink(gen.name, tmp)  # relative: the study folder can be moved or copied (cp -a, rsync -a)
+        os.replace(tmp, link)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+def _number(gen: Path) -> str:
+    """``g7`` for the generation folder ``.trials.g7``."""
+    return gen.name.rsplit(".", 1)[1]
+
+
+def _without(trial_ids: set[str]) -> Callable[[pa.Table], pa.Table]:
+    drop = pa.array(sorted(trial_ids), pa.string())
+    return lambda rows: rows.filter(pc.invert(pc.is_in(rows["trial_id"], value_set=drop)))
+
+
+def _files(folder: Path) -> list[Path]:
+    """The Parquet files of a table folder, without the '.'-prefixed temporary files of a killed write."""
+    return [folder / n for n in os.listdir(folder) if n.endswith(".parquet") and not n.startswith((".", "_"))]

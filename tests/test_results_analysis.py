@@ -20,7 +20,18 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
-from results.analysis import paired_test, sign_flip_p_value, t_cdf, t_quantile
+from results.analysis import (
+    MIN_IMPORTANCE_TRIALS,
+    StudyData,
+    compare_rankings,
+    paired_test,
+    param_importance,
+    sign_flip_p_value,
+    spearman,
+    t_cdf,
+    t_quantile,
+    variance_explained,
+)
 from results.errors import ResultsError
 from results.report import PLOT_FILES, analyse
 from results.schema import TABLES, param_column, param_type
@@ -218,20 +229,24 @@ def test_params_map_back_to_dotted_knob_names(tmp_path: Path) -> None:
     json.dumps(result, allow_nan=False)
 
 
-def test_importance_sums_to_one_over_the_knobs(rich: tuple[FakeStudy, dict[str, Any]]) -> None:
-    _, result = rich
-    importance = result["importance"]
-    assert importance is not None
-    assert set(importance) <= {"kd.alpha", "kd.temperature", "student.optimizer"}
-    assert sum(importance.values()) == pytest.approx(1.0)
-    assert result["importance_method"]["n_trials"] == 8
-    assert "PED-ANOVA" in result["importance_method"]["evaluator"]
+def test_importance_is_not_ranked_on_too_few_complete_trials(rich: tuple[FakeStudy, dict[str, Any]]) -> None:
+    study, result = rich
+    assert result["importance"] is None and result["importance_knobs"] == []
+    method = result["importance_method"]
+    assert method["n_trials"] == 8 and method["min_trials"] == MIN_IMPORTANCE_TRIALS == 20
+    expected = "8 COMPLETE trials with an objective value; importance needs at least 20"
+    assert method["note"] == expected
+    assert f"parameter importance not computed: {expected}" in result["notes"]
+    assert f"Not computed: {expected}." in Path(result["report"]).read_text()
+    assert not (study.root / "analysis" / "importance.png").exists()
 
 
 def test_plots_are_valid_pngs(rich: tuple[FakeStudy, dict[str, Any]]) -> None:
     study, result = rich
     out = study.root / "analysis"
-    assert sorted(Path(p).name for p in result["plots"]) == sorted(PLOT_FILES.values())
+    # every plot but importance: 8 COMPLETE trials are too few to rank knobs
+    assert sorted(Path(p).name for p in result["plots"]) == sorted(
+        name for key, name in PLOT_FILES.items() if key != "importance")
     for path in result["plots"]:
         data = Path(path).read_bytes()
         assert data[:8] == PNG_MAGIC, path
@@ -250,11 +265,11 @@ def test_report_ties_it_together(rich: tuple[FakeStudy, dict[str, Any]]) -> None
     assert "honest protocol: selection on an inner split" in text
     assert "sign-flip permutation" in text and "p = 0.0625" in text
     assert "f" * 64 in text  # the data fingerprint
-    for name in PLOT_FILES.values():
-        assert f"({name})" in text
+    for key, name in PLOT_FILES.items():
+        assert (f"({name})" in text) == (key != "importance")
     assert "| `kd.alpha` |" in text
     assert set(result["tables"]) == set(TABLES)
-    assert all(Path(p).is_absolute() and Path(p).is_file() for p in result["tables"].values())
+    assert all(Path(p).is_absolute() and Path(p).exists() for p in result["tables"].values())
 
 
 def test_interrupted_study_with_only_pruned_trials(tmp_path: Path) -> None:
@@ -351,6 +366,209 @@ def test_importing_the_analysis_leaves_ray_out() -> None:
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+# ------------------------------------------------------------------------------------------------ importance
+
+def _sample(space: Any, rng: np.random.Generator) -> dict[str, Any]:
+    """One random configuration of ``space``: each knob drawn uniformly (log-uniformly) where it is active."""
+    params: dict[str, Any] = {}
+    for knob in space.knobs:
+        if not knob.active(params):
+            continue
+        if knob.kind == "categorical":
+            params[knob.path] = knob.choices[int(rng.integers(len(knob.choices)))]
+        elif knob.kind == "int":
+            params[knob.path] = int(rng.integers(knob.low, knob.high + 1))
+        elif knob.log:
+            params[knob.path] = float(np.exp(rng.uniform(np.log(knob.low), np.log(knob.high))))
+        else:
+            params[knob.path] = float(rng.uniform(knob.low, knob.high))
+    return params
+
+
+def _memory_study(space_name: str, n: int, objective: Any, seed: int = 0) -> StudyData:
+    """``n`` COMPLETE trials of random configurations scored by ``objective(params, rng)``, in memory."""
+    text = _space_text(space_name)
+    space = parse_space(text)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for number in range(n):
+        params = _sample(space, rng)
+        rows.append({"trial_id": f"t{number:04d}", "number": number, "status": "COMPLETE",
+                     "inner_acc_mean": float(objective(params, rng)),
+                     **{param_column(k.path): params.get(k.path) for k in space.knobs}})
+    empty = pd.DataFrame()
+    return StudyData(root=Path("/nonexistent"), name="memory", metadata={"space": text}, trials=pd.DataFrame(rows),
+                     epochs=empty, seeds=empty, reference=empty, tables={}, space=space)
+
+
+def _alpha_drives(params: dict[str, Any], rng: np.random.Generator) -> float:
+    return 0.5 + 0.4 * params["kd.alpha"] + rng.normal(0.0, 0.01)
+
+
+def _noise(params: dict[str, Any], rng: np.random.Generator) -> float:
+    return 0.5 + rng.normal(0.0, 0.01)
+
+
+def test_importance_below_the_minimum_says_how_many_trials_it_needs() -> None:
+    study = _memory_study("smoke", 19, _alpha_drives)
+    importance = param_importance(study)
+    assert importance.values is None and importance.knobs == () and importance.agreement is None
+    assert importance.note == "19 COMPLETE trials with an objective value; importance needs at least 20"
+    assert param_importance(study, min_trials=10).values is not None
+
+
+def test_a_knob_that_drives_the_objective_ranks_first_with_a_tight_interval() -> None:
+    importance = param_importance(_memory_study("smoke", 40, _alpha_drives, seed=1))
+    assert importance.values is not None
+    assert next(iter(importance.values)) == "kd.alpha"
+    assert sum(importance.values.values()) == pytest.approx(1.0)
+    alpha, *others = importance.knobs
+    assert alpha.path == "kd.alpha" and alpha.importance > 0.9
+    assert alpha.low is not None and alpha.high is not None and alpha.low > 0.6
+    assert all(k.high is not None and k.high < alpha.low for k in others)
+    assert importance.separated is True
+    assert alpha.same_rank is not None and alpha.same_rank > 0.95
+    assert alpha.variance > 0.8  # the second evaluator sees it too
+    agreement = importance.agreement
+    assert agreement is not None and agreement.agree and agreement.tops == ("kd.alpha", "kd.alpha")
+    assert "agree: both rank `kd.alpha` first" in agreement.sentence
+    assert importance.resamples == 100 and importance.random_state == 0
+    assert importance.target_quantile == pytest.approx(5 / 40)
+    assert "no bootstrap" not in (importance.note or "")  # the resampling view scores like a real study
+
+
+def test_pure_noise_is_reported_as_an_untrustworthy_ranking() -> None:
+    importance = param_importance(_memory_study("smoke", 30, _noise, seed=5))
+    agreement = importance.agreement
+    assert agreement is not None and not agreement.agree
+    assert agreement.tops == ("kd.temperature", "kd.alpha")
+    assert agreement.sentence == (
+        "The evaluators disagree: PED-ANOVA ranks `kd.temperature` first, variance explained ranks `kd.alpha` "
+        f"first (Spearman ρ = {agreement.spearman:.2f} over 3 knobs); do not trust this ranking at 30 COMPLETE "
+        "trials.")
+    assert importance.separated is False  # and the top two intervals overlap
+    for seed in range(3):  # whatever the noise, the bootstrap never separates the top two knobs
+        assert param_importance(_memory_study("smoke", 30, _noise, seed=seed)).separated is False
+
+
+def _anneal_matters(params: dict[str, Any], rng: np.random.Generator) -> float:
+    value = 0.8 + 0.05 * (params["kd.method"] == "annealing") + rng.normal(0.0, 0.005)
+    return value + 0.004 * params.get("kd.tau_max", 0)
+
+
+def test_conditional_knobs_are_listed_under_their_parent() -> None:
+    study = _memory_study("default", 60, _anneal_matters)
+    importance = param_importance(study, n_bootstrap=20)
+    assert importance.values is not None
+    order = list(importance.values)
+    assert order == [k.path for k in importance.knobs]
+    knobs = {k.path: k for k in study.space.knobs}
+    rows = {k.path: k for k in importance.knobs}
+    for path, row in rows.items():
+        knob = knobs[path]
+        if not knob.when:
+            assert row.parent is None and row.depth == 0 and row.label() == path
+            assert row.n_active == 60
+            continue
+        parent = knob.when[0].path
+        assert row.parent == parent and row.depth == rows[parent].depth + 1
+        # after its parent, with only its parent's other descendants in between
+        between = order[order.index(parent) + 1:order.index(path)]
+        assert all(rows[p].depth > rows[parent].depth for p in between), (path, between)
+        active = study.trials[param_column(path)].notna().sum()
+        assert row.n_active == active < 60
+    roots = [rows[p].importance for p in order if rows[p].depth == 0]
+    assert roots == sorted(roots, reverse=True)
+    assert rows["kd.tau_max"].label() == "└ kd.tau_max (kd.method=annealing)"
+    assert rows["student.max_lr"].condition == "student.schedule=cyclic|onecycle"
+
+
+def test_the_bootstrap_is_reproducible_for_a_fixed_seed() -> None:
+    study = _memory_study("smoke", 25, _alpha_drives)
+    first = param_importance(study, n_bootstrap=40, random_state=7)
+    again = param_importance(study, n_bootstrap=40, random_state=7)
+    other = param_importance(study, n_bootstrap=40, random_state=8)
+    assert first == again
+    assert first.to_dict() == again.to_dict()
+    assert [k.importance for k in first.knobs] == [k.importance for k in other.knobs]  # the point estimate
+    assert [k.low for k in first.knobs] != [k.low for k in other.knobs]
+    generator = param_importance(study, n_bootstrap=40, random_state=np.random.default_rng(7))
+    assert generator.random_state is None and [k.low for k in generator.knobs] == [k.low for k in first.knobs]
+    none = param_importance(study, n_bootstrap=0)
+    assert none.resamples == 0 and all(k.low is None and k.same_rank is None for k in none.knobs)
+    for bad in ({"n_bootstrap": -1}, {"random_state": True}, {"random_state": -3}, {"min_trials": 1}):
+        with pytest.raises(ValueError, match="must"):
+            param_importance(study, **bad)
+
+
+def test_importance_summary_is_rounded_json() -> None:
+    importance = param_importance(_memory_study("smoke", 25, _alpha_drives), n_bootstrap=20)
+    d = json.loads(json.dumps(importance.to_dict(), allow_nan=False))
+    assert set(d) == {"values", "method", "knobs"}
+    assert list(d["values"]) == [k["knob"] for k in d["knobs"]]
+    assert d["method"]["bootstrap"] == {"resamples": 20, "random_state": 0, "interval": [0.05, 0.95]}
+    assert d["method"]["agreement"]["evaluators"] == ["PED-ANOVA", "variance explained"]
+    assert set(d["method"]["second_values"]) == set(d["values"])
+    floats = [v for k in d["knobs"] for v in k.values() if isinstance(v, float)]
+    assert floats and all(round(v, 6) == v for v in floats)
+
+
+def test_variance_explained_and_spearman_by_hand() -> None:
+    # two groups of two: means 1 and 3 around 2, SS_between = 4, SS_within = 1 (SS_total = 5), k = 2,
+    # n = 4: MS_within = 1 / 2, epsilon^2 = (4 - 0.5) / 5
+    y = [0.5, 1.5, 2.5, 3.5]
+    assert variance_explained(["a", "a", "b", "b"], y, numeric=False) == pytest.approx(0.7)
+    assert variance_explained(["a", "b", "a", "b"], y, numeric=False) == 0.0  # below chance: clipped
+    assert variance_explained(["a"] * 4, y, numeric=False) == 0.0
+    assert variance_explained([True, True, False, False], [1.0] * 4, numeric=False) == 0.0
+    x = np.linspace(0, 1, 40)
+    assert variance_explained(x, 3 * x, numeric=True) > 0.95  # five quantile bins of a straight line
+    assert variance_explained(x[:7], x[:7], numeric=True) == 0.0  # too few trials for two bins of 4
+    with pytest.raises(ValueError, match="one length"):
+        variance_explained([1.0, 2.0], [1.0], numeric=True)
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3], [5, 5, 5]) is None
+    same = compare_rankings({"a": 0.7, "b": 0.2, "c": 0.1}, {"a": 0.5, "b": 0.3, "c": 0.2},
+                            names=("X", "Y"), n_trials=30)
+    assert same.agree and same.tops == ("a", "a")
+    flipped = compare_rankings({"a": 0.7, "b": 0.2, "c": 0.1}, {"a": 0.1, "b": 0.3, "c": 0.6},
+                               names=("X", "Y"), n_trials=30)
+    assert not flipped.agree and "X ranks `a` first, Y ranks `c` first" in flipped.sentence
+
+
+def test_report_lists_children_under_their_parent_and_flags_disagreement(tmp_path: Path) -> None:
+    study = FakeStudy(tmp_path / "conditional", space="default")
+    study.reference()
+    rng = np.random.default_rng(3)
+    for number in range(MIN_IMPORTANCE_TRIALS + 4):
+        params = _sample(study.space, rng)
+        study.trial(number, "COMPLETE", params, _shifted([0.0] * 5), inner=_noise(params, rng), iterations=2)
+    result = analyse(study.root, top_k=2)
+    method = result["importance_method"]
+    assert method["n_trials"] == 24 and method["bootstrap"]["resamples"] == 100
+    assert list(result["importance"]) == [k["knob"] for k in result["importance_knobs"]]
+    text = Path(result["report"]).read_text()
+    section = text[text.index("## Parameter importance"):text.index("## Plots")]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "`" in line]
+    assert len(rows) == len(result["importance"])
+    for knob in result["importance_knobs"]:
+        if knob["parent"] is None:
+            continue
+        at = next(i for i, r in enumerate(rows) if f"`{knob['knob']}`" in r)
+        parent_at = next(i for i, r in enumerate(rows) if f"`{knob['parent']}` |" in r)
+        condition = knob["condition"].replace("|", "\\|")  # escaped in a Markdown table
+        assert parent_at < at and "└ " in rows[at] and f"({condition})" in rows[at]
+        assert f"| {knob['n_active']} of 24 |" in rows[at]
+    agreement = method["agreement"]
+    assert agreement["sentence"] in section
+    if not agreement["agree"]:
+        assert f"parameter importance: {agreement['sentence']}" in result["notes"]
+    assert not (agreement["agree"] and method["separated"])  # noise: either they disagree or nothing separates
+    assert (study.root / "analysis" / "importance.png").read_bytes()[:8] == PNG_MAGIC
+    json.dumps(result, allow_nan=False)
 
 
 # ----------------------------------------------------------------------------------------------------- slow

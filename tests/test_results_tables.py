@@ -1,0 +1,311 @@
+"""``results.writer.StudyTables``: tables as folders of parts, read alike by pandas, pyarrow, DuckDB, polars.
+
+Every test writes real tables with synthetic rows (no Ray): appends, replaced trials, compaction, the
+single-file layout of an older kdtune, a reader running while the writer works, a write killed midway.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from results.reader import read_metadata, read_table
+from results.schema import METADATA_KEY, param_column, trials_schema
+from results.writer import LEGACY_META_FILE, META_FILE, StudyTables, part_name, table_path
+
+PARAMS = [("kd.alpha", pa.float64()), ("student.optimizer", pa.string())]
+EPOCHS = 4
+KEYS = {"trials": ["trial_id"], "epochs": ["trial_id", "iteration"], "seeds": ["trial_id", "seed"],
+        "reference": ["method", "seed"]}
+
+
+def rows(n: int, acc: float = 0.5) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Trial ``t<n>``: its trials row, EPOCHS epoch rows and two seed rows; ``acc`` tells versions apart."""
+    ids = {"study": "s", "trial_id": f"t{n:03d}", "number": n}
+    trial = {**ids, "status": "COMPLETE", "error": None, param_column("kd.alpha"): 0.1 * n,
+             param_column("student.optimizer"): "adam", "inner_acc_mean": acc, "holdout_acc_mean": acc,
+             "epochs_run": EPOCHS, "iterations": EPOCHS, "device": "cpu"}
+    epochs = [{**ids, "iteration": i, "epoch": i, "inner_acc_mean": acc} for i in range(1, EPOCHS + 1)]
+    seeds = [{**ids, "seed": s, "inner_acc": acc, "holdout_acc": acc} for s in (0, 1)]
+    return trial, epochs, seeds
+
+
+def reference(method: str, acc: float) -> list[dict[str, Any]]:
+    return [{"study": "s", "method": method, "seed": s, "inner_acc": acc, "holdout_acc": acc} for s in (0, 1)]
+
+
+def new_tables(results: Path) -> StudyTables:
+    return StudyTables(results, PARAMS, {"study": "s"})
+
+
+def read_all_ways(path: Path) -> dict[str, pd.DataFrame]:
+    """The table at ``path`` as pandas, pyarrow.dataset, DuckDB and polars read it, each as a DataFrame."""
+    pattern = f"{path}/*.parquet"
+    return {
+        "pandas": pd.read_parquet(path),
+        "pyarrow": ds.dataset(path, format="parquet").to_table().to_pandas(),
+        "duckdb": duckdb.connect().read_parquet(pattern).df(),
+        "polars": pl.read_parquet(pattern).to_pandas(),
+    }
+
+
+def assert_readers_agree(results: Path, table: str, expected: int) -> pd.DataFrame:
+    """Every reader gives ``expected`` rows, the same rows, and no key twice; the rows, sorted by key."""
+    frames = read_all_ways(table_path(results, table))
+    keys = KEYS[table]
+    columns = keys + ["inner_acc" if table in ("seeds", "reference") else "inner_acc_mean"]
+    sorted_rows = {}
+    for name, frame in frames.items():
+        assert len(frame) == expected, (name, len(frame))
+        assert not frame.duplicated(keys).any(), (name, frame[frame.duplicated(keys, keep=False)])
+        sorted_rows[name] = [tuple(r) for r in frame.sort_values(keys)[columns].itertuples(index=False)]
+    assert all(r == sorted_rows["pandas"] for r in sorted_rows.values()), sorted_rows
+    return frames["pyarrow"].sort_values(keys).reset_index(drop=True)
+
+
+def table_files(results: Path, table: str) -> list[Path]:
+    return sorted(table_path(results, table).resolve().glob("*.parquet"))
+
+
+# ------------------------------------------------------------------------------------------------ layout
+
+def test_appends_replacements_and_compaction_read_the_same_everywhere(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    tables = new_tables(results)
+    tables.write_metadata()
+    for n in range(5):
+        tables.record_trial(*rows(n))
+    tables.record_trial(*rows(2, acc=0.9))  # a retried trial: its part is replaced
+    tables.append("reference", reference("baseline", 0.7))
+    tables.replace_method(reference("ablation", 0.6), "ablation")
+    tables.replace_method(reference("ablation", 0.8), "ablation")
+    tables.compact()
+    assert [f.name for f in table_files(results, "trials")] == ["g1-compacted.parquet"]
+    for n in range(5, 8):
+        tables.record_trial(*rows(n))
+    tables.record_trial(*rows(1, acc=0.95))  # lives in the compacted file: a new generation without it
+    tables.record_trial(*rows(6, acc=0.85))  # a part of the current generation
+
+    trials = assert_readers_agree(results, "trials", 8)
+    epochs = assert_readers_agree(results, "epochs", 8 * EPOCHS)
+    assert_readers_agree(results, "seeds", 8 * 2)
+    ref = assert_readers_agree(results, "reference", 4)
+    by_id = dict(zip(trials["trial_id"], trials["inner_acc_mean"]))
+    assert (by_id["t001"], by_id["t002"], by_id["t006"], by_id["t007"]) == (0.95, 0.9, 0.85, 0.5)
+    assert set(epochs.loc[epochs["trial_id"] == "t001", "inner_acc_mean"]) == {0.95}
+    assert sorted(zip(ref["method"], ref["inner_acc"])) == [("ablation", 0.8)] * 2 + [("baseline", 0.7)] * 2
+    assert tables.trial_ids() == {f"t{n:03d}" for n in range(8)}
+    assert tables.methods() == {"baseline", "ablation"}
+    assert len(read_table(tmp_path, "epochs")) == 8 * EPOCHS
+
+
+def test_the_results_folder_opens_as_one_dataset_of_each_table_once(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    tables = new_tables(results)
+    tables.write_metadata()
+    for n in range(3):
+        tables.record_trial(*rows(n))
+    tables.append("reference", reference("baseline", 0.7))
+    tables.compact()
+    tables.record_trial(*rows(3))
+    # A '.'- or '_'-prefixed name is skipped by discovery (the generation folders, _study.json), the
+    # symlinks are followed: every file is seen once, through its table's name.
+    whole = ds.dataset(results, format="parquet")
+    per_table = {t: ds.dataset(table_path(results, t), format="parquet").count_rows() for t in KEYS}
+    assert per_table == {"trials": 4, "epochs": 4 * EPOCHS, "seeds": 8, "reference": 2}
+    assert whole.count_rows() == sum(per_table.values())
+    assert all(Path(f).relative_to(results).parts[0] in {f"{t}.parquet" for t in KEYS} for f in whole.files)
+    assert (results / META_FILE).is_file() and read_metadata(tmp_path) == {"study": "s"}
+
+
+def test_every_file_has_the_full_schema_and_the_study_metadata(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    tables = new_tables(results)
+    trial, epochs, seeds = rows(0)
+    tables.record_trial({k: v for k, v in trial.items() if k != "device"}, epochs, seeds)  # a column left out
+    tables.compact()
+    tables.record_trial(*rows(1))
+    for table, schema in (("trials", trials_schema(PARAMS)), ("epochs", tables.schemas["epochs"])):
+        for path in table_files(results, table):
+            file_schema = pq.read_schema(path)
+            assert file_schema.remove_metadata() == schema, path
+            assert json.loads(file_schema.metadata[METADATA_KEY]) == {"study": "s"}
+
+
+def test_dropped_trials_leave_every_table_wherever_their_rows_were(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    tables = new_tables(results)
+    for n in range(4):
+        tables.record_trial(*rows(n))
+    tables.compact()
+    tables.record_trial(*rows(4))
+    tables.drop_trials({"t001", "t004"})  # one in the compacted file, one a part
+    assert tables.trial_ids() == {"t000", "t002", "t003"}
+    epochs = assert_readers_agree(results, "epochs", 3 * EPOCHS)
+    assert set(epochs["trial_id"]) == {"t000", "t002", "t003"}
+
+
+def test_part_names_stay_unique_for_ids_unsafe_in_file_names() -> None:
+    names = {part_name("g0", tid) for tid in ("a/b", "a_b", "a.b", "a b", "x" * 300)}
+    assert len(names) == 5
+    assert all("/" not in n and len(n) < 200 and n.endswith(".parquet") for n in names)
+    assert part_name("g3", "abc_00001") == "g3-trial-abc_00001.parquet"
+
+
+# ------------------------------------------------------------------------------------ older kdtune studies
+
+def test_single_file_tables_of_an_older_kdtune_are_read_then_migrate_without_losing_a_row(tmp_path: Path
+                                                                                         ) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    old = new_tables(tmp_path / "scratch")
+    for table, made in (("trials", [rows(n)[0] for n in range(3)]),
+                        ("epochs", [r for n in range(3) for r in rows(n)[1]])):
+        data = old._table(table, made)
+        data = data.drop_columns(["device"]) if table == "trials" else data  # written before that column
+        pq.write_table(data, table_path(results, table))
+    (results / LEGACY_META_FILE).write_text(json.dumps({"study": "s"}))
+    assert len(read_table(tmp_path, "trials")) == 3 and read_metadata(tmp_path) == {"study": "s"}
+
+    tables = new_tables(results)
+    assert tables.trial_ids() == {"t000", "t001", "t002"}  # reading changes nothing
+    assert table_path(results, "trials").is_file()
+    tables.record_trial(*rows(3))
+    tables.record_trial(*rows(1, acc=0.9))  # a trial of the old file written again
+    tables.write_metadata()
+
+    assert table_path(results, "trials").is_symlink() and table_path(results, "epochs").is_symlink()
+    trials = assert_readers_agree(results, "trials", 4)
+    assert_readers_agree(results, "epochs", 4 * EPOCHS)
+    assert dict(zip(trials["trial_id"], trials["inner_acc_mean"]))["t001"] == 0.9
+    assert trials.set_index("trial_id")["device"].isna().to_dict() == {
+        "t000": True, "t001": False, "t002": True, "t003": False}
+    assert not (results / LEGACY_META_FILE).exists() and read_metadata(tmp_path) == {"study": "s"}
+    ds.dataset(results, format="parquet").to_table()  # no study.json among the tables any more
+
+
+def test_a_table_copied_as_a_plain_folder_is_adopted(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    tables = new_tables(results)
+    for n in range(3):
+        tables.record_trial(*rows(n))
+    link = table_path(results, "trials")
+    target = link.resolve()
+    link.unlink()
+    os.rename(target, link)  # what a copy that follows symlinks leaves
+    tables = new_tables(results)
+    tables.record_trial(*rows(1, acc=0.9))
+    tables.record_trial(*rows(3))
+    assert link.is_symlink()
+    trials = assert_readers_agree(results, "trials", 4)
+    assert dict(zip(trials["trial_id"], trials["inner_acc_mean"]))["t001"] == 0.9
+
+
+# ------------------------------------------------------------------------------------ readers and crashes
+
+def test_a_concurrent_reader_sees_each_trial_once_and_never_fewer(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    tables = new_tables(results)
+    tables.record_trial(*rows(0))
+    done = threading.Event()
+    seen: list[tuple[int, int]] = []
+    problems: list[str] = []
+    swapped_away = 0
+
+    def reader() -> None:
+        nonlocal swapped_away
+        while not done.is_set():
+            try:
+                trials, epochs = read_table(tmp_path, "trials"), read_table(tmp_path, "epochs")
+            except Exception as exc:  # noqa: BLE001 - any failure is the finding
+                problems.append(f"read_table: {exc!r}")
+                continue
+            if trials["trial_id"].duplicated().any() or epochs.duplicated(["trial_id", "iteration"]).any():
+                problems.append(f"duplicates after {len(trials)} trials")
+            if seen and (len(trials) < seen[-1][0] or len(epochs) < seen[-1][1]):
+                problems.append(f"went back from {seen[-1]} to {(len(trials), len(epochs))}")
+            seen.append((len(trials), len(epochs)))
+            try:  # through the symlink, as a user's tool reads: a swap may surface as FileNotFoundError
+                raw = pq.read_table(table_path(results, "trials"))
+                if len(set(raw["trial_id"].to_pylist())) != raw.num_rows:
+                    problems.append("duplicates through the symlink")
+            except FileNotFoundError:
+                swapped_away += 1
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for n in range(1, 100):
+            tables.record_trial(*rows(n))
+            if n % 25 == 0:
+                tables.compact()
+                tables.record_trial(*rows(n - 10, acc=0.9))  # in the compacted file: a new generation
+    finally:
+        done.set()
+        thread.join()
+    assert not problems, problems[:5]
+    assert len(seen) > 5, "the reader should have read many times while the writer worked"
+    assert_readers_agree(results, "trials", 100)
+    assert_readers_agree(results, "epochs", 100 * EPOCHS)
+
+
+def test_a_write_killed_midway_leaves_only_complete_files(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    tables = new_tables(results)
+    for n in range(3):
+        tables.record_trial(*rows(n))
+    gen = table_path(results, "trials").resolve()
+    # What kill -9 during a write leaves: half a temporary file beside the parts, and a temporary symlink.
+    whole = (gen / part_name("g0", "t000")).read_bytes()
+    (gen / f".{part_name('g0', 't003')}.x1y2z3.tmp").write_bytes(whole[: len(whole) // 2])
+    os.symlink(gen.name, results / ".trials.link.tmp")
+    assert_readers_agree(results, "trials", 3)
+
+    tables = new_tables(results)  # the study resumes
+    tables.record_trial(*rows(3))
+    assert_readers_agree(results, "trials", 4)
+    tables.compact()
+    assert [p.name for p in table_path(results, "trials").resolve().iterdir()] == ["g1-compacted.parquet"]
+    assert_readers_agree(results, "trials", 4)
+
+
+def test_a_generation_written_but_never_swapped_in_is_not_read_and_is_removed(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    tables = new_tables(results)
+    for n in range(2):
+        tables.record_trial(*rows(n))
+    orphan = results / ".trials.g7"  # killed after writing a new generation, before the swap
+    orphan.mkdir()
+    pq.write_table(tables._table("trials", [rows(n)[0] for n in range(5)]), orphan / "g7-compacted.parquet")
+    assert_readers_agree(results, "trials", 2)
+    tables.compact()
+    assert not orphan.exists()
+    assert_readers_agree(results, "trials", 2)
+
+
+def test_a_first_generation_killed_before_its_symlink_is_picked_up(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    new_tables(results).record_trial(*rows(0))
+    table_path(results, "trials").unlink()  # as if killed between the folder and the symlink
+    tables = new_tables(results)
+    tables.record_trial(*rows(1))
+    assert os.readlink(table_path(results, "trials")) == ".trials.g0"
+    assert_readers_agree(results, "trials", 2)
+
+
+@pytest.mark.parametrize("name", [META_FILE, LEGACY_META_FILE])
+def test_metadata_is_read_under_either_name(tmp_path: Path, name: str) -> None:
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / name).write_text(json.dumps({"study": name}))
+    assert read_metadata(tmp_path) == {"study": name}
