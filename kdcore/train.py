@@ -191,6 +191,9 @@ class EpochReport:
 ReportFn = Callable[[EpochReport], None]
 
 
+ACC_DECIMALS = 9  # accuracies in summaries: a ratio of counts, rounded far below any set's resolution
+
+
 @dataclass
 class FitResult:
     """One method's outcome at its selected epoch, per seed; ``model`` holds the selected weights."""
@@ -208,15 +211,22 @@ class FitResult:
     history: list[EpochReport] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
-        """Seed means and sample standard deviations (ddof=1; 0 for a single seed) plus per-seed rows."""
+        """Seed means and sample standard deviations (ddof=1; 0 for a single seed) plus per-seed rows.
+
+        Accuracies are rounded to ``ACC_DECIMALS`` (far below any evaluation set's resolution), so that
+        0.974 is 0.974 in JSON and Parquet, not 0.9740000000000001.
+        """
 
         def std(a: np.ndarray) -> float:
-            return float(a.std(ddof=1)) if a.size > 1 else 0.0
+            return round(float(a.std(ddof=1)), ACC_DECIMALS) if a.size > 1 else 0.0
+
+        def mean(a: np.ndarray) -> float:
+            return round(float(a.mean()), ACC_DECIMALS)
 
         return {
-            "holdout_acc_mean": float(self.holdout_acc.mean()),
+            "holdout_acc_mean": mean(self.holdout_acc),
             "holdout_acc_std": std(self.holdout_acc),
-            "inner_acc_mean": float(self.inner_acc.mean()),
+            "inner_acc_mean": mean(self.inner_acc),
             "inner_acc_std": std(self.inner_acc),
             "inner_loss_mean": float(self.inner_loss.mean()),
             "holdout_loss_mean": float(self.holdout_loss.mean()),
@@ -226,8 +236,8 @@ class FitResult:
             "per_seed": [
                 {
                     "seed": s,
-                    "holdout_acc": float(self.holdout_acc[i]),
-                    "inner_acc": float(self.inner_acc[i]),
+                    "holdout_acc": round(float(self.holdout_acc[i]), ACC_DECIMALS),
+                    "inner_acc": round(float(self.inner_acc[i]), ACC_DECIMALS),
                     "inner_loss": float(self.inner_loss[i]),
                     "holdout_loss": float(self.holdout_loss[i]),
                     "best_epoch": int(self.best_epoch[i]),
@@ -251,8 +261,10 @@ def _make_optimizer(model: BatchedFFNN, fit: FitConfig) -> torch.optim.Optimizer
 
 def _accuracy_and_ce(logits: torch.Tensor, subset: Subset) -> tuple[np.ndarray, np.ndarray]:
     """Per-seed accuracy and mean cross-entropy over the set's real rows. logits (S, M, C) -> (S,), (S,)."""
-    hits = (logits.argmax(dim=-1) == subset.y).float()
-    acc = hits.mean(dim=-1) if subset.weight is None else losses.weighted_mean(hits, subset.weight)
+    # In float64: an accuracy is a ratio of counts, and float32 would print 0.974 as 0.9740000247955322.
+    hits = (logits.argmax(dim=-1) == subset.y).double()
+    weight = None if subset.weight is None else subset.weight.double()
+    acc = losses.weighted_mean(hits, weight)
     return acc.cpu().numpy(), losses.cross_entropy(logits, subset.y, subset.weight).cpu().numpy()
 
 

@@ -171,6 +171,21 @@ def _damaged_study(w: Workspace) -> list[str]:
     return ["resume", str(folder)]
 
 
+def _data_file(name: str, raw: bytes) -> Callable[[Workspace], list[str]]:
+    def build(w: Workspace) -> list[str]:
+        (w.root / name).write_bytes(raw)
+        return _search("--data", str(w.root / name))(w)
+    return build
+
+
+def _unborn_study(w: Workspace) -> list[str]:
+    """What an older kdtune left when stopped at once: the study folder holding only its driver lock."""
+    folder = w.root / "existing" / "unborn"
+    folder.mkdir()
+    (folder / ".driver.lock").touch()
+    return ["resume", str(folder)]
+
+
 @dataclass(frozen=True)
 class Case:
     build: Callable[[Workspace], list[str]]
@@ -211,7 +226,24 @@ MORE = {
     "search-address-ray-client": Case(_search("--address", "ray://head:10001"), "Ray Client addresses"),
     "resume-address-not-host-port": Case(lambda w: ["resume", str(w.study), "--address", "10.0.0.1:http"],
                                          "--address must be HOST:PORT"),
+    "search-data-is-a-folder": Case(lambda w: _search("--data", str(w.root / "existing"))(w), "is a folder"),
+    "search-data-csv": Case(_data_file("points.csv", b"x_train,y_train\n0.1,0\n"), "not a pickle at all"),
+    "search-data-empty-file": Case(_data_file("empty.pkl", b""), "the file is empty"),
+    "search-data-truncated": Case(_data_file("cut.pkl", pickle.dumps({"x_train": np.zeros((3, 2))})[:-20]),
+                                  "truncated"),
+    "search-negative-samples": Case(_search("--num-samples", "-1"), "--num-samples must be >= 1, but got -1"),
+    "search-num-cpus-zero": Case(_search("--num-cpus", "0"), "--num-cpus must be >= 1"),
+    "search-num-cpus-with-address": Case(_search("--num-cpus", "2", "--address", "127.0.0.1:6379"),
+                                         "--num-cpus sizes the local Ray"),
+    "search-cpus-per-trial-above-num-cpus": Case(_search("--num-cpus", "1", "--cpus-per-trial", "2"),
+                                                 "`--cpus-per-trial <= --num-cpus` must hold"),
+    "resume-num-cpus-zero": Case(lambda w: ["resume", str(w.study), "--num-cpus", "0"], "--num-cpus must be >= 1"),
+    "resume-folder-holding-only-a-lock": Case(_unborn_study, "holds no study.json"),
 }
+
+# Refused before Ray (or torch) is imported: a second, not the seconds Ray's import takes.
+CHEAP = ("search-negative-samples", "search-zero-samples", "search-data-csv", "search-missing-space-file",
+         "search-bad-study-name", "search-num-cpus-zero")
 
 SLOW = {
     "search-cpus-per-trial-64": pytest.param(
@@ -305,6 +337,20 @@ def test_more_bad_input_in_process(case: Case, ws: Workspace, monkeypatch: pytes
     assert not (ws.root / "PWNED").exists(), "the pickle ran its code"
     assert not ws.storage.exists(), f"{ws.storage} was created"
     assert _changes(before, ws.snapshot()) == {}
+
+
+@pytest.mark.parametrize("name", CHEAP)
+def test_cheap_checks_come_before_heavy_imports(name: str, ws: Workspace) -> None:
+    args = MORE[name].build(ws)
+    code = ("import sys; from tune.cli import main; rc = main(sys.argv[1:]); "
+            "print(sorted(m for m in ('ray', 'torch', 'optuna') if m in sys.modules)); sys.exit(rc)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_"))}
+    env["HOME"] = str(ws.home)
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=ws.root, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT_S, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert MORE[name].fragment in proc.stderr
+    assert proc.stdout.strip() == "[]", f"imported before refusing: {proc.stdout}"
 
 
 def _changes(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, str]:

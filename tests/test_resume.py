@@ -105,10 +105,10 @@ class Session:
         return subprocess.run([*_kdtune_cmd(), *args], check=False, cwd=self.root, env=self.env, capture_output=True,
                               text=True, timeout=timeout)
 
-    def start(self, *args: str, stderr: Path) -> subprocess.Popen[str]:
+    def start(self, *args: str, stderr: Path, new_session: bool = False) -> subprocess.Popen[str]:
         with stderr.open("w") as fh:
             return subprocess.Popen([*_kdtune_cmd(), *args], cwd=self.root, env=self.env, stdout=subprocess.PIPE,
-                                    stderr=fh, text=True)
+                                    stderr=fh, text=True, start_new_session=new_session)
 
     def mine(self) -> dict[int, tuple[int, str]]:
         """{pid: (ppid, cmdline)} of the live processes that carry this session's token."""
@@ -460,3 +460,109 @@ def test_trial_that_raises_ends_as_error_with_its_message(session: Session) -> N
         attempts = (study / f"t_{r['trial_id']}" / "error.txt").read_text().count("Failure # ")
         assert attempts == 2, attempts
     assert "Traceback" not in err.read_text()
+
+
+# ------------------------------------------------------------------------------- Ctrl-C and SIGTERM, any time
+
+# References slow enough (a few seconds) that a signal can land while they train; trials stay quick.
+SLOW_REFERENCES = SPACE.replace("teacher: {{batch_size: 256, epochs: 5, patience: null}}",
+                                "teacher: {{batch_size: 64, epochs: 100, patience: null}}").replace(
+                                "baseline: {{batch_size: 256, epochs: 5, patience: null}}",
+                                "baseline: {{batch_size: 64, epochs: 100, patience: null}}")
+N_STOP = 3
+
+
+def _no_running(study: Path) -> None:
+    running = [t.number for t in optuna_trials(study) if t.state.name == "RUNNING"]
+    assert running == [], f"trials left RUNNING: {running}"
+
+
+def _stopped(proc: subprocess.Popen[str], err: Path, study: Path, code: int) -> None:
+    """The run ended with ``code``, no traceback, the resume command shown, nothing left RUNNING."""
+    out, _ = proc.communicate(timeout=120)
+    stderr = err.read_text()
+    assert proc.returncode == code, (proc.returncode, stderr[-2000:])
+    for sign in ("Traceback", "core dumped", "Aborted", "*** SIG"):
+        assert sign not in stderr, stderr[-2000:]
+    assert f"kdtune resume {study}" in out + stderr
+    _no_running(study)
+
+
+def test_ctrl_c_early_then_resume_runs_exactly_the_budget(session: Session) -> None:
+    """SIGINT the moment the study folder exists, then SIGINT the resume while the baseline and teachers
+    train: each a clean stop with the resume command; a last ``kdtune resume`` runs exactly N trials and the
+    references."""
+    space = session.write("space.yaml", SLOW_REFERENCES.format(low=5, high=10))
+    err = session.root / "search.err"
+    proc = session.start("search", "--space", str(space), "--name", "c", "--storage", "studies",
+                         "--num-samples", str(N_STOP), "--json", stderr=err)
+    study = session.root / "studies" / "c"
+    wait_for(lambda: (study / "study.json").is_file(), 120, "the study folder", proc)
+    os.kill(proc.pid, signal.SIGINT)
+    _stopped(proc, err, study, 130)
+    assert (study / "optuna.journal").is_file()
+
+    err = session.root / "resume.err"
+    proc = session.start("resume", str(study), "--json", stderr=err)
+    wait_for(lambda: "training the references" in err.read_text(), 120, "the reference phase", proc)
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGINT)
+    _stopped(proc, err, study, 130)
+    assert "baseline" not in {r["method"] for r in table(study, "reference")}, "stopped before the baseline ended"
+
+    resumed = final_json(session.run("resume", str(study), "--json"))
+    assert resumed["trials"]["total"] == N_STOP and not resumed["interrupted"]
+    assert len(ended(optuna_trials(study))) == N_STOP
+    _no_running(study)
+    check_tables_agree(study, N_STOP)
+    methods = {r["method"] for r in table(study, "reference")}
+    assert {"baseline", "teacher_0", "teacher_1", "teacher_2", "ablation"} <= methods, methods
+
+
+def test_sigterm_mid_study_stops_cleanly_and_resume_finishes(session: Session) -> None:
+    """SIGTERM once a trial has ended, to the driver's whole process group with the local Ray's processes
+    in it (as Slurm sends it; ``kill PID`` reaches the same handler): exit 143 with the resume command, no
+    core dump, nothing RUNNING; ``kdtune resume --verbose`` then finishes the budget and shows its work."""
+    n = 4
+    space = session.write("space.yaml", SPACE.format(low=20, high=40))
+    err = session.root / "search.err"
+    proc = session.start("search", "--space", str(space), "--name", "t", "--storage", "studies",
+                         "--num-samples", str(n), "--max-concurrent", "1", stderr=err, new_session=True)
+    study = session.root / "studies" / "t"
+    wait_for(lambda: re.search(r"trials [1-9]\d*/", err.read_text()), 240, "a trial to end", proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _stopped(proc, err, study, 143)
+    stderr = err.read_text()
+    assert any(line.startswith(f"study {study}: {n} trials to run") for line in stderr.splitlines()), stderr[:500]
+    stopped = optuna_trials(study)
+    assert len(ended(stopped)) < n
+    for t in stopped:
+        if t.state.name == "FAIL" and not t.user_attrs.get("trial_error"):
+            assert t.user_attrs.get("interrupted") is True, (t.number, t.user_attrs)
+
+    resumed = session.run("resume", str(study), "--verbose")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert len(ended(optuna_trials(study))) == n
+    _no_running(study)
+    rows = check_tables_agree(study, n)
+    verbose = re.findall(r"^trial (\d+) (COMPLETE|PRUNED|ERROR): ", resumed.stderr, flags=re.MULTILINE)
+    assert len(verbose) == n - len(ended(stopped)), resumed.stderr
+    # Provenance: the Optuna study says what it is; every live row says when it ran (UTC, in order).
+    import optuna
+
+    from tune.runner import journal_storage
+    from tune.study import StudyPaths
+
+    attrs = optuna.load_study(study_name="t", storage=journal_storage(StudyPaths(study))).user_attrs
+    assert {"data", "fingerprint", "protocol", "space_name", "objective"} <= set(attrs), attrs
+    assert attrs["space_name"] == "resume-test" and attrs["objective"] == {"metric": "inner_acc", "mode": "max"}
+    for row in rows:
+        assert row["started_at"] is not None and row["ended_at"] is not None, row
+        assert row["started_at"] <= row["ended_at"] and row["started_at"].tzinfo is not None
+    epochs = [r for r in table(study, "epochs") if r["ended_at"] is not None]
+    assert epochs and all(r["started_at"] <= r["ended_at"] for r in epochs)
+    # Each trial's own log, inside the study folder.
+    logs = [p.read_text() for p in study.glob("t_*/trial.log")]
+    recorded = [text for text in logs if "recorded by the driver as" in text]
+    assert len(recorded) == n, logs
+    assert all("start: study t" in text and "evaluation 1, epoch 1" in text for text in recorded)

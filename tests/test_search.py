@@ -847,7 +847,7 @@ def test_reporter_sends_at_least_every_interval(monkeypatch: pytest.MonkeyPatch)
     from tune import trainable
 
     now = [0.0]
-    monkeypatch.setattr(trainable, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(trainable, "time", SimpleNamespace(monotonic=lambda: now[0], time=lambda: 1.8e9 + now[0]))
     sent: list[dict[str, Any]] = []
     reporter = trainable._Reporter(sent.append, frozenset(), 100, {}, (0,))
     for i in range(1, 9):

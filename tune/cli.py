@@ -235,7 +235,8 @@ def cmd_spaces(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from tune.runner import SearchSettings, search
+    # Everything that can be checked without Ray is checked before Ray is imported (tune.plan is light).
+    from tune.plan import SearchSettings, plan_study
 
     if "://" in args.storage:
         raise KDTuneError(
@@ -248,23 +249,37 @@ def cmd_search(args: argparse.Namespace) -> int:
         gpus_per_trial=args.gpus_per_trial, address=args.address, seed=args.seed,
         grace_period=args.grace_period, reduction_factor=args.reduction_factor, max_t=args.max_t,
         max_failures=args.max_failures, tune_baseline=args.tune_baseline, sampler=args.sampler,
+        num_cpus=args.num_cpus,
     )
-    outcome = search(settings, quiet=args.quiet)
-    if outcome.extra.get("note") and not args.json:
-        print(outcome.extra["note"])
-    _print_outcome(outcome.to_dict(), args.json)
-    return 130 if outcome.interrupted else 0
+    paths, meta = plan_study(settings)
+    args.study_dir = paths.root  # for the resume hint, however the run ends
+    from tune.runner import search
+
+    outcome = search(paths, meta, settings.run_options(quiet=args.quiet, verbose=args.verbose))
+    return _finish(outcome, args.json)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from tune.cluster import ClusterSpec
+    from tune.plan import RunOptions
+
+    options = RunOptions(ClusterSpec(args.address, args.num_cpus), args.max_failures, quiet=args.quiet,
+                         verbose=args.verbose)
+    args.study_dir = Path(args.study).expanduser().resolve()
     from tune.resume import resume
 
-    outcome = resume(args.study, more=args.more, address=args.address, max_failures=args.max_failures,
-                     quiet=args.quiet)
-    if outcome.extra.get("note") and not args.json:
+    return _finish(resume(args.study, more=args.more, options=options), args.json)
+
+
+def _finish(outcome: Any, as_json: bool) -> int:
+    from tune import signals
+
+    if outcome.extra.get("note") and not as_json:
         print(outcome.extra["note"])
-    _print_outcome(outcome.to_dict(), args.json)
-    return 130 if outcome.interrupted else 0
+    _print_outcome(outcome.to_dict(), as_json)
+    if outcome.interrupted and as_json:  # stdout holds only the JSON; the person still gets the way on
+        print(f"stopped before all trials ran; continue with: kdtune resume {outcome.study_dir}", file=sys.stderr)
+    return signals.exit_code() if outcome.interrupted else 0
 
 
 def _print_outcome(outcome: dict[str, Any], as_json: bool) -> None:
@@ -295,6 +310,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose worker died")
     p.add_argument("--json", action="store_true", help="print the outcome as one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--verbose", action="store_true",
+                   help="a line on stderr per finished trial: number, state, score, seconds, parameters")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray kdtune starts (default: every core)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,20 +393,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from kdcore.errors import KDCoreError
     from results.errors import ResultsError
+    from tune import signals
 
     args = build_parser().parse_args(argv)
     if args.command in ("search", "resume"):
         from tune import cluster
 
         cluster.prepare_environment(local=args.address is None)
+        signals.handle_sigterm()
     try:
         return int(args.func(args))
     except (KDCoreError, KDTuneError, ResultsError) as exc:
         print(f"kdtune {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"kdtune {args.command}: interrupted", file=sys.stderr)
-        return 130
+        study = getattr(args, "study_dir", None)
+        hint = (f"; continue with: kdtune resume {study}"
+                if study is not None and (Path(study) / "study.json").is_file() else "")
+        print(f"kdtune {args.command}: interrupted{hint}", file=sys.stderr)
+        return signals.exit_code()
     except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -237,16 +238,51 @@ def check_cluster(address: str, temp_dir: str) -> None:
         log.unlink(missing_ok=True)
 
 
-def start(address: str | None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> RayHandle:
-    """Start a local Ray bound to 127.0.0.1 (``address=None``) or join the cluster at ``address``.
+@contextlib.contextmanager
+def _sigterm_blocked(main_thread: bool) -> Iterator[None]:
+    """SIGTERM blocked in this thread (and so in every process started meanwhile), unblocked after."""
+    if not main_thread:
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Where a study's Ray work runs: a local Ray of ``num_cpus`` CPUs (default every core) bound to
+    127.0.0.1, or the cluster at ``address`` (whose own size counts)."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise KDTuneError(f"--num-cpus must be >= 1, but got {self.num_cpus}")
+        if self.num_cpus is not None and self.address is not None:
+            raise KDTuneError("--num-cpus sizes the local Ray kdtune starts; with --address the cluster's own "
+                              "size counts")
+        if self.address is not None:
+            split_address(self.address)
+
+
+def start(spec: ClusterSpec, *, num_gpus: int | None = None) -> RayHandle:
+    """Start a local Ray bound to 127.0.0.1 (``spec.address`` None) or join the cluster at ``spec.address``.
 
     Joining is checked first (``check_cluster``), so an unreachable head, a port that is not a Ray head or
-    a wrong token costs seconds and one line, not minutes of Ray's retries.
+    a wrong token costs seconds and one line, not minutes of Ray's retries. ``ray.init`` installs its own
+    SIGTERM handler (``sys.exit`` at whatever line the driver is on); the caller's is put back after it.
     """
+    address = spec.address
     prepare_environment(local=address is None)
     reap_stale_sessions()
     # Tune keeps lock files under RAY_TMPDIR (default /tmp/_ray_lockfiles): keep them in our temp dir too.
     temp_dir = _make_temp_dir(local=address is None)
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
         if address is not None:
             check_cluster(address, temp_dir)
@@ -257,7 +293,12 @@ def start(address: str | None, *, num_cpus: int | None = None, num_gpus: int | N
                                   "logging_level": logging.ERROR, "configure_logging": True}
         try:
             if address is None:
-                ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _temp_dir=temp_dir, **kwargs)
+                # The local Ray's processes inherit a blocked SIGTERM (as Ray blocks SIGINT in them): a
+                # SIGTERM to the whole process group (Slurm, a terminal's job control) then stops only this
+                # driver, which ends the study cleanly and shuts them down; killed with them, it would hang
+                # on a dead GCS for a minute and die without a word.
+                with _sigterm_blocked(main_thread):
+                    ray.init(num_cpus=spec.num_cpus, num_gpus=num_gpus, _temp_dir=temp_dir, **kwargs)
             else:
                 ray.init(address=address, **kwargs)
         except Exception as exc:  # noqa: BLE001 - ray.init fails in many ways; each is one line to the user
@@ -267,6 +308,9 @@ def start(address: str | None, *, num_cpus: int | None = None, num_gpus: int | N
     except BaseException:
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
+    finally:
+        if main_thread and sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
     resources = ray.cluster_resources()
     return RayHandle(started=address is None, temp_dir=temp_dir,
                      cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)))

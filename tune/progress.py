@@ -18,6 +18,7 @@ class ProgressLine:
         self.enabled = enabled
         self._last = 0.0
         self._width = 0
+        self._text = ""
 
     def update(self, text: str, *, force: bool = False) -> None:
         if not self.enabled:
@@ -25,7 +26,9 @@ class ProgressLine:
         now = time.monotonic()
         if not force and now - self._last < self.interval:
             return
-        self._last = now
+        if not self.tty and text == self._text:
+            return  # a log file gets a line only when something changed
+        self._last, self._text = now, text
         if self.tty:
             pad = max(0, self._width - len(text))
             self.stream.write("\r" + text + " " * pad)
@@ -33,6 +36,17 @@ class ProgressLine:
         else:
             self.stream.write(text + "\n")
         self.stream.flush()
+
+    def note(self, text: str) -> None:
+        """A line of its own above the status line (which the next ``update`` redraws)."""
+        if not self.enabled:
+            return
+        if self.tty:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self._width = 0
+        self.stream.write(text + "\n")
+        self.stream.flush()
+        self._last = 0.0  # redraw the status line at the next update
 
     def done(self, text: str | None = None) -> None:
         """End the line (and print ``text`` on it, if given)."""

@@ -7,6 +7,7 @@ is how ``kdtune resume`` rebuilds the rows of a trial that Optuna saw end but th
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -16,7 +17,16 @@ from ray import tune
 
 from results.schema import param_column, param_type
 from results.writer import StudyTables
-from tune.searcher import EVAL_KEY, METRICS, PruneAwareOptunaSearch, evaluations, trial_status
+from tune.searcher import (
+    AT_KEY,
+    EVAL_KEY,
+    METRICS,
+    STARTED_KEY,
+    PruneAwareOptunaSearch,
+    evaluations,
+    trial_status,
+)
+from tune.trial_log import TrialLog
 
 
 def space_param_types(space: Any) -> list[tuple[str, Any]]:
@@ -38,10 +48,18 @@ def _sample_std(values: list[float]) -> float | None:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def epoch_row(ids: dict[str, Any], step: int, metrics: dict[str, Any]) -> dict[str, Any]:
-    """The epochs-table row of one evaluation (``iteration`` is its number, 1, 2, ...)."""
+def utc(seconds: Any) -> dt.datetime | None:
+    """Unix seconds as an aware UTC datetime (None stays None)."""
+    return None if seconds is None else dt.datetime.fromtimestamp(float(seconds), dt.UTC)
+
+
+def epoch_row(ids: dict[str, Any], step: int, metrics: dict[str, Any], started_at: dt.datetime | None
+              ) -> dict[str, Any]:
+    """The epochs-table row of one evaluation (``iteration`` is its number, 1, 2, ...); it spans the time
+    from ``started_at`` (the previous evaluation, or the trial's start) to its own ``at``."""
     return {**ids, "iteration": step, "epoch": int(metrics.get("epoch", 0)),
-            **{f"{m}_mean": _num(metrics.get(m)) for m in METRICS}}
+            **{f"{m}_mean": _num(metrics.get(m)) for m in METRICS},
+            "started_at": started_at, "ended_at": utc(metrics.get(AT_KEY))}
 
 
 def trial_rows(ids: dict[str, Any], status: str, error: str | None, params: dict[str, Any], knobs: list[str],
@@ -64,6 +82,8 @@ def trial_rows(ids: dict[str, Any], status: str, error: str | None, params: dict
         "wall_seconds": _num(result.get("trial_seconds", result.get("time_total_s"))),
         "teacher_cache_hit": result.get("teacher_cache_hit"),
         "node": result.get("node"), "hostname": result.get("hostname"), "device": result.get("device"),
+        "started_at": utc(result.get(STARTED_KEY)),
+        "ended_at": utc(result.get(AT_KEY)) or (epochs[-1]["ended_at"] if epochs else None),
     })
     if row["inner_acc_std"] is None and result.get("seed_inner_acc"):
         row["inner_acc_std"] = _sample_std(result["seed_inner_acc"])
@@ -94,9 +114,20 @@ def rows_from_optuna(study: str, trial: Any, knobs: list[str]
     if status == "ERROR":
         error = attrs.get("trial_error") or attrs.get("error") or "error message lost: the driver stopped first"
     epochs = [{**ids, "iteration": int(step), "epoch": None, "inner_acc_mean": float(value),
-               "inner_loss_mean": None, "holdout_acc_mean": None, "holdout_loss_mean": None}
+               "inner_loss_mean": None, "holdout_acc_mean": None, "holdout_loss_mean": None,
+               "started_at": None, "ended_at": None}
               for step, value in sorted(trial.intermediate_values.items())]
-    return trial_rows(ids, status, error, dict(trial.params), knobs, attrs, epochs)
+    row, epochs, seeds = trial_rows(ids, status, error, dict(trial.params), knobs, attrs, epochs)
+    # Optuna's own clock (naive local time) where the trainable's stamps were not kept.
+    row["started_at"] = row["started_at"] or _aware(trial.datetime_start)
+    row["ended_at"] = _aware(trial.datetime_complete) or row["ended_at"]
+    return row, epochs, seeds
+
+
+def _aware(moment: dt.datetime | None) -> dt.datetime | None:
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.astimezone()).astimezone(dt.UTC)
 
 
 def _error_message(trial: Any) -> str:
@@ -116,13 +147,17 @@ class ResultsRecorder(tune.Callback):
     """Collects each trial's per-evaluation results and writes its rows when it ends (COMPLETE, PRUNED, ERROR)."""
 
     def __init__(self, tables: StudyTables, searcher: PruneAwareOptunaSearch, study: str, metric: str,
-                 knobs: list[str]) -> None:
+                 knobs: list[str], study_dir: Path) -> None:
         self.tables = tables
+        self.study_dir = study_dir
         self.searcher = searcher
         self.study = study
         self.metric = metric
         self.knobs = knobs
         self._epochs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return self.study_dir / f"t_{trial_id}"
 
     def _ids(self, trial_id: str) -> dict[str, Any]:
         return {"study": self.study, "trial_id": trial_id, "number": self.searcher.optuna_number(trial_id)}
@@ -132,7 +167,8 @@ class ResultsRecorder(tune.Callback):
         for step, metrics in evaluations(result):
             while rows and rows[-1]["iteration"] >= step:  # a retried trial starts over
                 rows.pop()
-            rows.append(epoch_row(self._ids(trial.trial_id), step, metrics))
+            since = rows[-1]["ended_at"] if rows else utc(result.get(STARTED_KEY))
+            rows.append(epoch_row(self._ids(trial.trial_id), step, metrics, since))
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._record(trial, error=False)
@@ -148,3 +184,7 @@ class ResultsRecorder(tune.Callback):
         params = {k: v for k, v in (trial.config or {}).items() if k in self.knobs}
         rows = trial_rows(self._ids(tid), status, message, params, self.knobs, result, self._epochs.pop(tid, []))
         self.tables.record_trial(*rows)
+        log = TrialLog(self.trial_dir(tid))
+        log.line(f"recorded by the driver as {status}" + (f": {message}" if message else "")
+                 + f" (Optuna trial {rows[0]['number']}, {rows[0]['iterations'] or 0} evaluations)")
+        log.close()

@@ -9,13 +9,13 @@ references never oversubscribe the cores the way training in the driver's thread
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from kdcore.errors import KDCoreError
 from tune.errors import KDTuneError
+from tune.plan import RunOptions
 from tune.progress import ProgressLine
 from tune.study import StudyMeta, StudyPaths
 
@@ -64,11 +64,11 @@ def reference_rows(study: str, method: str, summary: dict[str, Any], trial_numbe
 
 
 def run_jobs(paths: StudyPaths, meta: StudyMeta, jobs: list[tuple[str, dict[str, Any] | None]], *,
-             label: str, stream: TextIO | None, quiet: bool) -> list[tuple[str, dict[str, Any]]]:
+             label: str, options: RunOptions) -> list[tuple[str, dict[str, Any]]]:
     """Run reference jobs as Ray tasks (in parallel where the cluster has room) with a clock on stderr."""
     import ray
 
-    line = ProgressLine(stream, enabled=not quiet)
+    line = ProgressLine(options.stream, enabled=not options.quiet)
     task = ray.remote(num_cpus=meta.cpus_per_trial, num_gpus=meta.gpus_per_trial, max_retries=2)(_job)
     threads = max(1, int(meta.cpus_per_trial))
     pending = {task.remote(str(paths.root), what, params, threads, meta.gpus_per_trial > 0): what
@@ -108,8 +108,7 @@ CE_BASELINE = "ce-baseline"  # the folder (and Optuna study) of a study's CE-onl
 TUNED_BASELINE = "tuned_baseline"
 
 
-def tuned_baseline(paths: StudyPaths, meta: StudyMeta, *, address: str | None, max_failures: int,
-                   stream: TextIO | None, quiet: bool) -> Any:
+def tuned_baseline(paths: StudyPaths, meta: StudyMeta, options: RunOptions) -> Any:
     """The CE-only search of ``meta.tune_baseline`` trials: the study's space without its KD knobs, the same
     sampler seed, ASHA and resources, run as a study of its own in ``DIR/NAME/ce-baseline`` (resumed if it
     exists); its best trial's seeds become the ``tuned_baseline`` rows of the study's reference table."""
@@ -124,18 +123,16 @@ def tuned_baseline(paths: StudyPaths, meta: StudyMeta, *, address: str | None, m
     space = parse_space(meta.space_text, source=f"{paths.meta}:space")
     nested = StudyPaths(paths.root / CE_BASELINE)
     if nested.meta.is_file():
-        outcome = resume(nested.root, address=address, max_failures=max_failures, stream=stream, quiet=quiet)
+        outcome = resume(nested.root, options=options)
     else:
         ce = space.without_kd()
         max_t = max_evaluations(ce)
         nested_meta = dataclasses.replace(
             meta, name=CE_BASELINE, space_name=ce.name, space_text=ce.source_text, num_samples=meta.tune_baseline,
             max_t=max_t, grace_period=min(meta.grace_period, max_t), references=False, tune_baseline=0)
-        if not quiet:
-            (stream or sys.stderr).write(
-                f"tuned baseline: a CE-only search of {meta.tune_baseline} trials in {nested.root}\n")
+        options.say(f"tuned baseline: a CE-only search of {meta.tune_baseline} trials in {nested.root}")
         outcome = run_study(nested, nested_meta, budget=meta.tune_baseline, sampler_seed=meta.seed,
-                            address=address, max_failures=max_failures, stream=stream, quiet=quiet, new=True)
+                            options=options, new=True)
     nested_meta = StudyMeta.read(nested)
     study = optuna.load_study(study_name=nested_meta.name, storage=journal_storage(nested))
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]

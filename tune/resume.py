@@ -18,10 +18,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from tune.cluster import split_address
 from tune.errors import KDTuneError
+from tune.plan import RunOptions
 from tune.runner import (
     SearchOutcome,
     _study_tables,
@@ -33,7 +33,15 @@ from tune.runner import (
     trial_counts,
     with_tuned_baseline,
 )
-from tune.study import StudyMeta, StudyPaths, driver_lock, load_optuna_study
+from tune.study import (
+    STUDY_FILE,
+    StudyMeta,
+    StudyPaths,
+    driver_lock,
+    ensure_optuna_study,
+    is_unborn,
+    load_optuna_study,
+)
 
 
 def reconcile_tables(paths: StudyPaths, meta: StudyMeta, study: Any) -> dict[str, int]:
@@ -55,22 +63,23 @@ def reconcile_tables(paths: StudyPaths, meta: StudyMeta, study: Any) -> dict[str
     missing = [t for tid, t in truth.items() if tid not in present]
     for t in missing:
         tables.record_trial(*rows_from_optuna(meta.name, t, knobs))
+    tables.compact()  # the parts of the run that stopped become one file per table
     return {"dropped": len(stray), "rebuilt": len(missing)}
 
 
-def resume(study_dir: str | Path, *, more: int = 0, address: str | None = None, max_failures: int = 2,
-           stream: TextIO | None = None, quiet: bool = False) -> SearchOutcome:
+def resume(study_dir: str | Path, *, more: int = 0, options: RunOptions | None = None) -> SearchOutcome:
     """Continue the study at ``study_dir`` up to its budget, plus ``more`` trials."""
+    options = options or RunOptions()
     if more < 0:
         raise KDTuneError(f"--more must be >= 0, but got {more}")
-    if max_failures < 0:
-        raise KDTuneError(f"--max-failures must be >= 0, but got {max_failures}")
-    if address is not None:
-        split_address(address)
     root = Path(study_dir).expanduser()
     if not root.exists():
         raise KDTuneError(f"no study at {root}")
     paths = StudyPaths(root.resolve())
+    if is_unborn(paths):
+        # Only an older kdtune left such a folder (a study is now born whole): nothing in it to resume.
+        raise KDTuneError(f"{paths.root} holds no {STUDY_FILE}: a search stopped before it was set up; "
+                          f"`kdtune search --name {paths.name}` starts it afresh there")
     meta = StudyMeta.read(paths)
     with driver_lock(paths):
         # A driver killed while appending to the journal leaves its lock behind; Optuna would wait 30 s on it.
@@ -78,7 +87,11 @@ def resume(study_dir: str | Path, *, more: int = 0, address: str | None = None, 
         stale_lock = paths.root / f"{paths.journal.name}.lock"
         if os.path.lexists(stale_lock):
             os.unlink(stale_lock)
-        study = load_optuna_study(paths, meta)
+        # Made with the folder; only a study an older kdtune stopped that early has none yet. (Its user
+        # attributes are brought up to date by run_study, once Ray is up: a resume that cannot start
+        # changes nothing.)
+        study = (load_optuna_study(paths, meta) if paths.journal.is_file()
+                 else ensure_optuna_study(paths, meta, _direction(meta)))
         end_stale_trials(study)
         if more:  # written by run_study once Ray is up: a resume --more that cannot start changes nothing
             meta = dataclasses.replace(meta, num_samples=meta.num_samples + more)
@@ -88,13 +101,18 @@ def resume(study_dir: str | Path, *, more: int = 0, address: str | None = None, 
         if left <= 0:
             if more:
                 meta.write(paths)
-            note = record_missing_ablation(paths, meta, address=address, stream=stream, quiet=quiet)
+            note = record_missing_ablation(paths, meta, options)
             outcome = read_outcome(paths, meta)
             outcome.extra["note"] = note or (f"the study already holds its {meta.num_samples} trials; "
                                              "add more with --more N")
         else:
-            outcome = run_study(paths, meta, budget=left, sampler_seed=meta.seed + len(trials),
-                                address=address, max_failures=max_failures, stream=stream, quiet=quiet,
+            outcome = run_study(paths, meta, budget=left, sampler_seed=meta.seed + len(trials), options=options,
                                 write_meta=bool(more))
-    return with_tuned_baseline(outcome, paths, meta, address=address, max_failures=max_failures, stream=stream,
-                               quiet=quiet)
+    return with_tuned_baseline(outcome, paths, meta, options)
+
+
+def _direction(meta: StudyMeta) -> str:
+    from search_spaces import parse_space
+
+    mode = parse_space(meta.space_text, source=f"{meta.name}:space").objective.mode
+    return "maximize" if mode == "max" else "minimize"

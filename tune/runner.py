@@ -12,63 +12,27 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from tune.errors import KDTuneError
+from tune.plan import (  # noqa: F401 - re-exported: the runner is where users look for them
+    DEFAULT_REDUCTION_FACTOR,
+    RunOptions,
+    SearchSettings,
+    default_grace,
+    max_evaluations,
+    plan_study,
+)
 from tune.progress import ProgressLine
-from tune.study import StudyMeta, StudyPaths, check_name, driver_lock, journal_storage
+from tune.study import (
+    StudyMeta,
+    StudyPaths,
+    create_study,
+    driver_lock,
+    ensure_optuna_study,
+    journal_storage,
+)
 from tune.trainable import METRIC, STUDY_KEY, kd_trial
-
-
-DEFAULT_REDUCTION_FACTOR = 2  # ASHA keeps the better half at its rung (see default_grace)
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """Everything ``kdtune search`` takes."""
-
-    data: str
-    space: str
-    name: str
-    storage: Path
-    num_samples: int
-    max_concurrent: int | None = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    address: str | None = None
-    seed: int = 0
-    grace_period: int | None = None  # None: two thirds of the student's evaluations (``default_grace``)
-    reduction_factor: int = DEFAULT_REDUCTION_FACTOR
-    max_t: int | None = None
-    max_failures: int = 2
-    tune_baseline: int = 0
-    sampler: str = "tpe"
-
-    def __post_init__(self) -> None:
-        check_name(self.name)
-        checks = [
-            (self.num_samples >= 1, f"--num-samples must be >= 1, but got {self.num_samples}"),
-            (self.max_concurrent is None or self.max_concurrent >= 1,
-             f"--max-concurrent must be >= 1, but got {self.max_concurrent}"),
-            (self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, but got {self.cpus_per_trial}"),
-            (self.gpus_per_trial >= 0, f"--gpus-per-trial must be >= 0, but got {self.gpus_per_trial}"),
-            (self.grace_period is None or self.grace_period >= 1,
-             f"--grace-period must be >= 1, but got {self.grace_period}"),
-            (self.reduction_factor >= 2, f"--reduction-factor must be >= 2, but got {self.reduction_factor}"),
-            (self.max_t is None or self.max_t >= (self.grace_period or 1),
-             f"`max_t >= grace_period` must hold, but got max_t={self.max_t}, grace_period={self.grace_period}"),
-            (self.max_failures >= 0, f"--max-failures must be >= 0, but got {self.max_failures}"),
-            (self.tune_baseline >= 0, f"--tune-baseline must be >= 0, but got {self.tune_baseline}"),
-            (self.sampler in SAMPLERS, f"--sampler must be one of {list(SAMPLERS)}, but got {self.sampler!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise KDTuneError(message)
-        if self.address is not None:
-            from tune.cluster import split_address
-
-            split_address(self.address)
 
 
 @dataclass
@@ -90,29 +54,6 @@ class SearchOutcome:
         return out
 
 
-def max_evaluations(space: Any) -> int:
-    """The most evaluations (reports) any trial of ``space`` can make: ASHA's ``max_t``."""
-    base = space.base
-    knobs = {knob.path: knob for knob in space.knobs}
-    epochs = max(base.student.epochs, int(max(knobs["student.epochs"].extremes())) if "student.epochs" in knobs else 0)
-    method = knobs.get("kd.method")
-    may_anneal = base.kd.method == "annealing" or (method is not None and "annealing" in method.choices)
-    anneal = 0
-    if may_anneal:
-        # Phase 1 lasts kd.anneal_epochs: the knob's top when it is sampled, the fixed value when it is not.
-        # A knob sampled whenever the method is annealing (no condition, or only that one) always replaces
-        # the fixed value; under any other condition both can occur.
-        knob = knobs.get("kd.anneal_epochs")
-        if knob is None:
-            anneal = base.kd.anneal_epochs
-        elif all(c.path == "kd.method" and "annealing" in c.values for c in knob.when):
-            anneal = int(max(knob.extremes()))
-        else:
-            anneal = max(int(max(knob.extremes())), base.kd.anneal_epochs)
-    every = base.eval_every
-    return math.ceil(epochs / every) + (math.ceil(anneal / every) if anneal else 0) + 2
-
-
 def _tpe(seed: int) -> Any:
     import optuna
 
@@ -129,72 +70,37 @@ def _random(seed: int) -> Any:
 SAMPLERS = {"tpe": _tpe, "random": _random}
 
 
-def default_grace(space: Any) -> int:
-    """ASHA's (only) rung: two thirds of the evaluations of the space's fixed student epochs.
-
-    Measured (``bench/selection.py``, README "Selection and pruning, measured"): Ray's rungs at 20, 60 and
-    180 of 200 evaluations stopped 4.1 of a 48-trial study's final top 5 (cyclic and one-cycle schedules
-    improve late); a third of the run still lost 2.3; one rung at two thirds, keeping the better half
-    (``DEFAULT_REDUCTION_FACTOR``) by best-so-far values, lost 0.3 and ran 80 % of the evaluations.
-    """
-    base = space.base
-    return max(1, 2 * math.ceil(base.student.epochs / base.eval_every) // 3)
-
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {name: version(dist) for name, dist in
-            (("kdtune", "kdtune"), ("torch", "torch"), ("ray", "ray"), ("optuna", "optuna"))}
-
-
-def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
-    """Validate every input and describe the study; writes nothing (``run_study`` writes once Ray is up)."""
-    from kdcore import data as kdata
-    from search_spaces import SpaceError, load_space
-
-    paths = StudyPaths(settings.storage.expanduser().resolve() / settings.name)
-    if paths.root.exists() and any(paths.root.iterdir()):
-        raise KDTuneError(f"study {paths.root} already exists; continue it with `kdtune resume {paths.root}` "
-                          "or choose another --name")
-    if paths.storage.exists() and not paths.storage.is_dir():
-        raise KDTuneError(f"--storage {paths.storage} is a file, not a folder")
-    space = load_space(settings.space)
-    if settings.tune_baseline:
-        try:
-            space.without_kd()
-        except SpaceError as exc:
-            raise KDTuneError(f"--tune-baseline {settings.tune_baseline}: the space without its kd.* knobs is no "
-                              f"search space ({exc})") from None
-    spec = settings.data if settings.data.startswith("builtin:") else str(Path(settings.data).resolve())
-    dataset = kdata.load(spec)
-    max_t = settings.max_t or max_evaluations(space)
-    meta = StudyMeta(
-        name=settings.name, data=spec, data_source=dataset.source, fingerprint=dataset.fingerprint(),
-        space_name=space.name, space_text=space.source_text, num_samples=settings.num_samples,
-        seed=settings.seed, max_t=max_t, grace_period=min(settings.grace_period or default_grace(space), max_t),
-        reduction_factor=settings.reduction_factor, cpus_per_trial=settings.cpus_per_trial,
-        gpus_per_trial=settings.gpus_per_trial, max_concurrent=settings.max_concurrent or 0,
-        versions=_versions(), tune_baseline=settings.tune_baseline, sampler=settings.sampler,
-    )
-    return paths, meta
-
-
 def _trial_dirname(trial: Any) -> str:
     return f"t_{trial.trial_id}"
 
 
-def _make_progress_callback(total: int, stream: TextIO | None, quiet: bool) -> Any:
+def _describe_trial(trial: Any, status: str, result: dict[str, Any], knobs: list[str], number: int | None) -> str:
+    """The ``--verbose`` line of a finished trial: number, state, score, seconds, key parameters."""
+    value = result.get(METRIC)
+    score = f"inner acc {100 * value:.2f} %" if isinstance(value, float) and math.isfinite(value) else "no score"
+    holdout = result.get("holdout_acc")
+    if status == "COMPLETE" and isinstance(holdout, float):
+        score += f", holdout {100 * holdout:.2f} %"
+    seconds = result.get("trial_seconds", result.get("time_total_s"))
+    took = f"{seconds:.0f} s" if isinstance(seconds, (int, float)) else "-"
+    config = trial.config or {}
+    params = ", ".join(f"{k}={config[k]:.3g}" if isinstance(config[k], float) else f"{k}={config[k]}"
+                       for k in knobs if k in config)
+    label = f"trial {number}" if number is not None else f"trial {trial.trial_id}"
+    return f"{label} {status}: {score}; {took}; {params}"
+
+
+def _make_progress_callback(total: int, options: RunOptions, knobs: list[str], number_of: Any) -> Any:
     from ray import tune
 
     from tune.searcher import trial_status
 
     class Progress(tune.Callback):
-        """One compact status line: trials done / running / pruned / failed and the best so far."""
+        """One status line (trials done / running / pruned / failed, the best so far, time and ETA) and,
+        with ``--verbose``, a line per finished trial."""
 
         def __init__(self) -> None:
-            self.line = ProgressLine(stream, enabled=not quiet)
+            self.line = ProgressLine(options.stream, enabled=not options.quiet)
             self.ends: Counter[str] = Counter()
             self.best: float | None = None
             self.start = time.monotonic()
@@ -203,10 +109,20 @@ def _make_progress_callback(total: int, stream: TextIO | None, quiet: bool) -> A
             # A trial that is ending may still say RUNNING while its callbacks run: not counted.
             running = sum(1 for t in trials if t.status == "RUNNING" and t is not ended)
             best = f"{100 * self.best:.2f} %" if self.best is not None else "-"
+            done, elapsed = sum(self.ends.values()), time.monotonic() - self.start
+            # Wall time per finished trial so far (concurrency included) times the trials left.
+            eta = f", ETA {_clock(elapsed / done * (total - done))}" if 0 < done < total else ""
             self.line.update(
-                f"trials {sum(self.ends.values())}/{total} done: {self.ends['complete']} complete, "
+                f"trials {done}/{total} done: {self.ends['complete']} complete, "
                 f"{self.ends['pruned']} pruned, {self.ends['error']} error; {running} running; "
-                f"best inner acc {best}; {time.monotonic() - self.start:.0f} s", force=force)
+                f"best inner acc {best}; {_clock(elapsed)}{eta}", force=force)
+
+        def _ended(self, trials: list[Any], trial: Any, status: str) -> None:
+            self.ends[status.lower()] += 1
+            if options.verbose:
+                self.line.note(_describe_trial(trial, status, trial.last_result or {}, knobs,
+                                               number_of(trial.trial_id)))
+            self._show(trials, force=True, ended=trial)
 
         def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any) -> None:
             self._show(trials)
@@ -215,21 +131,29 @@ def _make_progress_callback(total: int, stream: TextIO | None, quiet: bool) -> A
             # The same rule the searcher tells Optuna by: a NaN loss ends the trial without raising, as ERROR.
             result = trial.last_result or {}
             status = trial_status(result, False, METRIC)
-            self.ends[status.lower()] += 1
             value = result.get(METRIC)
             if status == "COMPLETE" and value is not None and (self.best is None or value > self.best):
                 self.best = float(value)
-            self._show(trials, force=True, ended=trial)
+            self._ended(trials, trial, status)
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            self.ends["error"] += 1
-            self._show(trials, force=True, ended=trial)
+            self._ended(trials, trial, "ERROR")
 
         def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
             self._show(trials, force=True)
             self.line.done()
 
     return Progress()
+
+
+def _clock(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min``: a duration as a person reads it."""
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
 def read_outcome(paths: StudyPaths, meta: StudyMeta) -> SearchOutcome:
@@ -289,58 +213,67 @@ def trial_counts(trials: list[Any]) -> dict[str, int]:
     return {"total": total, **{k: v for k, v in sorted(counts.items()) if v}}
 
 
-def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: int, address: str | None,
-              max_failures: int, stream: TextIO | None = None, quiet: bool = False, new: bool = False,
-              write_meta: bool = False) -> SearchOutcome:
+def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: int, options: RunOptions,
+              new: bool = False, write_meta: bool = False) -> SearchOutcome:
     """Start (or join) Ray and run ``budget`` more trials of the study with TPE + ASHA; read the outcome back.
 
-    With ``new``, the study folder is created only once Ray is up and can hold a trial (so a search that
-    fails before it starts leaves nothing behind), under the driver lock. Without it, the caller holds
-    the lock (``kdtune resume`` reconciles the study under it first). ``write_meta`` (``resume --more``):
-    ``meta`` changed, and is written at that same point, so a resume that cannot start changes nothing.
+    With ``new``, the study folder is created (whole: ``tune.study.create_study``) only once Ray is up
+    and can hold a trial, so a search that fails before it starts leaves nothing behind, and one stopped
+    at any later moment is resumable. Without it, the caller holds the driver lock (``kdtune resume``
+    reconciles the study under it first). ``write_meta`` (``resume --more``): ``meta`` changed, and is
+    written at that same point, so a resume that cannot start changes nothing.
     ``meta.references``: train the mixed baseline and the teachers first (unless recorded) and, once the
     trials are done, the ablation of the best trial (off for the CE-only baseline search).
+    A Ctrl-C or SIGTERM at any point ends the run as interrupted: trials left RUNNING are ended, the
+    tables compacted, and ``kdtune resume`` continues from there.
     """
     from search_spaces import parse_space
     from tune import cluster
 
-    handle = cluster.start(address)
+    space = parse_space(meta.space_text, source=f"{paths.meta}:space")
+    direction = "maximize" if space.objective.mode == "max" else "minimize"
+    handle = cluster.start(options.cluster)
     started = time.monotonic()
     interrupted = False
     note: str | None = None
+    tables: Any = None
     try:
         if meta.cpus_per_trial > handle.cpus or meta.gpus_per_trial > handle.gpus:
             raise KDTuneError(
                 f"impossible resource request: each trial asks for {meta.cpus_per_trial:g} CPU and "
                 f"{meta.gpus_per_trial:g} GPU, but the cluster has {handle.cpus:g} CPU and {handle.gpus:g} GPU"
             )
-        with driver_lock(paths) if new else contextlib.nullcontext():
-            if new or write_meta:
-                meta.write(paths)
-            space = parse_space(meta.space_text, source=f"{paths.meta}:space")
-            tables = _study_tables(paths, meta, space)
-            tables.write_metadata()
-            if meta.references and "baseline" not in tables.methods():
-                _train_reference(paths, meta, tables, stream=stream, quiet=quiet)
-            tuner = _build_tuner(paths, meta, space, tables, budget=budget, sampler_seed=sampler_seed,
-                                 max_failures=max_failures, stream=stream, quiet=quiet)
-            # Tune logs "Trials did not complete" with every trial id; the progress line already counts errors.
-            logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+        with create_study(paths, meta, direction) if new else contextlib.nullcontext():
             try:
+                if write_meta:
+                    meta.write(paths)
+                ensure_optuna_study(paths, meta, direction)
+                options.say(f"study {paths.root}: {budget} trial{'s' if budget != 1 else ''} to run on "
+                            f"{handle.cpus:g} CPU{'s' if handle.cpus != 1 else ''}"
+                            + (f" and {handle.gpus:g} GPU" if handle.gpus else "")
+                            + f"; follow it with `kdtune analyse {paths.root}`")
+                tables = _study_tables(paths, meta, space)
+                tables.write_metadata()
+                if meta.references and "baseline" not in tables.methods():
+                    _train_reference(paths, meta, tables, options)
+                tuner = _build_tuner(paths, meta, space, tables, budget=budget, sampler_seed=sampler_seed,
+                                     options=options)
+                # Tune logs "Trials did not complete" with every trial id; the progress line counts errors.
+                logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
                 tuner.fit()
                 # Tune's own SIGINT handler makes fit() return: the ablation waits for a study that is done.
                 if meta.references and _counted(paths, meta) >= meta.num_samples:
-                    note = _record_ablation(paths, meta, tables, stream=stream, quiet=quiet)
+                    note = _record_ablation(paths, meta, tables, options)
             except KeyboardInterrupt:
                 interrupted = True
+            if interrupted or _counted(paths, meta) < meta.num_samples:
+                # Stopped early: Tune does not tell the searcher about trials it cut off, and their workers
+                # are gone, so end them here rather than leave them RUNNING; `kdtune resume` re-runs them.
+                end_stale_trials(ensure_optuna_study(paths, meta, direction))
+            if tables is not None:
+                tables.compact()
     finally:
         handle.stop()
-    if interrupted or _counted(paths, meta) < meta.num_samples:
-        # Stopped early (Ctrl-C): Tune does not tell the searcher about trials it cut off, and their workers
-        # are gone now, so end them here rather than leave them RUNNING; `kdtune resume` re-runs them.
-        import optuna
-
-        end_stale_trials(optuna.load_study(study_name=meta.name, storage=journal_storage(paths)))
     outcome = read_outcome(paths, meta)
     outcome.interrupted = interrupted or outcome.trials["total"] < meta.num_samples
     outcome.seconds = time.monotonic() - started
@@ -370,8 +303,7 @@ def _study_tables(paths: StudyPaths, meta: StudyMeta, space: Any) -> Any:
     return StudyTables(paths.results, space_param_types(space), metadata)
 
 
-def _train_reference(paths: StudyPaths, meta: StudyMeta, tables: Any, *, stream: TextIO | None,
-                     quiet: bool) -> None:
+def _train_reference(paths: StudyPaths, meta: StudyMeta, tables: Any, options: RunOptions) -> None:
     """Train the mixed baseline and the teachers once, on the study's seeds, as two Ray tasks.
 
     The teachers go into the study's teacher cache, so the trials that share the base teacher settings
@@ -380,7 +312,7 @@ def _train_reference(paths: StudyPaths, meta: StudyMeta, tables: Any, *, stream:
     from tune.reference import reference_rows, run_jobs
 
     done = run_jobs(paths, meta, [("baseline", None), ("teachers", None)],
-                    label="training the references (mixed baseline, teachers)", stream=stream, quiet=quiet)
+                    label="training the references (mixed baseline, teachers)", options=options)
     rows = [row for method, summary in done for row in reference_rows(meta.name, method, summary)]
     tables.append("reference", rows)
 
@@ -388,10 +320,8 @@ def _train_reference(paths: StudyPaths, meta: StudyMeta, tables: Any, *, stream:
 def ablation_needed(paths: StudyPaths, meta: StudyMeta, tables: Any) -> Any:
     """The best COMPLETE trial if its ablation is not recorded yet (None when there is nothing to do)."""
     import optuna
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    from results.writer import table_path
+    from results.reader import read_table
     from tune.reference import ABLATION
 
     if not meta.references:
@@ -401,15 +331,14 @@ def ablation_needed(paths: StudyPaths, meta: StudyMeta, tables: Any) -> Any:
         return None
     best = study.best_trial
     if ABLATION in tables.methods():
-        ref = pq.read_table(table_path(paths.results, "reference"), columns=["method", "trial_number"])
-        numbers = ref.filter(pc.equal(ref["method"], ABLATION))["trial_number"].to_pylist()
+        ref = read_table(paths.root, "reference")
+        numbers = ref.loc[ref["method"] == ABLATION, "trial_number"].tolist()
         if numbers and all(n == best.number for n in numbers):
             return None
     return best
 
 
-def record_missing_ablation(paths: StudyPaths, meta: StudyMeta, *, address: str | None, stream: TextIO | None,
-                            quiet: bool) -> str | None:
+def record_missing_ablation(paths: StudyPaths, meta: StudyMeta, options: RunOptions) -> str | None:
     """For a study whose trials are all done: train the ablation if it is missing or of an older best."""
     from search_spaces import parse_space
     from tune import cluster
@@ -417,15 +346,14 @@ def record_missing_ablation(paths: StudyPaths, meta: StudyMeta, *, address: str 
     tables = _study_tables(paths, meta, parse_space(meta.space_text, source=f"{paths.meta}:space"))
     if ablation_needed(paths, meta, tables) is None:
         return None
-    handle = cluster.start(address)
+    handle = cluster.start(options.cluster)
     try:
-        return _record_ablation(paths, meta, tables, stream=stream, quiet=quiet)
+        return _record_ablation(paths, meta, tables, options)
     finally:
         handle.stop()
 
 
-def _record_ablation(paths: StudyPaths, meta: StudyMeta, tables: Any, *, stream: TextIO | None,
-                     quiet: bool) -> str | None:
+def _record_ablation(paths: StudyPaths, meta: StudyMeta, tables: Any, options: RunOptions) -> str | None:
     """Retrain the best COMPLETE trial without its KD term (unless its ablation is recorded); a note if not.
 
     A failure here (the ablation diverged, a worker died) is reported, never fatal: the trials are kept.
@@ -437,7 +365,7 @@ def _record_ablation(paths: StudyPaths, meta: StudyMeta, tables: Any, *, stream:
         return None
     try:
         done = run_jobs(paths, meta, [(ABLATION, dict(best.params))],
-                        label=f"ablation: best trial {best.number} without its KD term", stream=stream, quiet=quiet)
+                        label=f"ablation: best trial {best.number} without its KD term", options=options)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - a reference that fails must not cost the study its trials
@@ -448,7 +376,7 @@ def _record_ablation(paths: StudyPaths, meta: StudyMeta, tables: Any, *, stream:
 
 
 def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: Any, tables: Any, *, budget: int, sampler_seed: int,
-                 max_failures: int, stream: TextIO | None, quiet: bool) -> Any:
+                 options: RunOptions) -> Any:
     import optuna
     from ray import tune
 
@@ -466,6 +394,7 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: Any, tables: Any, *,
     scheduler = RungASHA(time_attr=EVAL_KEY, metric=SCHEDULER_KEY, mode=mode, max_t=meta.max_t,
                          grace_period=meta.grace_period, reduction_factor=meta.reduction_factor)
     resources = {"cpu": meta.cpus_per_trial, "gpu": meta.gpus_per_trial}
+    knobs = [k.path for k in space.knobs]
     return tune.Tuner(
         tune.with_resources(kd_trial, resources),
         param_space={STUDY_KEY: str(paths.root)},
@@ -477,25 +406,21 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: Any, tables: Any, *,
         ),
         run_config=tune.RunConfig(
             name=meta.name, storage_path=str(paths.storage), verbose=0,
-            callbacks=[ResultsRecorder(tables, searcher, meta.name, space.objective.metric,
-                                       [k.path for k in space.knobs]),
-                       _make_progress_callback(budget, stream, quiet)],
-            failure_config=tune.FailureConfig(max_failures=max_failures),
+            callbacks=[ResultsRecorder(tables, searcher, meta.name, space.objective.metric, knobs, paths.root),
+                       _make_progress_callback(budget, options, knobs, searcher.optuna_number)],
+            failure_config=tune.FailureConfig(max_failures=options.max_failures),
         ),
     )
 
 
-def search(settings: SearchSettings, *, stream: TextIO | None = None, quiet: bool = False) -> SearchOutcome:
-    """``kdtune search``: create the study folder, then run it."""
-    paths, meta = plan_study(settings)
-    outcome = run_study(paths, meta, budget=meta.num_samples, sampler_seed=meta.seed, address=settings.address,
-                        max_failures=settings.max_failures, stream=stream, quiet=quiet, new=True)
-    return with_tuned_baseline(outcome, paths, meta, address=settings.address, max_failures=settings.max_failures,
-                               stream=stream, quiet=quiet)
+def search(paths: StudyPaths, meta: StudyMeta, options: RunOptions) -> SearchOutcome:
+    """``kdtune search`` of a planned study (``tune.plan.plan_study``): create its folder, then run it."""
+    outcome = run_study(paths, meta, budget=meta.num_samples, sampler_seed=meta.seed, options=options, new=True)
+    return with_tuned_baseline(outcome, paths, meta, options)
 
 
-def with_tuned_baseline(outcome: SearchOutcome, paths: StudyPaths, meta: StudyMeta, *, address: str | None,
-                        max_failures: int, stream: TextIO | None, quiet: bool) -> SearchOutcome:
+def with_tuned_baseline(outcome: SearchOutcome, paths: StudyPaths, meta: StudyMeta,
+                        options: RunOptions) -> SearchOutcome:
     """Run (or finish) the study's CE-only baseline search once its own trials are all done."""
     if meta.tune_baseline <= 0 or outcome.interrupted:
         return outcome
@@ -503,8 +428,7 @@ def with_tuned_baseline(outcome: SearchOutcome, paths: StudyPaths, meta: StudyMe
 
     try:
         with driver_lock(paths):  # it writes this study's reference table
-            base = tuned_baseline(paths, meta, address=address, max_failures=max_failures, stream=stream,
-                                  quiet=quiet)
+            base = tuned_baseline(paths, meta, options)
     except KeyboardInterrupt:
         outcome.interrupted = True
         return outcome

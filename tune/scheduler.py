@@ -28,4 +28,4 @@ class RungASHA(AsyncHyperBandScheduler):
 
     @property
     def rungs(self) -> list[int]:
-        return sorted(milestone for milestone, _ in self._brackets[0]._rungs)
+        return sorted(int(milestone) for milestone, _ in self._brackets[0]._rungs)

@@ -25,6 +25,8 @@ METRICS = ("inner_acc", "inner_loss", "holdout_acc", "holdout_loss")  # seed mea
 FINAL_KEY = "is_final"
 EVAL_KEY = "evaluation"  # the number of the (last) evaluation a result stands for: ASHA's time attribute
 EVALS_KEY = "evals"  # the evaluations a result carries (since the previous result), oldest first
+AT_KEY = "at"  # when an evaluation was made, Unix seconds: the epochs table's ``ended_at``
+STARTED_KEY = "started_at"  # when the trial started, Unix seconds
 # What ASHA compares: the best seed-mean value of the objective the trial has reached so far, not its value
 # at the rung: a stand-in (slightly optimistic: each seed keeps its own best epoch by loss) for what the
 # trial would deliver if stopped there, since it keeps its best weights. See README "Selection and pruning".
@@ -35,6 +37,7 @@ RECORDED_KEYS = (
     "epoch", *METRICS, "inner_acc_std", "holdout_acc_std",
     "best_epoch", "epochs_run", "trial_seconds", "teacher_cache_hit", "node", "hostname", "device",
     "seeds", "seed_inner_acc", "seed_holdout_acc", "per_seed", "trial_error", "training_iteration", EVAL_KEY,
+    AT_KEY, STARTED_KEY,
 )
 _log = logging.getLogger("kdtune")
 

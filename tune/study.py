@@ -9,6 +9,10 @@ DIR/NAME/
   experiment_state-*  Ray Tune's experiment state, and one t_<id>/ folder per trial
 ```
 Paths inside ``study.json`` are absolute: Ray Tune changes a trial's working directory.
+
+A study folder is born whole (``create_study``): ``study.json`` and the Optuna study are written into a
+hidden folder beside it, which is then renamed into place, so from the moment ``DIR/NAME`` exists
+``kdtune resume`` can finish it, whenever it was interrupted.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import re
+import secrets
+import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +33,7 @@ from kdcore.atomic_file import write_atomic
 from tune.errors import KDTuneError
 
 STUDY_FILE = "study.json"
+LOCK_FILE = ".driver.lock"
 FORMAT = 2
 JOURNAL_FILE = "optuna.journal"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -121,19 +129,58 @@ class StudyMeta:
 
 
 @contextlib.contextmanager
-def driver_lock(paths: StudyPaths) -> Iterator[None]:
-    """Hold the study's driver lock: one kdtune process drives a study at a time (released if it dies)."""
-    paths.root.mkdir(parents=True, exist_ok=True)
-    with open(paths.root / ".driver.lock", "a+") as fh:
+def _locked(folder: Path, busy: str) -> Iterator[None]:
+    with open(folder / LOCK_FILE, "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise KDTuneError(f"study {paths.root} is being run by another kdtune process; wait for it to end "
-                              "(or stop it) before resuming") from None
+            raise KDTuneError(busy) from None
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def driver_lock(paths: StudyPaths) -> Iterator[None]:
+    """Hold the study's driver lock: one kdtune process drives a study at a time (released if it dies)."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with _locked(paths.root, f"study {paths.root} is being run by another kdtune process; wait for it to end "
+                             "(or stop it) before resuming"):
+        yield
+
+
+def is_unborn(paths: StudyPaths) -> bool:
+    """An existing ``DIR/NAME`` that holds no study: empty, or only a driver lock an older kdtune left."""
+    return paths.root.is_dir() and {p.name for p in paths.root.iterdir()} <= {LOCK_FILE}
+
+
+@contextlib.contextmanager
+def create_study(paths: StudyPaths, meta: StudyMeta, direction: str) -> Iterator[None]:
+    """Create the study folder whole, holding its driver lock for the ``with`` body.
+
+    ``study.json`` and the Optuna study (with ``optuna_attrs``) are written into a hidden sibling folder
+    that is renamed to ``DIR/NAME`` once complete; the lock, taken on the hidden folder's lock file, stays
+    held across the rename (it belongs to the open file, which moves with its folder).
+    """
+    paths.storage.mkdir(parents=True, exist_ok=True)
+    staging = paths.storage / f".{paths.name}.creating-{os.getpid()}-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        with _locked(staging, f"study {paths.root} is being created by another kdtune process"):
+            inside = StudyPaths(staging)
+            meta.write(inside)
+            ensure_optuna_study(inside, meta, direction)
+            if is_unborn(paths):
+                shutil.rmtree(paths.root)
+            try:
+                os.rename(staging, paths.root)
+            except OSError:
+                raise KDTuneError(f"study {paths.root} already exists; continue it with "
+                                  f"`kdtune resume {paths.root}` or choose another --name") from None
+            yield
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # only if the rename did not happen
 
 
 def journal_storage(paths: StudyPaths) -> Any:
@@ -142,6 +189,37 @@ def journal_storage(paths: StudyPaths) -> Any:
     from optuna.storages.journal import JournalFileBackend
 
     return JournalStorage(JournalFileBackend(str(paths.journal)))
+
+
+def optuna_attrs(meta: StudyMeta) -> dict[str, Any]:
+    """What the Optuna study says about itself (``study.user_attrs``), so that optuna-dashboard or any
+    Optuna tool shows a study's trials with their context: data, fingerprint, protocol, space, objective."""
+    from search_spaces import parse_space
+
+    space = parse_space(meta.space_text, source=f"{meta.name}:space")
+    base = space.base
+    return {
+        "kdtune_study": meta.name, "data": meta.data, "data_source": meta.data_source,
+        "fingerprint": meta.fingerprint, "protocol": base.protocol,
+        "inner": base.inner if base.protocol == "honest" else "given validation set",
+        "space_name": meta.space_name, "objective": space.objective.to_dict(), "sampler": meta.sampler,
+        "seeds": list(base.seeds), "num_samples": meta.num_samples,
+        "kdtune_version": meta.versions.get("kdtune", ""),
+    }
+
+
+def ensure_optuna_study(paths: StudyPaths, meta: StudyMeta, direction: str) -> Any:
+    """Create (or open) the study's Optuna study and (re)write its ``optuna_attrs``."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=meta.name, storage=journal_storage(paths),
+                                direction=direction,  # type: ignore[arg-type] # "maximize" or "minimize"
+                                load_if_exists=True)
+    for key, value in optuna_attrs(meta).items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
+    return study
 
 
 def load_optuna_study(paths: StudyPaths, meta: StudyMeta) -> Any:

@@ -38,14 +38,15 @@ from kdcore import data as kdata
 from kdcore.config import ExperimentConfig
 from kdcore.errors import TrainingError
 from kdcore.teacher_cache import TeacherCache
-from kdcore.train import EpochReport, Prepared, prepare, train_student
-from tune.searcher import EVAL_KEY, EVALS_KEY, FINAL_KEY, METRICS, SCHEDULER_KEY
+from kdcore.train import ACC_DECIMALS, EpochReport, Prepared, prepare, train_student
+from tune.searcher import AT_KEY, EVAL_KEY, EVALS_KEY, FINAL_KEY, METRICS, SCHEDULER_KEY, STARTED_KEY
 from tune.study import StudyMeta, StudyPaths
+from tune.trial_log import TrialLog
 
 STUDY_KEY = "kdtune_study"
 METRIC = "inner_acc"
 REPORT_EVERY_S = 0.5
-_EVAL_FIELDS = (EVAL_KEY, "epoch", *METRICS)
+_EVAL_FIELDS = (EVAL_KEY, "epoch", AT_KEY, *METRICS)
 
 _DATA: dict[str, kdata.MultiDomainData] = {}
 _PREP: dict[tuple[Any, ...], Prepared] = {}
@@ -65,15 +66,18 @@ def _prepared(spec: str, config: ExperimentConfig, device: str) -> tuple[Prepare
 
 
 def _metrics(report: EpochReport, seeds: tuple[int, ...]) -> dict[str, Any]:
+    def acc(value: Any) -> float:
+        return round(float(value), ACC_DECIMALS)
+
     return {
         "seeds": list(seeds),
         "epoch": report.epoch,
-        "inner_acc": float(report.inner_acc.mean()),
+        "inner_acc": acc(report.inner_acc.mean()),
         "inner_loss": float(report.inner_loss.mean()),
-        "holdout_acc": float(report.holdout_acc.mean()),
+        "holdout_acc": acc(report.holdout_acc.mean()),
         "holdout_loss": float(report.holdout_loss.mean()),
-        "seed_inner_acc": [float(v) for v in report.inner_acc],
-        "seed_holdout_acc": [float(v) for v in report.holdout_acc],
+        "seed_inner_acc": [acc(v) for v in report.inner_acc],
+        "seed_holdout_acc": [acc(v) for v in report.holdout_acc],
     }
 
 
@@ -89,8 +93,10 @@ class _Reporter:
     least every ``REPORT_EVERY_S`` seconds, and at the end."""
 
     def __init__(self, report: Any, rungs: frozenset[int], max_t: int, extra: dict[str, Any],
-                 seeds: tuple[int, ...], objective: tuple[str, str] = (METRIC, "max")) -> None:
+                 seeds: tuple[int, ...], objective: tuple[str, str] = (METRIC, "max"),
+                 log: TrialLog | None = None) -> None:
         self._report = report
+        self._log = log
         self._objective = objective  # (metric, mode): SCHEDULER_KEY is its best value so far
         self._best: float | None = None
         self._rungs = rungs
@@ -98,7 +104,7 @@ class _Reporter:
         self._extra = extra
         self._seeds = seeds
         self._block: list[dict[str, Any]] = []
-        self._held: EpochReport | None = None
+        self._held: tuple[EpochReport, float] | None = None  # the evaluation, and when it was made
         self._count = 0
         self._sent = time.monotonic()
 
@@ -109,11 +115,14 @@ class _Reporter:
             step = metrics[EVAL_KEY]
             if step in self._rungs or step >= self._max_t or time.monotonic() - self._sent >= REPORT_EVERY_S:
                 self._send(metrics, final=False)
-        self._held = report
+        self._held = (report, time.time())
 
-    def _queue(self, report: EpochReport) -> dict[str, Any]:
+    def _queue(self, held: tuple[EpochReport, float]) -> dict[str, Any]:
+        report, at = held
         self._count += 1
-        metrics = {EVAL_KEY: self._count, **_metrics(report, self._seeds)}
+        metrics = {EVAL_KEY: self._count, AT_KEY: at, **_metrics(report, self._seeds)}
+        if self._log is not None:
+            self._log.evaluation(metrics)
         metric, mode = self._objective
         value = metrics[metric]
         if math.isfinite(value) and (self._best is None or (value > self._best if mode == "max" else value < self._best)):
@@ -143,7 +152,7 @@ class _Reporter:
         if self._held is not None:
             metrics = self._queue(self._held)
         else:
-            metrics = {EVAL_KEY: self._count, "epoch": 0, "seeds": list(self._seeds)}
+            metrics = {EVAL_KEY: self._count, AT_KEY: time.time(), "epoch": 0, "seeds": list(self._seeds)}
         for key in (*METRICS, SCHEDULER_KEY):  # inner_acc or inner_loss may be the objective
             metrics.setdefault(key, float("nan"))
         self._send(metrics, final=False, trial_error=error, trial_seconds=seconds)
@@ -164,9 +173,23 @@ def kd_trial(config: dict[str, Any]) -> None:
     """Train one student configuration; teachers come from the study's cache (trained on first need)."""
     from ray import tune
 
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     paths, meta, space, exp = _trial_setup(config)
     context = tune.get_context()
+    log = TrialLog(paths.root / f"t_{context.get_trial_id()}")
+    try:
+        _run_trial(config, paths, meta, space, exp, context, log, start, started_at)
+    except BaseException as exc:  # logged, then raised on for Tune (retries, ERROR rows)
+        log.failure(exc)
+        raise
+    finally:
+        log.close()
+
+
+def _run_trial(config: dict[str, Any], paths: StudyPaths, meta: StudyMeta, space: Any, exp: ExperimentConfig,
+               context: Any, log: TrialLog, start: float, started_at: float) -> None:
+    from ray import tune
+
     resources = context.get_trial_resources().required_resources
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
     use_gpu = resources.get("GPU", 0) > 0 and torch.cuda.is_available()
@@ -184,14 +207,21 @@ def kd_trial(config: dict[str, Any]) -> None:
         "device": torch.cuda.get_device_name() if use_gpu else "cpu",
         "teacher_cache_hit": teachers.hit if teachers else None,
         "teacher_key": teachers.key[:16] if teachers else None,
+        STARTED_KEY: started_at,
     }
+    log.line(f"start: study {meta.name}, trial {context.get_trial_id()} on {where['hostname']} (node "
+             f"{where['node']}, pid {where['pid']}, {where['device']}, {torch.get_num_threads()} threads); "
+             f"teachers {'from the cache' if teachers and teachers.hit else 'trained here' if teachers else 'none'}; "
+             f"seeds {list(exp.seeds)}; params "
+             + ", ".join(f"{k}={v}" for k, v in config.items() if k != STUDY_KEY))
     reporter = _Reporter(tune.report, asha_rungs(meta.grace_period, meta.reduction_factor, meta.max_t), meta.max_t,
-                         where, exp.seeds, (space.objective.metric, space.objective.mode))
+                         where, exp.seeds, (space.objective.metric, space.objective.mode), log)
     try:
         result = train_student(prep, exp, teachers.models if teachers else None, reporter.evaluation)
     except TrainingError as exc:
         # Deterministic divergence: end now as an error with its reason (a retry would diverge again).
         reporter.fail(f"TrainingError: {exc}", time.perf_counter() - start)
+        log.line(f"ended as ERROR: TrainingError: {exc}")
         return
     summary = result.summary()
     reporter.finish({
@@ -206,3 +236,6 @@ def kd_trial(config: dict[str, Any]) -> None:
         "per_seed": summary["per_seed"],
         "trial_seconds": time.perf_counter() - start,
     })
+    log.line(f"ended COMPLETE after {result.epochs_run} epochs, {time.perf_counter() - start:.1f} s: inner acc "
+             f"{summary['inner_acc_mean']:.4f}, holdout acc {summary['holdout_acc_mean']:.4f} (seed means, "
+             "selected epochs)")

@@ -1,0 +1,171 @@
+"""A study's plan: ``kdtune search``'s settings checked, and the ``StudyMeta`` they make, without Ray.
+
+Everything here is cheap (no Ray, no torch): the command line runs it before the heavy imports, so a bad
+number, name or path is refused in a fraction of a second, not after Ray's import.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from tune.cluster import ClusterSpec
+from tune.errors import KDTuneError
+from tune.study import StudyMeta, StudyPaths, check_name, is_unborn
+
+SAMPLER_NAMES = ("tpe", "random")  # tune.runner.SAMPLERS: Optuna's TPE and random search (its yardstick)
+
+DEFAULT_REDUCTION_FACTOR = 2  # ASHA keeps the better half at its rung (see default_grace)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything ``kdtune search`` takes."""
+
+    data: str
+    space: str
+    name: str
+    storage: Path
+    num_samples: int
+    max_concurrent: int | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    address: str | None = None
+    seed: int = 0
+    grace_period: int | None = None  # None: two thirds of the student's evaluations (``default_grace``)
+    reduction_factor: int = DEFAULT_REDUCTION_FACTOR
+    max_t: int | None = None
+    max_failures: int = 2
+    tune_baseline: int = 0
+    sampler: str = "tpe"
+    num_cpus: int | None = None  # a local Ray's CPUs (default: every core); not with ``address``
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        checks = [
+            (self.num_samples >= 1, f"--num-samples must be >= 1, but got {self.num_samples}"),
+            (self.max_concurrent is None or self.max_concurrent >= 1,
+             f"--max-concurrent must be >= 1, but got {self.max_concurrent}"),
+            (self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, but got {self.cpus_per_trial}"),
+            (self.gpus_per_trial >= 0, f"--gpus-per-trial must be >= 0, but got {self.gpus_per_trial}"),
+            (self.grace_period is None or self.grace_period >= 1,
+             f"--grace-period must be >= 1, but got {self.grace_period}"),
+            (self.reduction_factor >= 2, f"--reduction-factor must be >= 2, but got {self.reduction_factor}"),
+            (self.max_t is None or self.max_t >= (self.grace_period or 1),
+             f"`max_t >= grace_period` must hold, but got max_t={self.max_t}, grace_period={self.grace_period}"),
+            (self.max_failures >= 0, f"--max-failures must be >= 0, but got {self.max_failures}"),
+            (self.tune_baseline >= 0, f"--tune-baseline must be >= 0, but got {self.tune_baseline}"),
+            (self.sampler in SAMPLER_NAMES, f"--sampler must be one of {list(SAMPLER_NAMES)}, but got {self.sampler!r}"),
+            (self.num_cpus is None or self.num_cpus < 1 or self.cpus_per_trial <= self.num_cpus,
+             f"`--cpus-per-trial <= --num-cpus` must hold, but got {self.cpus_per_trial:g} > {self.num_cpus}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise KDTuneError(message)
+        self.run_options()  # the cluster's and retries' own checks
+
+    def run_options(self, *, stream: TextIO | None = None, quiet: bool = False, verbose: bool = False) -> RunOptions:
+        return RunOptions(ClusterSpec(self.address, self.num_cpus), self.max_failures, stream, quiet, verbose)
+
+
+def max_evaluations(space: Any) -> int:
+    """The most evaluations (reports) any trial of ``space`` can make: ASHA's ``max_t``."""
+    base = space.base
+    knobs = {knob.path: knob for knob in space.knobs}
+    epochs = max(base.student.epochs, int(max(knobs["student.epochs"].extremes())) if "student.epochs" in knobs else 0)
+    method = knobs.get("kd.method")
+    may_anneal = base.kd.method == "annealing" or (method is not None and "annealing" in method.choices)
+    anneal = 0
+    if may_anneal:
+        # Phase 1 lasts kd.anneal_epochs: the knob's top when it is sampled, the fixed value when it is not.
+        # A knob sampled whenever the method is annealing (no condition, or only that one) always replaces
+        # the fixed value; under any other condition both can occur.
+        knob = knobs.get("kd.anneal_epochs")
+        if knob is None:
+            anneal = base.kd.anneal_epochs
+        elif all(c.path == "kd.method" and "annealing" in c.values for c in knob.when):
+            anneal = int(max(knob.extremes()))
+        else:
+            anneal = max(int(max(knob.extremes())), base.kd.anneal_epochs)
+    every = base.eval_every
+    return math.ceil(epochs / every) + (math.ceil(anneal / every) if anneal else 0) + 2
+
+
+def default_grace(space: Any) -> int:
+    """ASHA's (only) rung: two thirds of the evaluations of the space's fixed student epochs.
+
+    Measured (``bench/selection.py``, README "Selection and pruning, measured"): Ray's rungs at 20, 60 and
+    180 of 200 evaluations stopped 4.1 of a 48-trial study's final top 5 (cyclic and one-cycle schedules
+    improve late); a third of the run still lost 2.3; one rung at two thirds, keeping the better half
+    (``DEFAULT_REDUCTION_FACTOR``) by best-so-far values, lost 0.3 and ran 80 % of the evaluations.
+    """
+    base = space.base
+    return max(1, 2 * math.ceil(base.student.epochs / base.eval_every) // 3)
+
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {name: version(dist) for name, dist in
+            (("kdtune", "kdtune"), ("torch", "torch"), ("ray", "ray"), ("optuna", "optuna"))}
+
+
+def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
+    """Validate every input and describe the study; writes nothing (``run_study`` writes once Ray is up)."""
+    from kdcore import data as kdata
+    from search_spaces import SpaceError, load_space
+
+    paths = StudyPaths(settings.storage.expanduser().resolve() / settings.name)
+    if paths.root.exists() and not is_unborn(paths):
+        raise KDTuneError(f"study {paths.root} already exists; continue it with `kdtune resume {paths.root}` "
+                          "or choose another --name")
+    if paths.storage.exists() and not paths.storage.is_dir():
+        raise KDTuneError(f"--storage {paths.storage} is a file, not a folder")
+    space = load_space(settings.space)
+    if settings.tune_baseline:
+        try:
+            space.without_kd()
+        except SpaceError as exc:
+            raise KDTuneError(f"--tune-baseline {settings.tune_baseline}: the space without its kd.* knobs is no "
+                              f"search space ({exc})") from None
+    spec = settings.data if settings.data.startswith("builtin:") else str(Path(settings.data).resolve())
+    dataset = kdata.load(spec)
+    max_t = settings.max_t or max_evaluations(space)
+    meta = StudyMeta(
+        name=settings.name, data=spec, data_source=dataset.source, fingerprint=dataset.fingerprint(),
+        space_name=space.name, space_text=space.source_text, num_samples=settings.num_samples,
+        seed=settings.seed, max_t=max_t, grace_period=min(settings.grace_period or default_grace(space), max_t),
+        reduction_factor=settings.reduction_factor, cpus_per_trial=settings.cpus_per_trial,
+        gpus_per_trial=settings.gpus_per_trial, max_concurrent=settings.max_concurrent or 0,
+        versions=_versions(), tune_baseline=settings.tune_baseline, sampler=settings.sampler,
+    )
+    return paths, meta
+
+
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How one run of a study goes, as opposed to what the study is (``StudyMeta``): where Ray runs,
+    how often a trial whose worker died is retried, and what the terminal shows."""
+
+    cluster: ClusterSpec = field(default_factory=ClusterSpec)
+    max_failures: int = 2
+    stream: TextIO | None = None  # progress and notes (default stderr)
+    quiet: bool = False  # no progress line
+    verbose: bool = False  # a line per finished trial
+
+    def __post_init__(self) -> None:
+        if self.max_failures < 0:
+            raise KDTuneError(f"--max-failures must be >= 0, but got {self.max_failures}")
+
+    def say(self, text: str) -> None:
+        """A line on the progress stream (not with ``quiet``)."""
+        if not self.quiet:
+            out = self.stream if self.stream is not None else sys.stderr
+            out.write(text + "\n")
+            out.flush()
