@@ -566,3 +566,4 @@ def test_sigterm_mid_study_stops_cleanly_and_resume_finishes(session: Session) -
     recorded = [text for text in logs if "recorded by the driver as" in text]
     assert len(recorded) == n, logs
     assert all("start: study t" in text and "evaluation 1, epoch 1" in text for text in recorded)
+    assert all(", niceness 0, " in text for text in recorded), "trials must not run at Ray's niceness 15"

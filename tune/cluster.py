@@ -39,6 +39,10 @@ RAY_ENV = {
     "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",  # one line per failed trial from our callback, not a traceback
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "PYTHONWARNINGS": "ignore::DeprecationWarning",
+    # Ray starts its workers at niceness 15: beside any normal-priority job they get a sliver of a core
+    # (bench/reference_phase.py: the references took 36x longer with two busy processes on two cores).
+    # Trials and references are the work here; set 15 again to make a study yield to everything else.
+    "RAY_worker_niceness": "0",
 }
 
 

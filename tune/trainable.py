@@ -210,7 +210,8 @@ def _run_trial(config: dict[str, Any], paths: StudyPaths, meta: StudyMeta, space
         STARTED_KEY: started_at,
     }
     log.line(f"start: study {meta.name}, trial {context.get_trial_id()} on {where['hostname']} (node "
-             f"{where['node']}, pid {where['pid']}, {where['device']}, {torch.get_num_threads()} threads); "
+             f"{where['node']}, pid {where['pid']}, niceness {os.nice(0)}, {where['device']}, "
+             f"{torch.get_num_threads()} threads); "
              f"teachers {'from the cache' if teachers and teachers.hit else 'trained here' if teachers else 'none'}; "
              f"seeds {list(exp.seeds)}; params "
              + ", ".join(f"{k}={v}" for k, v in config.items() if k != STUDY_KEY))
