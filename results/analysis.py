@@ -790,7 +790,7 @@ def _bootstrap(frozen: list[Any], paths: list[str], point: np.ndarray, evaluator
     with _Quiet(optuna):
         try:
             check = shares(frozen)
-        except (AttributeError, TypeError) as exc:  # an Optuna that reads more of the study than we provide
+        except Exception as exc:  # noqa: BLE001 - an Optuna that reads more of a study than we provide
             raise _ViewMismatch(f"this Optuna reads more of a study than kdtune provides ({exc})") from None
         if not np.allclose(check, point, rtol=1e-9, atol=1e-12):
             raise _ViewMismatch("this Optuna scores a list of trials differently from a study")

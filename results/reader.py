@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 
 from results.errors import ResultsError
 from results.schema import TABLES
-from results.writer import LEGACY_META_FILE, META_FILE, table_path
+from results.writer import LEGACY_META_FILE, META_FILE, dangling_message, table_path
 
-_TRIES = 3  # the writer keeps a generation until a second newer one exists: a retry reads a kept one
+_TRIES = 3  # the writer keeps superseded generations a while (KEEP_SUPERSEDED_S): a retry reads a kept one
 
 
 def results_dir(study_dir: str | Path) -> Path:
@@ -38,6 +38,8 @@ def read_table(study_dir: str | Path, table: str) -> pd.DataFrame:
     path = table_path(results_dir(study_dir), table)
     for _ in range(_TRIES):
         if not path.exists():
+            if path.is_symlink():
+                raise ResultsError(dangling_message(path))
             return pd.DataFrame()
         source = path.resolve()  # one generation, even if the writer swaps the symlink meanwhile
         try:

@@ -7,6 +7,7 @@ Layout of ``DIR/NAME/results/`` (``trials`` shown; ``epochs``, ``seeds`` and ``r
     .trials.g7/g7-compacted.parquet      every row up to the generation's start (maybe none)
     .trials.g7/g7-trial-<id>.parquet     one part per trial recorded since
     .trials.g6/                    the previous generation, kept for a reader that listed it before the swap
+                                   (older ones stay a minute after they were superseded)
 
 Recording a trial writes its part (a '.'-prefixed ``.tmp`` file renamed into place), so it costs the same
 for the first trial and the ten-thousandth. In a live generation a file is only ever added or replaced
@@ -27,10 +28,12 @@ is and turned into this layout on its first write.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,7 @@ from results.errors import ResultsError
 from results.schema import METADATA_KEY, TABLES, fixed_schema, trials_schema
 
 META_FILE = "_study.json"
+KEEP_SUPERSEDED_S = 60.0  # a superseded generation (beyond the previous one) stays this long for readers
 LEGACY_META_FILE = "study.json"  # an older kdtune's name, beside the tables (read, and removed on rewrite)
 PER_TRIAL = ("trials", "epochs", "seeds")
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -218,6 +222,8 @@ class StudyTables:
         """The table's current generation folder (an older layout made one first); None before any write."""
         link = table_path(self.root, table)
         if link.is_symlink():
+            if not link.exists():
+                raise ResultsError(dangling_message(link))
             return self.root / os.readlink(link)
         if link.is_file():  # an older kdtune's single file
             rows = self._conform(pq.read_table(link), table)
@@ -252,6 +258,8 @@ class StudyTables:
         ``start``, the rows of an older layout, stands in for the current generation's rows.
         """
         link = table_path(self.root, table)
+        if start is None and not link.is_symlink() and link.exists():
+            self._existing(table)  # an older layout: adopt its rows first, never start from nothing
         previous = self.root / os.readlink(link) if link.is_symlink() else None
         if start is None:
             start = self._read_files(previous, table) if previous else self.schemas[table].empty_table()
@@ -265,11 +273,32 @@ class StudyTables:
         if "trial_id" in rows.column_names:
             self._bulk[gen] = set(pc.unique(rows["trial_id"]).to_pylist())
         self._point(table, gen)
-        for old in self._generations(table):  # all but this one and the one a reader may still be listing
-            if old not in (gen, previous):
-                shutil.rmtree(old, ignore_errors=True)
-                self._bulk.pop(old, None)
+        self._remove_old_generations(table, keep={gen, previous})
         return gen
+
+    def _remove_old_generations(self, table: str, keep: set[Path | None]) -> None:
+        """Delete what no reader needs: a generation never swapped in (numbered between the previous and
+        the current one: a write killed before its swap) at once; one superseded before the previous one
+        when ``KEEP_SUPERSEDED_S`` have passed since, so that a reader that resolved the symlink just
+        before two quick swaps still finds its files (pyarrow reads a vanished folder as an empty table,
+        without an error). Never ``keep`` (the current and the previous generation)."""
+        current, previous = (max(int(_number(g)[1:]) for g in keep if g is not None),
+                             min(int(_number(g)[1:]) for g in keep if g is not None))
+        generations = self._generations(table)
+        now = time.time()
+        for old, newer in itertools.pairwise(generations):
+            number = int(_number(old)[1:])
+            if old in keep or number > current:
+                continue
+            if number < previous:
+                try:
+                    superseded = (newer / _compacted_name(_number(newer))).stat().st_mtime
+                except OSError:
+                    continue
+                if now - superseded <= KEEP_SUPERSEDED_S:
+                    continue
+            shutil.rmtree(old, ignore_errors=True)
+            self._bulk.pop(old, None)
 
     def _read_files(self, folder: Path, table: str) -> pa.Table:
         """Every row of a folder of parts in the current schema (an older file's missing column is null)."""
@@ -308,6 +337,12 @@ class StudyTables:
         os.replace(tmp, link)
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
+
+
+def dangling_message(link: Path) -> str:
+    return (f"{link} points to {os.readlink(link)}, which is missing: the table's rows live in the hidden "
+            f"folders .{link.name.removesuffix('.parquet')}.g<N>/ beside it, which a copy that skipped hidden "
+            "names left out; copy the results folder whole (cp -a, rsync -a)")
 
 
 def _number(gen: Path) -> str:

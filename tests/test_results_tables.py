@@ -309,3 +309,50 @@ def test_metadata_is_read_under_either_name(tmp_path: Path, name: str) -> None:
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / name).write_text(json.dumps({"study": name}))
     assert read_metadata(tmp_path) == {"study": name}
+
+
+def test_reference_rows_of_an_older_kdtune_survive_its_first_change(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    tables = new_tables(results)
+    pq.write_table(tables._table("reference", reference("baseline", 0.8)), table_path(results, "reference"))
+    tables.replace_method(reference("ablation", 0.7), "ablation")
+    tables.append("reference", reference("tuned_baseline", 0.75))
+    frame = assert_readers_agree(results, "reference", 6)
+    assert set(frame["method"]) == {"baseline", "ablation", "tuned_baseline"}
+
+
+def test_a_dangling_table_link_is_an_error_not_an_empty_table(tmp_path: Path) -> None:
+    from results.errors import ResultsError
+
+    results = tmp_path / "results"
+    tables = new_tables(results)
+    tables.record_trial(*rows(0))
+    for gen in results.glob(".trials.g*"):  # what `cp -r results/*` leaves: the links, not the hidden folders
+        for f in gen.iterdir():
+            f.unlink()
+        gen.rmdir()
+    with pytest.raises(ResultsError, match="copy the results folder whole"):
+        read_table(tmp_path, "trials")
+    with pytest.raises(ResultsError, match="copy the results folder whole"):
+        tables.record_trial(*rows(1))
+
+
+def test_a_generation_superseded_moments_ago_stays_for_its_readers(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from results import writer
+
+    results = tmp_path / "results"
+    tables = new_tables(results)
+    tables.record_trial(*rows(0))
+    first = table_path(results, "trials").resolve()
+    for n in (1, 2, 3):  # three quick swaps: g0 is two generations back, superseded a moment ago
+        tables.record_trial(*rows(n))
+        tables.compact()
+    assert first.is_dir(), "removed while a reader that resolved the link before the swaps may be listing it"
+    monkeypatch.setattr(writer, "KEEP_SUPERSEDED_S", 0.0)
+    tables.record_trial(*rows(4))
+    tables.compact()
+    names = sorted(p.name for p in results.glob(".trials.g*"))
+    assert first.name not in names and len(names) == 2, names  # the current and the previous one
+    assert_readers_agree(results, "trials", 5)

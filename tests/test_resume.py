@@ -527,13 +527,15 @@ def test_sigterm_mid_study_stops_cleanly_and_resume_finishes(session: Session) -
     space = session.write("space.yaml", SPACE.format(low=20, high=40))
     err = session.root / "search.err"
     proc = session.start("search", "--space", str(space), "--name", "t", "--storage", "studies",
-                         "--num-samples", str(n), "--max-concurrent", "1", stderr=err, new_session=True)
+                         "--num-samples", str(n), "--num-cpus", "1", stderr=err, new_session=True)
     study = session.root / "studies" / "t"
     wait_for(lambda: re.search(r"trials [1-9]\d*/", err.read_text()), 240, "a trial to end", proc)
     os.killpg(proc.pid, signal.SIGTERM)
     _stopped(proc, err, study, 143)
     stderr = err.read_text()
-    assert any(line.startswith(f"study {study}: {n} trials to run") for line in stderr.splitlines()), stderr[:500]
+    # --num-cpus 1: the local Ray has one CPU (and so runs one trial at a time).
+    assert any(line.startswith(f"study {study}: {n} trials to run on 1 CPU;") for line in stderr.splitlines()), \
+        stderr[:500]
     stopped = optuna_trials(study)
     assert len(ended(stopped)) < n
     for t in stopped:

@@ -98,21 +98,28 @@ def reap_stale_sessions() -> int:
             pass  # made before kdtune wrote owner files, or this instant (mkdtemp, then the file)
         if not pids or any(_pid_alive(pid) for pid in pids):
             continue
-        prefix = str(temp) + os.sep
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                links = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
-            except OSError:
-                continue
-            if any(link.startswith(prefix) for link in links):
-                try:
-                    os.kill(int(proc.name), signal.SIGKILL)
-                    stopped += 1
-                except OSError:
-                    pass
+        stopped += _kill_holders(temp)
         shutil.rmtree(temp, ignore_errors=True)
+    return stopped
+
+
+def _kill_holders(temp: Path) -> int:
+    """SIGKILL every other process with a file open inside ``temp``; returns how many."""
+    prefix = str(temp) + os.sep
+    stopped = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            links = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+        except OSError:
+            continue
+        if any(link.startswith(prefix) for link in links):
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+                stopped += 1
+            except OSError:
+                pass
     return stopped
 
 
@@ -129,7 +136,11 @@ class RayHandle:
         import ray
 
         if ray.is_initialized():
+            if self.started:
+                _skip_graceful_kill()
             ray.shutdown()
+        if self.started and self.temp_dir:
+            _kill_holders(Path(self.temp_dir))  # the agents a SIGKILLed raylet leaves (they hold files here)
         if self.temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
@@ -242,6 +253,23 @@ def check_cluster(address: str, temp_dir: str) -> None:
         log.unlink(missing_ok=True)
 
 
+def _skip_graceful_kill() -> None:
+    """Make ``ray.shutdown`` SIGKILL the local Ray's processes at once: they were started with SIGTERM
+    blocked (``start``), so its graceful SIGTERM would only wait a second per process (4 s a stop here).
+    Private Ray API, hence guarded: without it, shutdown is just slower."""
+    import ray
+
+    node = getattr(getattr(ray, "_private", None) and ray._private.worker, "_global_node", None)
+    kill = getattr(node, "kill_all_processes", None)
+    if node is None or kill is None:
+        return
+
+    def kill_at_once(*args: Any, **kwargs: Any) -> Any:
+        return kill(*args, **{**kwargs, "allow_graceful": False})
+
+    node.kill_all_processes = kill_at_once
+
+
 @contextlib.contextmanager
 def _sigterm_blocked(main_thread: bool) -> Iterator[None]:
     """SIGTERM blocked in this thread (and so in every process started meanwhile), unblocked after."""
@@ -303,6 +331,8 @@ def start(spec: ClusterSpec, *, num_gpus: int | None = None) -> RayHandle:
                 # on a dead GCS for a minute and die without a word.
                 with _sigterm_blocked(main_thread):
                     ray.init(num_cpus=spec.num_cpus, num_gpus=num_gpus, _temp_dir=temp_dir, **kwargs)
+                    if sigterm is not None:  # ours back before a SIGTERM that came meanwhile is delivered
+                        signal.signal(signal.SIGTERM, sigterm)
             else:
                 ray.init(address=address, **kwargs)
         except Exception as exc:  # noqa: BLE001 - ray.init fails in many ways; each is one line to the user
@@ -310,6 +340,10 @@ def start(spec: ClusterSpec, *, num_gpus: int | None = None) -> RayHandle:
             what = "could not start a local Ray" if address is None else f"could not join the Ray cluster at {address}"
             raise KDTuneError(f"{what}: {first}") from None
     except BaseException:
+        import ray
+
+        if ray.is_initialized():  # stopped (Ctrl-C, SIGTERM) just after Ray came up: it must not outlive us
+            ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
     finally:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from tune import signals
 from tune.errors import KDTuneError
 from tune.plan import (  # noqa: F401 - re-exported: the runner is where users look for them
     DEFAULT_REDUCTION_FACTOR,
@@ -260,9 +262,14 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: 
                                      options=options)
                 # Tune logs "Trials did not complete" with every trial id; the progress line counts errors.
                 logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-                tuner.fit()
+                sigint = signal.getsignal(signal.SIGINT)
+                try:
+                    tuner.fit()
+                finally:  # Tune leaves its handler installed when no signal came: a later Ctrl-C would do nothing
+                    signal.signal(signal.SIGINT, sigint)
                 # Tune's own SIGINT handler makes fit() return: the ablation waits for a study that is done.
-                if meta.references and _counted(paths, meta) >= meta.num_samples:
+                interrupted = signals.terminated()
+                if not interrupted and meta.references and _counted(paths, meta) >= meta.num_samples:
                     note = _record_ablation(paths, meta, tables, options)
             except KeyboardInterrupt:
                 interrupted = True

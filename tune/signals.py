@@ -30,6 +30,11 @@ def handle_sigterm() -> None:
     signal.signal(signal.SIGTERM, _forward)
 
 
+def terminated() -> bool:
+    """Whether SIGTERM has come (a stop Ray Tune may have taken for its own and finished the run anyway)."""
+    return signal.SIGTERM in _received
+
+
 def exit_code(interrupted: int = 130) -> int:
     """The exit status of a stopped run: 143 if SIGTERM stopped it, else ``interrupted`` (Ctrl-C's 130)."""
     return 128 + signal.SIGTERM if signal.SIGTERM in _received else interrupted

@@ -171,8 +171,10 @@ def create_study(paths: StudyPaths, meta: StudyMeta, direction: str) -> Iterator
             inside = StudyPaths(staging)
             meta.write(inside)
             ensure_optuna_study(inside, meta, direction)
-            if is_unborn(paths):
-                shutil.rmtree(paths.root)
+            if is_unborn(paths):  # moved aside first: never rmtree a path another creator may fill
+                aside = staging.with_name(staging.name + ".old")
+                os.rename(paths.root, aside)
+                shutil.rmtree(aside, ignore_errors=True)
             try:
                 os.rename(staging, paths.root)
             except OSError:

@@ -27,7 +27,7 @@ class TrialLog:
         self._fh: TextIO | None = None
         try:
             trial_dir.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", buffering=1)  # noqa: SIM115 - held for the trial's life
+            self._fh = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - held for the trial's life
         except OSError:
             self._fh = None
 
@@ -57,5 +57,8 @@ class TrialLog:
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
+            try:
+                self._fh.close()  # on NFS a delayed write error surfaces here: never the trial's failure
+            except OSError:
+                pass
             self._fh = None
