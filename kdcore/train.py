@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import SupportsFloat
 
 import numpy as np
 import torch
@@ -194,6 +195,11 @@ ReportFn = Callable[[EpochReport], None]
 ACC_DECIMALS = 9  # accuracies in summaries: a ratio of counts, rounded far below any set's resolution
 
 
+def round_acc(value: SupportsFloat) -> float:
+    """An accuracy (or a mean of them) as reported: float64, rounded to ``ACC_DECIMALS``."""
+    return round(float(value), ACC_DECIMALS)
+
+
 @dataclass
 class FitResult:
     """One method's outcome at its selected epoch, per seed; ``model`` holds the selected weights."""
@@ -218,15 +224,12 @@ class FitResult:
         """
 
         def std(a: np.ndarray) -> float:
-            return round(float(a.std(ddof=1)), ACC_DECIMALS) if a.size > 1 else 0.0
-
-        def mean(a: np.ndarray) -> float:
-            return round(float(a.mean()), ACC_DECIMALS)
+            return round_acc(a.std(ddof=1)) if a.size > 1 else 0.0
 
         return {
-            "holdout_acc_mean": mean(self.holdout_acc),
+            "holdout_acc_mean": round_acc(self.holdout_acc.mean()),
             "holdout_acc_std": std(self.holdout_acc),
-            "inner_acc_mean": mean(self.inner_acc),
+            "inner_acc_mean": round_acc(self.inner_acc.mean()),
             "inner_acc_std": std(self.inner_acc),
             "inner_loss_mean": float(self.inner_loss.mean()),
             "holdout_loss_mean": float(self.holdout_loss.mean()),
@@ -236,8 +239,8 @@ class FitResult:
             "per_seed": [
                 {
                     "seed": s,
-                    "holdout_acc": round(float(self.holdout_acc[i]), ACC_DECIMALS),
-                    "inner_acc": round(float(self.inner_acc[i]), ACC_DECIMALS),
+                    "holdout_acc": round_acc(self.holdout_acc[i]),
+                    "inner_acc": round_acc(self.inner_acc[i]),
                     "inner_loss": float(self.inner_loss[i]),
                     "holdout_loss": float(self.holdout_loss[i]),
                     "best_epoch": int(self.best_epoch[i]),

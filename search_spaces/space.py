@@ -53,6 +53,11 @@ class Objective:
     def to_dict(self) -> dict[str, str]:
         return {"metric": self.metric, "mode": self.mode}
 
+    @property
+    def direction(self) -> str:
+        """Optuna's name for the mode: ``maximize`` or ``minimize``."""
+        return "maximize" if self.mode == "max" else "minimize"
+
 
 @dataclass(frozen=True)
 class SearchSpace:

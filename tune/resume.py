@@ -91,7 +91,7 @@ def resume(study_dir: str | Path, *, more: int = 0, options: RunOptions | None =
         # attributes are brought up to date by run_study, once Ray is up: a resume that cannot start
         # changes nothing.)
         study = (load_optuna_study(paths, meta) if paths.journal.is_file()
-                 else ensure_optuna_study(paths, meta, _direction(meta)))
+                 else ensure_optuna_study(paths, meta, _objective(meta).direction))
         end_stale_trials(study)
         if more:  # written by run_study once Ray is up: a resume --more that cannot start changes nothing
             meta = dataclasses.replace(meta, num_samples=meta.num_samples + more)
@@ -111,8 +111,7 @@ def resume(study_dir: str | Path, *, more: int = 0, options: RunOptions | None =
     return with_tuned_baseline(outcome, paths, meta, options)
 
 
-def _direction(meta: StudyMeta) -> str:
+def _objective(meta: StudyMeta) -> Any:
     from search_spaces import parse_space
 
-    mode = parse_space(meta.space_text, source=f"{meta.name}:space").objective.mode
-    return "maximize" if mode == "max" else "minimize"
+    return parse_space(meta.space_text, source=f"{meta.name}:space").objective

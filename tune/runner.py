@@ -33,6 +33,7 @@ from tune.study import (
     driver_lock,
     ensure_optuna_study,
     journal_storage,
+    load_optuna_study,
 )
 from tune.trainable import METRIC, STUDY_KEY, kd_trial
 
@@ -233,7 +234,7 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: 
     from tune import cluster
 
     space = parse_space(meta.space_text, source=f"{paths.meta}:space")
-    direction = "maximize" if space.objective.mode == "max" else "minimize"
+    direction = space.objective.direction
     handle = cluster.start(options.cluster)
     started = time.monotonic()
     interrupted = False
@@ -249,7 +250,8 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: 
             try:
                 if write_meta:
                     meta.write(paths)
-                ensure_optuna_study(paths, meta, direction)
+                if not new:  # a new study's attributes were written with it
+                    ensure_optuna_study(paths, meta, direction)
                 options.say(f"study {paths.root}: {budget} trial{'s' if budget != 1 else ''} to run on "
                             f"{handle.cpus:g} CPU{'s' if handle.cpus != 1 else ''}"
                             + (f" and {handle.gpus:g} GPU" if handle.gpus else "")
@@ -276,7 +278,7 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: 
             if interrupted or _counted(paths, meta) < meta.num_samples:
                 # Stopped early: Tune does not tell the searcher about trials it cut off, and their workers
                 # are gone, so end them here rather than leave them RUNNING; `kdtune resume` re-runs them.
-                end_stale_trials(ensure_optuna_study(paths, meta, direction))
+                end_stale_trials(load_optuna_study(paths, meta))
             if tables is not None:
                 tables.compact()
     finally:

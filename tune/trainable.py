@@ -38,7 +38,7 @@ from kdcore import data as kdata
 from kdcore.config import ExperimentConfig
 from kdcore.errors import TrainingError
 from kdcore.teacher_cache import TeacherCache
-from kdcore.train import ACC_DECIMALS, EpochReport, Prepared, prepare, train_student
+from kdcore.train import EpochReport, Prepared, prepare, round_acc, train_student
 from tune.searcher import AT_KEY, EVAL_KEY, EVALS_KEY, FINAL_KEY, METRICS, SCHEDULER_KEY, STARTED_KEY
 from tune.study import StudyMeta, StudyPaths
 from tune.trial_log import TrialLog
@@ -66,18 +66,15 @@ def _prepared(spec: str, config: ExperimentConfig, device: str) -> tuple[Prepare
 
 
 def _metrics(report: EpochReport, seeds: tuple[int, ...]) -> dict[str, Any]:
-    def acc(value: Any) -> float:
-        return round(float(value), ACC_DECIMALS)
-
     return {
         "seeds": list(seeds),
         "epoch": report.epoch,
-        "inner_acc": acc(report.inner_acc.mean()),
+        "inner_acc": round_acc(report.inner_acc.mean()),
         "inner_loss": float(report.inner_loss.mean()),
-        "holdout_acc": acc(report.holdout_acc.mean()),
+        "holdout_acc": round_acc(report.holdout_acc.mean()),
         "holdout_loss": float(report.holdout_loss.mean()),
-        "seed_inner_acc": [acc(v) for v in report.inner_acc],
-        "seed_holdout_acc": [acc(v) for v in report.holdout_acc],
+        "seed_inner_acc": [round_acc(v) for v in report.inner_acc],
+        "seed_holdout_acc": [round_acc(v) for v in report.holdout_acc],
     }
 
 
