@@ -57,7 +57,7 @@ def search(storage: Path, name: str, distance: float, trials: int, extra: list[s
     return result
 
 
-def study_results(study: Path, data: kdata.MultiDomainData, x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
+def study_results(study: Path, data: kdata.ClassificationData, x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
     """The study's best trial re-trained exactly, its ablation, and the space's baseline, scored on fresh points."""
     config, _, _ = study_trial_config(study)
     prep = prepare(data, config)

@@ -8,6 +8,7 @@ and ``to_dict`` that round-trips. ``ExperimentConfig.with_overrides`` takes dott
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,8 +17,13 @@ from typing import Any
 from kdcore.errors import ConfigError
 
 DEFAULT_SEEDS: tuple[int, ...] = (0, 10, 1234, 99, 2021)
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("constant", "step", "cyclic", "onecycle")
+# "adam_coupled" is Adam with coupled weight decay (L2 added to the gradient: torch.optim.Adam(weight_decay=...)),
+# as some image seeds used it; "adamw" decouples it (Loshchilov & Hutter). Kept apart so that nobody mixes them.
+OPTIMIZERS = ("adam", "adamw", "adam_coupled", "sgd")
+DECAYING_OPTIMIZERS = ("adamw", "adam_coupled", "sgd")
+SCHEDULES = ("constant", "step", "multistep", "cyclic", "onecycle")
+MODEL_NAMES = ("mlp", "cnn", "resnet")
+ROUTINGS = ("group", "label", "all")
 KD_METHODS = ("hinton", "annealing")
 PROTOCOLS = ("honest", "seed")
 INNER = ("folds", "split")
@@ -64,20 +70,31 @@ class FitConfig:
     Schedule parameters are read only by their schedule: ``step_size``/``gamma`` (step, in epochs),
     ``max_lr`` (cyclic: the other end of the triangle from ``lr``; one-cycle: the peak, which alone sets
     the one-cycle curve, ``lr`` unused), ``cycle_epochs`` (cyclic: epochs per half cycle),
-    ``pct_start`` (one-cycle warm-up fraction). ``patience`` counts epochs (not evaluations).
+    ``pct_start`` (one-cycle warm-up fraction), ``milestones`` (multistep: lr times ``gamma`` at each of
+    these epochs, as ``MultiStepLR``). ``patience`` counts epochs (not evaluations).
+    The architecture is ``model`` with ``hidden``/``batch_norm``/``channels``/``width``/``depth`` (see
+    ``ModelSpec``). ``momentum`` and ``nesterov`` are read by ``sgd`` only; weight decay needs an optimizer
+    that decays (``adamw``, ``adam_coupled``, ``sgd``).
     """
 
+    model: str = "mlp"
     hidden: tuple[int, ...] = (20, 10)
     batch_norm: bool = False
+    channels: tuple[int, ...] | None = None
+    width: int = 1
+    depth: int = 8
     optimizer: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
     batch_size: int | None = 128
     epochs: int = 300
     patience: int | None = None
     restore_best: bool = True
     schedule: str = "onecycle"
     step_size: int = 100
+    milestones: tuple[int, ...] = ()
     gamma: float = 0.5
     max_lr: float = 1e-2
     cycle_epochs: int = 20
@@ -92,13 +109,39 @@ class FitConfig:
         if min(widths) < 1:
             raise ConfigError(f"{where}: every hidden width must be >= 1, but got {list(widths)}")
         object.__setattr__(self, "hidden", widths)
+        if not isinstance(self.model, str) or not (self.model in MODEL_NAMES or is_import_path(self.model)):
+            raise ConfigError(f"model must be one of {list(MODEL_NAMES)} or an import path 'package.module:function', "
+                              f"but got {self.model!r}")
+        if self.channels is not None:
+            channels = _int_tuple(self.channels, "channels")
+            if min(channels) < 1:
+                raise ConfigError(f"every entry of channels must be >= 1, but got {list(channels)}")
+            if self.model == "resnet" and len(channels) != 4:
+                raise ConfigError(f"resnet channels must be 4 numbers (stem, stage 1, stage 2, stage 3), but got "
+                                  f"{list(channels)}")
+            object.__setattr__(self, "channels", channels)
+        for name in ("width", "depth"):
+            value = _number(getattr(self, name), name, integer=True)
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, but got {value}")
+            object.__setattr__(self, name, value)
+        if self.model == "resnet" and (self.depth - 2) % 6:
+            raise ConfigError(f"resnet depth must be 6n + 2 (8, 14, 20, 32, 44, 56, 110), but got {self.depth}")
+        if not isinstance(self.nesterov, bool):
+            raise ConfigError(f"{where}: nesterov must be true or false, but got {self.nesterov!r}")
+        milestones = _int_tuple(self.milestones, "milestones", allow_empty=True)
+        if any(b <= a for a, b in itertools.pairwise(milestones)) or (milestones and milestones[0] < 1):
+            raise ConfigError(f"milestones must be increasing epochs >= 1, but got {list(milestones)}")
+        object.__setattr__(self, "milestones", milestones)
+        if self.schedule == "multistep" and not milestones:
+            raise ConfigError("schedule 'multistep' needs milestones (the epochs at which lr is multiplied by gamma)")
         if not isinstance(self.batch_norm, bool):
             raise ConfigError(f"{where}: batch_norm must be true or false, but got {self.batch_norm!r}")
         if not isinstance(self.restore_best, bool):
             raise ConfigError(f"{where}: restore_best must be true or false, but got {self.restore_best!r}")
         _choice(self.optimizer, "optimizer", OPTIMIZERS)
         _choice(self.schedule, "schedule", SCHEDULES)
-        for name in ("lr", "weight_decay", "gamma", "max_lr", "pct_start"):
+        for name in ("lr", "weight_decay", "momentum", "gamma", "max_lr", "pct_start"):
             object.__setattr__(self, name, _number(getattr(self, name), name))
         for name in ("epochs", "step_size", "cycle_epochs"):
             value = _number(getattr(self, name), name, integer=True)
@@ -109,11 +152,17 @@ class FitConfig:
             raise ConfigError(f"lr must be > 0, but got {self.lr}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, but got {self.weight_decay}")
-        if self.weight_decay > 0 and self.optimizer != "adamw":
+        if self.weight_decay > 0 and self.optimizer not in DECAYING_OPTIMIZERS:
             raise ConfigError(
-                f"weight_decay={self.weight_decay} applies only to optimizer 'adamw', "
-                f"but optimizer is {self.optimizer!r}; set weight_decay to 0 or use adamw"
+                f"weight_decay={self.weight_decay} applies only to optimizers {list(DECAYING_OPTIMIZERS)}, "
+                f"but optimizer is {self.optimizer!r}; set weight_decay to 0, or use adamw (decoupled) or "
+                "adam_coupled (Adam with L2 in the gradient)"
             )
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"0 <= momentum < 1 must hold, but got momentum={self.momentum}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ConfigError(f"nesterov applies to optimizer 'sgd' with momentum > 0, but got optimizer "
+                              f"{self.optimizer!r}, momentum={self.momentum}")
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"0 < gamma <= 1 must hold, but got gamma={self.gamma}")
         if self.max_lr <= 0:
@@ -139,7 +188,26 @@ class FitConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["hidden"] = list(self.hidden)
+        out["milestones"] = list(self.milestones)
+        out["channels"] = None if self.channels is None else list(self.channels)
         return out
+
+    def key_dict(self) -> dict[str, Any]:
+        """``to_dict`` without the settings added after cache format 1 while they hold their defaults, so
+        that a study's teacher-cache keys outlive new settings."""
+        out = self.to_dict()
+        for name, value in _FIT_V2_DEFAULTS.items():
+            if out[name] == value:
+                del out[name]
+        return out
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(self.model, self.hidden, self.batch_norm, self.channels, self.width, self.depth)
+
+
+_FIT_V2_DEFAULTS = {"model": "mlp", "channels": None, "width": 1, "depth": 8, "momentum": 0.9, "nesterov": False,
+                    "milestones": []}
 
 
 @dataclass(frozen=True)
@@ -200,8 +268,153 @@ class KDConfig:
         return dataclasses.asdict(self)
 
 
+def _int_tuple(value: Any, name: str, *, allow_empty: bool = False) -> tuple[int, ...]:
+    if isinstance(value, (int, str)) or not isinstance(value, (list, tuple)) or (not value and not allow_empty):
+        raise ConfigError(f"{name} must be a {'' if allow_empty else 'non-empty '}list of integers, but got {value!r}")
+    return tuple(_number(v, name, integer=True) for v in value)
+
+
+def is_import_path(name: str) -> bool:
+    """``package.module:function``: a user's own model factory (resolved by ``kdcore.models.resolve_factory``)."""
+    module, sep, attr = name.partition(":")
+    return bool(sep) and all(p.isidentifier() for p in module.split(".")) and attr.isidentifier()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One architecture by name with its settings (``kdcore.models.MODELS``), read off a ``FitConfig``.
+
+    ``mlp``: ``hidden`` widths, optional ``batch_norm``. ``cnn``: one 3x3 conv stage per entry of ``channels``
+    (times ``width``), each conv -> [BN] -> ReLU -> 2x2 max-pool, then global average pool and a linear head.
+    ``resnet``: the CIFAR-style BasicBlock ResNet of the KD literature, ``depth`` = 6n + 2 (n blocks per
+    stage), ``channels`` = (stem, stage 1, stage 2, stage 3) times ``width`` (ResNet-8x4: depth 8, channels
+    (8, 16, 32, 64), width 4). ``channels=None`` takes the model's default. Any other name is an import path
+    ``package.module:function`` called as ``function(input_shape, n_classes)`` -> ``nn.Module``.
+    """
+
+    name: str = "mlp"
+    hidden: tuple[int, ...] = (20, 10)
+    batch_norm: bool = False
+    channels: tuple[int, ...] | None = None
+    width: int = 1
+    depth: int = 8
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "hidden": list(self.hidden), "batch_norm": self.batch_norm,
+                "channels": None if self.channels is None else list(self.channels), "width": self.width,
+                "depth": self.depth}
+
+
+MODEL_FIELDS = ("model", "hidden", "batch_norm", "channels", "width", "depth")
+
+
 def _default_fit() -> FitConfig:
     return FitConfig()
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """One teacher of a task: what it is trained on, which classes it knows, or the checkpoint it is.
+
+    ``classes`` (S_k, in the order of the teacher's own outputs; None: every class) and ``group`` (trained
+    on that group's samples only; None: every group) choose its training samples, relabelled 0..|S_k|-1 in
+    the order of ``classes``. ``checkpoint`` is a state-dict file (``torch.save(model.state_dict())``) of
+    one network of the teacher's architecture (``teacher`` fit settings, with ``model`` overrides of its
+    ``MODEL_FIELDS``), loaded with ``torch.load(weights_only=True)`` instead of training; every seed of
+    the student then learns from that one network.
+    """
+
+    classes: tuple[int, ...] | None = None
+    group: int | None = None
+    checkpoint: str | None = None
+    model: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.classes is not None:
+            classes = _int_tuple(self.classes, "a teacher's classes")
+            twice = sorted({c for c in classes if classes.count(c) > 1})
+            if twice:
+                raise ConfigError(f"a teacher names class(es) {twice} twice in its classes {list(classes)}; "
+                                  "list each class once")
+            if min(classes) < 0:
+                raise ConfigError(f"a teacher's classes must be >= 0, but got {list(classes)}")
+            object.__setattr__(self, "classes", classes)
+        if self.group is not None:
+            group = _number(self.group, "a teacher's group", integer=True)
+            if group < 0:
+                raise ConfigError(f"a teacher's group must be >= 0, but got {group}")
+            object.__setattr__(self, "group", group)
+        if self.checkpoint is not None and (not isinstance(self.checkpoint, str) or not self.checkpoint):
+            raise ConfigError(f"a teacher's checkpoint must be a file path, but got {self.checkpoint!r}")
+        if not isinstance(self.model, Mapping):
+            raise ConfigError(f"a teacher's model must be a mapping of {list(MODEL_FIELDS)}, but got {self.model!r}")
+        unknown = sorted(str(k) for k in self.model if k not in MODEL_FIELDS)
+        if unknown:
+            raise ConfigError(f"unknown key(s) {unknown} in a teacher's model; valid keys are {list(MODEL_FIELDS)}")
+        object.__setattr__(self, "model", dict(self.model))
+
+    def fit(self, base: FitConfig) -> FitConfig:
+        """The teacher's fit settings: ``base`` with this teacher's model overrides."""
+        return dataclasses.replace(base, **self.model) if self.model else base
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "a teacher") -> TeacherSpec:
+        _check_keys(cls, data, where)
+        return cls(**dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"classes": None if self.classes is None else list(self.classes), "group": self.group,
+                "checkpoint": self.checkpoint, "model": dict(self.model)}
+
+
+PER_GROUP = "per_group"
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Who teaches, and which teachers give each sample its target (DESIGN.md, "The tasks it serves").
+
+    ``teachers``: ``"per_group"`` (one teacher per group of the data, each trained on its group and knowing
+    every class: the multi-domain task) or a list of ``TeacherSpec``. ``routing``: ``group`` (the teachers
+    of the sample's group), ``label`` (the teachers whose classes hold the sample's label) or ``all``.
+    Checked against the data by ``kdcore.task.resolve``.
+    """
+
+    teachers: str | tuple[TeacherSpec, ...] = PER_GROUP
+    routing: str = "group"
+
+    def __post_init__(self) -> None:
+        _choice(self.routing, "task.routing", ROUTINGS)
+        teachers = self.teachers
+        if isinstance(teachers, str):
+            if teachers != PER_GROUP:
+                raise ConfigError(f"task.teachers must be {PER_GROUP!r} or a list of teachers, but got {teachers!r}")
+            return
+        if not isinstance(teachers, (list, tuple)) or not teachers:
+            raise ConfigError(f"task.teachers must be {PER_GROUP!r} or a non-empty list of teachers, "
+                              f"but got {teachers!r}")
+        specs = tuple(t if isinstance(t, TeacherSpec) else TeacherSpec.from_dict(t, f"task.teachers[{i}]")
+                      for i, t in enumerate(teachers))
+        if self.routing == "group" and any(t.group is None for t in specs):
+            raise ConfigError("task.routing 'group' needs a group on every teacher; give each teacher a group, "
+                              "or route by 'label' or to 'all'")
+        object.__setattr__(self, "teachers", specs)
+
+    @property
+    def is_default(self) -> bool:
+        return self == TaskConfig()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "task") -> TaskConfig:
+        _check_keys(cls, data, where)
+        try:
+            return cls(**dict(data))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        teachers = self.teachers if isinstance(self.teachers, str) else [t.to_dict() for t in self.teachers]
+        return {"teachers": teachers, "routing": self.routing}
 
 
 # The published recipe (2-20-10-2 ReLU FFNN, Adam 1e-3, full batch, final weights), for comparisons.
@@ -235,6 +448,7 @@ class ExperimentConfig:
     teacher: FitConfig = field(default_factory=_default_fit)
     student: FitConfig = field(default_factory=_default_fit)
     kd: KDConfig = field(default_factory=KDConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
     def __post_init__(self) -> None:
         seeds = self.seeds
@@ -267,7 +481,7 @@ class ExperimentConfig:
             raise ConfigError(f"eval_every must be >= 1, but got {every}")
         object.__setattr__(self, "eval_every", every)
         for name, cls in (("baseline", FitConfig), ("teacher", FitConfig), ("student", FitConfig),
-                          ("kd", KDConfig)):
+                          ("kd", KDConfig), ("task", TaskConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"{name} must be {cls.__name__}, but got {getattr(self, name)!r}")
 
@@ -289,6 +503,8 @@ class ExperimentConfig:
                 kwargs[name] = FitConfig.from_dict(kwargs[name] or {}, where=name)
         if "kd" in kwargs:
             kwargs["kd"] = KDConfig.from_dict(kwargs["kd"] or {})
+        if "task" in kwargs:
+            kwargs["task"] = TaskConfig.from_dict(kwargs["task"] or {})
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -304,6 +520,7 @@ class ExperimentConfig:
             "teacher": self.teacher.to_dict(),
             "student": self.student.to_dict(),
             "kd": self.kd.to_dict(),
+            "task": self.task.to_dict(),
         }
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> ExperimentConfig:

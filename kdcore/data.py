@@ -28,7 +28,7 @@ BUILTIN_SEED = 20211
 
 
 @dataclass(frozen=True, eq=False)
-class MultiDomainData:
+class ClassificationData:
     """Train and holdout (the given validation set) arrays of a multi-domain classification task.
 
     x: (N, F) float32 features; y: (N,) int64 class in 0..C-1; d: (N,) int64 domain in 0..K-1.
@@ -154,7 +154,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         )
 
 
-def load_pickle(path: str | Path) -> MultiDomainData:
+def load_pickle(path: str | Path) -> ClassificationData:
     """Load a reference-format pickle (a dict of numpy arrays) safely and validate it."""
     path = Path(path)
     if path.is_dir():
@@ -184,7 +184,7 @@ def load_pickle(path: str | Path) -> MultiDomainData:
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a dict of numpy arrays, but the pickle holds {type(obj).__name__}")
     validate_arrays(obj, str(path))
-    return MultiDomainData(**{k: obj[k] for k in ARRAY_KEYS}, source=str(path.resolve()))
+    return ClassificationData(**{k: obj[k] for k in ARRAY_KEYS}, source=str(path.resolve()))
 
 
 def generate(
@@ -195,7 +195,7 @@ def generate(
     n_domains: int = 3,
     seed: int,
     source: str | None = None,
-) -> MultiDomainData:
+) -> ClassificationData:
     """The project's own member of the reference family of tasks.
 
     Domain k is N(c_k, I) with c_k = 4·d·(cos θ_k, sin θ_k), θ_k = 360°·k/K (0°, 120°, 240° for K = 3);
@@ -222,10 +222,10 @@ def generate(
 
     xt, yt, dt = draw(train_per_domain)
     xv, yv, dv = draw(valid_per_domain)
-    return MultiDomainData(xt, yt, dt, xv, yv, dv, source=source or f"generated:d{distance}:seed{seed}")
+    return ClassificationData(xt, yt, dt, xv, yv, dv, source=source or f"generated:d{distance}:seed{seed}")
 
 
-def builtin(name: str) -> MultiDomainData:
+def builtin(name: str) -> ClassificationData:
     """``'d0.5'`` -> the built-in set at that centre distance (fixed seed, reference sizes)."""
     try:
         distance = float(name.removeprefix("d"))
@@ -237,7 +237,7 @@ def builtin(name: str) -> MultiDomainData:
     return generate(distance, seed=BUILTIN_SEED, source=f"builtin:d{distance}")
 
 
-def load(spec: str) -> MultiDomainData:
+def load(spec: str) -> ClassificationData:
     """``builtin:d0.5`` for a built-in set, anything else is a path to a reference-format pickle."""
     if spec.startswith("builtin:"):
         return builtin(spec.removeprefix("builtin:"))
@@ -252,7 +252,7 @@ class Split:
     select: np.ndarray
 
 
-def inner_split(data: MultiDomainData, fraction: float, seed: int) -> Split:
+def inner_split(data: ClassificationData, fraction: float, seed: int) -> Split:
     """Stratified (domain × class) split of the training set: ``fraction`` of each cell goes to ``select``.
 
     Every non-empty cell keeps at least one training sample; cells of one sample stay wholly in ``fit``.
@@ -272,7 +272,7 @@ def inner_split(data: MultiDomainData, fraction: float, seed: int) -> Split:
     return Split(fit=np.sort(np.concatenate(fit)), select=np.sort(np.concatenate(select)))
 
 
-def inner_folds(data: MultiDomainData, n_folds: int, seed: int) -> np.ndarray:
+def inner_folds(data: ClassificationData, n_folds: int, seed: int) -> np.ndarray:
     """Fold of each training sample (N,) in 0..n_folds-1: a stratified (domain × class) K-fold partition.
 
     Each cell is shuffled with ``seed`` and dealt round-robin, the dealer's position carrying over from one

@@ -26,7 +26,7 @@ import torch
 
 from kdcore import losses
 from kdcore.config import ExperimentConfig, FitConfig, KDConfig
-from kdcore.data import MultiDomainData, inner_folds, inner_split
+from kdcore.data import ClassificationData, inner_folds, inner_split
 from kdcore.errors import DataError, TrainingError
 from kdcore.models import BatchedFFNN
 from kdcore.schedules import annealing_phi, lr_at
@@ -121,7 +121,7 @@ class Prepared:
     device: torch.device
 
 
-def _role_check(data: MultiDomainData, idx: np.ndarray, role: str, config: ExperimentConfig) -> None:
+def _role_check(data: ClassificationData, idx: np.ndarray, role: str, config: ExperimentConfig) -> None:
     missing = sorted(set(range(data.n_domains)) - set(data.d_train[idx].tolist()))
     if missing:
         raise DataError(
@@ -131,7 +131,7 @@ def _role_check(data: MultiDomainData, idx: np.ndarray, role: str, config: Exper
         )
 
 
-def prepare(data: MultiDomainData, config: ExperimentConfig, device: str | torch.device = "cpu") -> Prepared:
+def prepare(data: ClassificationData, config: ExperimentConfig, device: str | torch.device = "cpu") -> Prepared:
     """Split ``data`` by ``config.protocol`` (and ``config.inner``) and move it to ``device``.
 
     The ``seed`` protocol and the ``split`` inner validation give every seed the same sets (shared tensors);
@@ -531,7 +531,7 @@ class ExperimentResult:
 
 
 def run_experiment(
-    data: MultiDomainData,
+    data: ClassificationData,
     config: ExperimentConfig,
     *,
     device: str | torch.device = "cpu",

@@ -78,10 +78,10 @@ def test_fingerprint_is_stable_and_differs_between_files(reference_path: Callabl
 def test_fingerprint_changes_with_one_label() -> None:
     data = kdata.generate(0.5, train_per_domain=20, valid_per_domain=5, seed=0)
     arrays = {k: np.array(getattr(data, k)) for k in kdata.ARRAY_KEYS}
-    same = kdata.MultiDomainData(**arrays)
+    same = kdata.ClassificationData(**arrays)
     assert same.fingerprint() == data.fingerprint()  # source name is not part of the identity
     arrays["y_valid"][0] = 1 - arrays["y_valid"][0]
-    assert kdata.MultiDomainData(**arrays).fingerprint() != data.fingerprint()
+    assert kdata.ClassificationData(**arrays).fingerprint() != data.fingerprint()
 
 
 # ---------------------------------------------------------------- built-in sets
@@ -175,7 +175,7 @@ def test_well_formed_pickle_round_trips(tmp_path: Path, protocol: int) -> None:
     data = kdata.load_pickle(_write(tmp_path, arrays, protocol=protocol))
     for key in kdata.ARRAY_KEYS:
         np.testing.assert_allclose(getattr(data, key), arrays[key], rtol=1e-6)
-    assert data.fingerprint() == kdata.MultiDomainData(**arrays).fingerprint()
+    assert data.fingerprint() == kdata.ClassificationData(**arrays).fingerprint()
 
 
 def _set(key: str, value: Callable[[dict[str, np.ndarray]], Any]) -> Callable[[dict[str, np.ndarray]], Any]:
@@ -375,12 +375,12 @@ def test_ordered_dict_container_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def builtin_half() -> kdata.MultiDomainData:
+def builtin_half() -> kdata.ClassificationData:
     return kdata.builtin("d0.5")
 
 
 @pytest.mark.parametrize("fraction", [0.2, 0.1, 0.5, 0.33])
-def test_inner_split_is_stratified_disjoint_and_complete(builtin_half: kdata.MultiDomainData,
+def test_inner_split_is_stratified_disjoint_and_complete(builtin_half: kdata.ClassificationData,
                                                          fraction: float) -> None:
     data = builtin_half
     split = kdata.inner_split(data, fraction, seed=0)
@@ -395,7 +395,7 @@ def test_inner_split_is_stratified_disjoint_and_complete(builtin_half: kdata.Mul
             assert abs(chosen - fraction * cell.size) <= 1, (d, c, chosen, cell.size)
 
 
-def test_inner_split_is_deterministic_per_seed(builtin_half: kdata.MultiDomainData) -> None:
+def test_inner_split_is_deterministic_per_seed(builtin_half: kdata.ClassificationData) -> None:
     a = kdata.inner_split(builtin_half, 0.2, seed=7)
     b = kdata.inner_split(builtin_half, 0.2, seed=7)
     c = kdata.inner_split(builtin_half, 0.2, seed=8)
@@ -410,7 +410,7 @@ def test_inner_split_keeps_a_training_sample_in_tiny_cells() -> None:
         "d_train": np.array([0, 0, 0, 1, 1]),
         "x_valid": np.zeros((2, 2)), "y_valid": np.array([0, 1]), "d_valid": np.array([0, 1]),
     }
-    data = kdata.MultiDomainData(**arrays)
+    data = kdata.ClassificationData(**arrays)
     split = kdata.inner_split(data, 0.9, seed=0)
     # every (domain, class) cell keeps at least one sample in fit
     cells = data.d_train * 2 + data.y_train
@@ -420,7 +420,7 @@ def test_inner_split_keeps_a_training_sample_in_tiny_cells() -> None:
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
-def test_inner_split_rejects_bad_fraction(builtin_half: kdata.MultiDomainData, fraction: float) -> None:
+def test_inner_split_rejects_bad_fraction(builtin_half: kdata.ClassificationData, fraction: float) -> None:
     with pytest.raises(DataError, match="fraction"):
         kdata.inner_split(builtin_half, fraction, seed=0)
 

@@ -13,7 +13,7 @@ from torch import nn
 from kdcore import losses
 from kdcore.config import ExperimentConfig
 from kdcore.config import FitConfig as _FitConfig
-from kdcore.data import MultiDomainData, generate, inner_split
+from kdcore.data import ClassificationData, generate, inner_split
 from kdcore.errors import DataError, KDCoreError, TrainingError
 from kdcore.models import BatchedFFNN
 from kdcore.train import (
@@ -30,7 +30,7 @@ SEEDS = [0, 10, 1234, 99, 2021]
 
 
 @pytest.fixture(scope="module")
-def small() -> MultiDomainData:
+def small() -> ClassificationData:
     """180 training and 60 validation points in 3 domains: big enough to learn something, fast to fit."""
     return generate(0.5, train_per_domain=60, valid_per_domain=20, seed=0)
 
@@ -117,7 +117,7 @@ VARIANTS = {
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_batched_five_seeds_equal_five_standalone_runs(small: MultiDomainData, variant: str) -> None:
+def test_batched_five_seeds_equal_five_standalone_runs(small: ClassificationData, variant: str) -> None:
     fit, kd = VARIANTS[variant]
     together = run_experiment(small, _config(SEEDS, fit, kd))
     assert list(together.methods) == ["baseline", "teacher_0", "teacher_1", "teacher_2", "student"]
@@ -159,7 +159,7 @@ def _hand_loop(x: torch.Tensor, y: torch.Tensor, seed: int, lr: float, epochs: i
 
 
 @pytest.mark.parametrize("batch_size", [None, 32, 50])
-def test_standalone_and_batched_runs_equal_a_hand_written_loop(small: MultiDomainData,
+def test_standalone_and_batched_runs_equal_a_hand_written_loop(small: ClassificationData,
                                                                batch_size: int | None) -> None:
     prep = prepare(small, ExperimentConfig(seeds=tuple(SEEDS), inner="split"))  # one fit set for every seed
     fit = FitConfig(epochs=6, lr=1e-2, batch_size=batch_size, restore_best=False)
@@ -177,7 +177,7 @@ def test_standalone_and_batched_runs_equal_a_hand_written_loop(small: MultiDomai
         assert (hand[0].weight - init).abs().max() > 1e-3
 
 
-def test_same_config_twice_gives_identical_results(small: MultiDomainData) -> None:
+def test_same_config_twice_gives_identical_results(small: ClassificationData) -> None:
     config = _config([0, 99], {"epochs": 3, "batch_size": 40, "lr": 1e-2})
     a, b = run_experiment(small, config), run_experiment(small, config)
     assert isinstance(a, ExperimentResult) and a.fingerprint == small.fingerprint()
@@ -205,7 +205,7 @@ def _recomputed(result: FitResult, subset: Any) -> tuple[np.ndarray, np.ndarray]
     return acc, losses.cross_entropy(logits, subset.y, subset.weight).numpy()
 
 
-def test_early_stopping_stops_after_patience(small: MultiDomainData) -> None:
+def test_early_stopping_stops_after_patience(small: ClassificationData) -> None:
     prep = prepare(small, ExperimentConfig(seeds=(0, 10)))
     fit = FitConfig(epochs=400, lr=0.05, patience=3)
     reports: list[EpochReport] = []
@@ -218,7 +218,7 @@ def test_early_stopping_stops_after_patience(small: MultiDomainData) -> None:
     assert reports == result.history
 
 
-def test_restore_best_restores_the_best_epoch_weights(small: MultiDomainData) -> None:
+def test_restore_best_restores_the_best_epoch_weights(small: ClassificationData) -> None:
     prep = prepare(small, ExperimentConfig(seeds=tuple(SEEDS)))
     fit = FitConfig(epochs=25, lr=0.1, batch_size=16)  # a noisy run, so the best epoch is rarely the last
     result = train_supervised(prep, fit, SEEDS, method="baseline")
@@ -234,7 +234,7 @@ def test_restore_best_restores_the_best_epoch_weights(small: MultiDomainData) ->
     np.testing.assert_allclose(result.holdout_loss, holdout_loss, rtol=1e-5, atol=1e-7)
 
 
-def test_restore_best_false_keeps_the_last_weights(small: MultiDomainData) -> None:
+def test_restore_best_false_keeps_the_last_weights(small: ClassificationData) -> None:
     prep = prepare(small, ExperimentConfig(seeds=tuple(SEEDS)))
     fit = FitConfig(epochs=12, lr=0.1, batch_size=16, restore_best=False)
     result = train_supervised(prep, fit, SEEDS, method="baseline")
@@ -244,7 +244,7 @@ def test_restore_best_false_keeps_the_last_weights(small: MultiDomainData) -> No
     np.testing.assert_allclose(result.inner_loss, inner_loss, rtol=1e-5, atol=1e-7)
 
 
-def test_patience_still_stops_when_last_weights_are_kept(small: MultiDomainData) -> None:
+def test_patience_still_stops_when_last_weights_are_kept(small: ClassificationData) -> None:
     prep = prepare(small, ExperimentConfig(seeds=(0, 10)))
     stopped = train_supervised(prep, FitConfig(epochs=400, lr=0.05, patience=3), [0, 10], method="b")
     assert stopped.epochs_run < 400  # the same run with restore_best does stop
@@ -253,14 +253,14 @@ def test_patience_still_stops_when_last_weights_are_kept(small: MultiDomainData)
     assert kept_last.epochs_run == stopped.epochs_run
 
 
-def test_eval_every_evaluates_on_schedule_and_at_the_end(small: MultiDomainData) -> None:
+def test_eval_every_evaluates_on_schedule_and_at_the_end(small: ClassificationData) -> None:
     prep = prepare(small, ExperimentConfig(seeds=(0,)))
     result = train_supervised(prep, FitConfig(epochs=7), [0], method="baseline", eval_every=3)
     assert [r.epoch for r in result.history] == [3, 6, 7]
     assert result.best_epoch[0] in (3, 6, 7)
 
 
-def test_seed_protocol_selects_on_the_given_validation_set(small: MultiDomainData) -> None:
+def test_seed_protocol_selects_on_the_given_validation_set(small: ClassificationData) -> None:
     config = ExperimentConfig(seeds=(0, 1), protocol="seed")
     prep = prepare(small, config)
     assert torch.equal(prep.select.x, prep.holdout.x) and torch.equal(prep.select.y, prep.holdout.y)
@@ -270,7 +270,7 @@ def test_seed_protocol_selects_on_the_given_validation_set(small: MultiDomainDat
     np.testing.assert_array_equal(result.inner_acc, result.holdout_acc)  # selected where it is reported
 
 
-def test_honest_protocol_selects_on_an_inner_split_of_train(small: MultiDomainData) -> None:
+def test_honest_protocol_selects_on_an_inner_split_of_train(small: ClassificationData) -> None:
     config = ExperimentConfig(seeds=(0, 1), inner="split", inner_fraction=0.25, split_seed=3)
     prep = prepare(small, config)
     split = inner_split(small, 0.25, 3)
@@ -290,7 +290,7 @@ def test_honest_protocol_selects_on_an_inner_split_of_train(small: MultiDomainDa
     np.testing.assert_allclose(result.inner_acc, acc, atol=1e-6)
 
 
-def test_teachers_see_only_their_domain(small: MultiDomainData) -> None:
+def test_teachers_see_only_their_domain(small: ClassificationData) -> None:
     config = _config([0], {"epochs": 2, "lr": 1e-2}, protocol="seed")
     result = run_experiment(small, config, methods=("teachers",))
     assert list(result.methods) == ["teacher_0", "teacher_1", "teacher_2"]
@@ -304,7 +304,7 @@ def test_teachers_see_only_their_domain(small: MultiDomainData) -> None:
 # ---------------------------------------------------------------- annealing KD
 
 
-def test_annealing_runs_both_phases_with_continuous_epochs(small: MultiDomainData) -> None:
+def test_annealing_runs_both_phases_with_continuous_epochs(small: ClassificationData) -> None:
     config = _config([0, 10], {"epochs": 3, "lr": 1e-2, "batch_size": 64},
                      kd={"method": "annealing", "tau_max": 2, "anneal_epochs": 4})
     reports: list[EpochReport] = []
@@ -320,7 +320,7 @@ def test_annealing_runs_both_phases_with_continuous_epochs(small: MultiDomainDat
     assert not torch.allclose(_weights(student, 0)["net.0.weight"], hinton_weights)
 
 
-def test_annealing_phase_two_patience_counts_from_its_own_start(small: MultiDomainData) -> None:
+def test_annealing_phase_two_patience_counts_from_its_own_start(small: ClassificationData) -> None:
     config = _config([0], {"epochs": 300, "lr": 0.05, "patience": 2},
                      kd={"method": "annealing", "tau_max": 2, "anneal_epochs": 4})
     student = run_experiment(small, config).methods["student"]
@@ -331,20 +331,20 @@ def test_annealing_phase_two_patience_counts_from_its_own_start(small: MultiDoma
 # ---------------------------------------------------------------- divergence, optimizers
 
 
-def test_nan_loss_raises_training_error(small: MultiDomainData) -> None:
+def test_nan_loss_raises_training_error(small: ClassificationData) -> None:
     prep = prepare(small, ExperimentConfig(seeds=(0, 1)))
     with pytest.raises(TrainingError, match="NaN") as info:
         train_supervised(prep, FitConfig(epochs=5, lr=1e30), [0, 1], method="baseline")
     assert "baseline" in str(info.value)
 
 
-def test_absurd_learning_rate_is_a_kdcore_error(small: MultiDomainData) -> None:
+def test_absurd_learning_rate_is_a_kdcore_error(small: ClassificationData) -> None:
     prep = prepare(small, ExperimentConfig(seeds=(0,)))
     with pytest.raises(KDCoreError):
         train_supervised(prep, FitConfig(epochs=2, lr=1e38), [0], method="baseline")
 
 
-def test_adamw_weight_decay_changes_results(small: MultiDomainData) -> None:
+def test_adamw_weight_decay_changes_results(small: ClassificationData) -> None:
     prep = prepare(small, ExperimentConfig(seeds=(0, 10)))
     common = {"epochs": 5, "lr": 1e-2, "batch_size": 40}
     adam = train_supervised(prep, FitConfig(**common), [0, 10], method="b")
@@ -362,7 +362,7 @@ def test_adamw_weight_decay_changes_results(small: MultiDomainData) -> None:
 # ---------------------------------------------------------------- results
 
 
-def test_summary_means_and_sample_std(small: MultiDomainData) -> None:
+def test_summary_means_and_sample_std(small: ClassificationData) -> None:
     prep = prepare(small, ExperimentConfig(seeds=(0, 10, 99)))
     result = train_supervised(prep, FitConfig(epochs=3, lr=1e-2), [0, 10, 99], method="baseline")
     s = result.summary()
@@ -393,7 +393,7 @@ def _rows(x: torch.Tensor) -> set[tuple[float, ...]]:
     return {tuple(r) for r in x.reshape(-1, x.shape[-1]).tolist()}
 
 
-def test_folds_give_every_training_point_to_exactly_one_seed_to_select_on(small: MultiDomainData) -> None:
+def test_folds_give_every_training_point_to_exactly_one_seed_to_select_on(small: ClassificationData) -> None:
     config = ExperimentConfig(seeds=tuple(SEEDS))  # 5 seeds, inner_fraction 0.2: 5 folds
     assert config.inner == "folds" and config.n_folds == 5
     prep = prepare(small, config)
@@ -413,7 +413,7 @@ def test_folds_give_every_training_point_to_exactly_one_seed_to_select_on(small:
     assert len(selected) == len(train) and set(selected) == train  # each point selects for exactly one seed
 
 
-def test_folds_are_stratified_balanced_and_deterministic(small: MultiDomainData) -> None:
+def test_folds_are_stratified_balanced_and_deterministic(small: ClassificationData) -> None:
     from kdcore.data import inner_folds
 
     folds = inner_folds(small, 5, seed=0)

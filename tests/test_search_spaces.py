@@ -383,7 +383,7 @@ def test_space_error_is_a_kdcore_error_and_a_value_error() -> None:
             student.optimizer: {type: categorical, choices: [adam, adamw]}
             student.weight_decay: {type: float, low: 1.0e-6, high: 1.0e-2, log: true}
             """,
-            "weight_decay=1e-06 applies only to optimizer 'adamw'",
+            "weight_decay=1e-06 applies only to optimizers",
         ),
         (
             """
@@ -412,7 +412,7 @@ def test_bad_knobs_are_rejected_naming_file_and_knob(tmp_path: Path, knobs: str,
     ("fixed", "expected"),
     [
         ("{student: {lr: -1.0}}", "fixed: student: lr must be > 0, but got -1.0"),
-        ("{student: {optimizer: sgd}}", "fixed: student: optimizer must be one of ['adam', 'adamw'], but got 'sgd'"),
+        ("{student: {optimizer: rmsprop}}", "fixed: student: optimizer must be one of ['adam', 'adamw', 'adam_coupled', 'sgd'], but got 'rmsprop'"),
         ("{student: {lrr: 0.1}}", "fixed: unknown setting 'student.lrr'"),
         ("{seeds: [0, 0]}", "fixed: seeds must be distinct"),
         ("{student.lr: 0.1, student: {lr: 0.2}}", "fixed: 'student.lr' is set twice"),

@@ -48,7 +48,7 @@ METRIC = "inner_acc"
 REPORT_EVERY_S = 0.5
 _EVAL_FIELDS = (EVAL_KEY, "epoch", AT_KEY, *METRICS)
 
-_DATA: dict[str, kdata.MultiDomainData] = {}
+_DATA: dict[str, kdata.ClassificationData] = {}
 _PREP: dict[tuple[Any, ...], Prepared] = {}
 
 
