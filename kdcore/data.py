@@ -1,4 +1,8 @@
-"""Multi-domain classification data: the typed dataset, safe loading, the built-in generator, the inner split.
+"""Classification data of any task: the typed dataset, its validation, safe pickles, the built-in generator.
+
+A dataset is train and holdout arrays: features of any shape, integer classes and, optionally, the group
+(domain) of each sample. ``load(spec)`` reads every form ``--data`` accepts; the forms other than the
+reference-format pickle and the built-in 2-D sets live in ``kdcore.sources``.
 
 The reference files are pickles; a pickle runs whatever code its author chose, so they are read through
 ``_NumpyOnlyUnpickler``, which admits numpy arrays and dtypes and refuses every other global *before*
@@ -11,6 +15,7 @@ import hashlib
 import io
 import math
 import pickle
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,19 +24,27 @@ import numpy as np
 
 from kdcore.errors import DataError
 
+# The order is part of ``fingerprint``: never reorder.
 ARRAY_KEYS = ("x_train", "y_train", "d_train", "x_valid", "y_valid", "d_valid")
+REQUIRED_KEYS = ("x_train", "y_train", "x_valid", "y_valid")
+GROUP_KEYS = ("d_train", "d_valid")
 BUILTIN_DISTANCES = (0.25, 0.5, 0.75, 1.0)
+BUILTIN_NAMES = tuple(f"d{d}" for d in BUILTIN_DISTANCES) + ("digits",)
 # The built-in sets mirror the reference files: 800 train and 100 validation points per domain.
 BUILTIN_TRAIN_PER_DOMAIN = 800
 BUILTIN_VALID_PER_DOMAIN = 100
 BUILTIN_SEED = 20211
+_FORMS = "an .npz file, a CIFAR-10/100 folder, builtin:NAME or a reference-format pickle"
 
 
 @dataclass(frozen=True, eq=False)
 class ClassificationData:
-    """Train and holdout (the given validation set) arrays of a multi-domain classification task.
+    """Train and holdout (the given validation set) arrays of a classification task.
 
-    x: (N, F) float32 features; y: (N,) int64 class in 0..C-1; d: (N,) int64 domain in 0..K-1.
+    x: (N, *feature_shape) float32 features, at least one feature axis ((N, F) tables, (N, C, H, W) images);
+    y: (N,) int64 class in 0..C-1, every class present in y_train; d: (N,) int64 group (domain) in 0..K-1,
+    all zeros (one group) for data without groups. Arrays are copied and read-only once validated.
+    ``from_arrays`` builds one from a mapping whose groups may be absent.
     """
 
     x_train: np.ndarray
@@ -50,17 +63,35 @@ class ClassificationData:
             arr.setflags(write=False)
             object.__setattr__(self, key, arr)
 
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, Any], source: str = "arrays") -> ClassificationData:
+        """The dataset of ``x_train, y_train, x_valid, y_valid`` and optionally both ``d_train, d_valid``.
+
+        Without groups every sample is in group 0. Unknown keys are refused, so a misspelt group key is not
+        silently read as "no groups".
+        """
+        validate_keys(arrays, source)
+        return cls(**_with_groups(arrays), source=source)
+
     @property
     def n_domains(self) -> int:
+        """Number of groups (domains) K: the largest group + 1; 1 for data without groups."""
         return int(self.d_train.max()) + 1
 
     @property
     def n_classes(self) -> int:
+        """Number of classes C: the largest label + 1 (validation ensures each of 0..C-1 is in y_train)."""
         return int(max(self.y_train.max(), self.y_valid.max())) + 1
 
     @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """Shape of one sample's features: ``(F,)`` for a table, ``(C, H, W)`` for images."""
+        return tuple(int(n) for n in self.x_train.shape[1:])
+
+    @property
     def n_features(self) -> int:
-        return int(self.x_train.shape[1])
+        """Number of feature values per sample: the product of ``feature_shape`` (its flattened size)."""
+        return math.prod(self.feature_shape)
 
     def fingerprint(self) -> str:
         """sha256 over every array's dtype, shape and bytes, in a fixed order: the dataset's identity."""
@@ -72,23 +103,59 @@ class ClassificationData:
         return digest.hexdigest()
 
 
-def validate_arrays(arrays: dict[str, Any], source: str) -> None:
-    """Raise DataError naming ``source`` and the first thing wrong with the arrays."""
+def validate_keys(keys: Iterable[object], source: str) -> None:
+    """Raise DataError unless ``keys`` are the four required ones plus, optionally, both group keys."""
+    keys = list(keys)
+    missing = [k for k in REQUIRED_KEYS if k not in keys]
+    unknown = [k for k in keys if k not in ARRAY_KEYS]
+    valid = f"a dataset needs {list(REQUIRED_KEYS)} and may add the groups {list(GROUP_KEYS)}"
+    if missing:
+        also = f" (and holds unknown key(s) {', '.join(map(repr, unknown))})" if unknown else ""
+        raise DataError(f"{source}: missing key {missing[0]!r}{also}; {valid}")
+    if unknown:
+        raise DataError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; {valid}")
+    given = [k for k in GROUP_KEYS if k in keys]
+    if len(given) == 1:
+        lacking = next(k for k in GROUP_KEYS if k not in keys)
+        raise DataError(f"{source}: {given[0]} is given without {lacking}; give both (the group of each "
+                        "sample, e.g. its domain) or neither (all samples one group)")
+
+
+def _with_groups(arrays: Mapping[str, Any]) -> dict[str, Any]:
+    """The six arrays of ARRAY_KEYS, in that order; absent groups become zeros (one group)."""
+    out = {}
     for key in ARRAY_KEYS:
-        if key not in arrays:
-            raise DataError(f"{source}: missing key {key!r}; a dataset needs {list(ARRAY_KEYS)}")
+        if key in arrays:
+            out[key] = arrays[key]
+        else:
+            out[key] = np.zeros(np.shape(arrays[key.replace("d_", "y_")])[:1], dtype=np.int64)
+    return out
+
+
+def validate_arrays(arrays: Mapping[str, Any], source: str) -> None:
+    """Raise DataError naming ``source`` and the first thing wrong with the arrays (groups may be absent)."""
+    validate_keys(arrays, source)
+    for key in REQUIRED_KEYS + tuple(k for k in GROUP_KEYS if k in arrays):
         if not isinstance(arrays[key], np.ndarray):
             raise DataError(f"{source}: {key} must be a numpy array, but got {type(arrays[key]).__name__}")
+    arrays = _with_groups(arrays)
     for split in ("train", "valid"):
         x, y, d = (arrays[f"{p}_{split}"] for p in "xyd")
-        if x.ndim != 2 or x.shape[1] < 1:
-            raise DataError(f"{source}: x_{split} must have shape (N, F), but got {x.shape}")
+        if x.ndim < 2 or 0 in x.shape[1:]:
+            raise DataError(f"{source}: x_{split} must have shape (N, F), or (N, *feature_shape) with at least "
+                            f"one non-empty feature axis such as (N, C, H, W), but got {x.shape}")
         if x.shape[0] == 0:
             raise DataError(f"{source}: x_{split} is empty")
-        if not np.issubdtype(x.dtype, np.floating):
-            raise DataError(f"{source}: x_{split} must be floating point, but got dtype {x.dtype}")
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise DataError(f"{source}: x_{split} must be floating point or integer (read as float32), "
+                            f"but got dtype {x.dtype}")
         if not np.isfinite(x).all():
             raise DataError(f"{source}: x_{split} holds NaN or infinite values")
+        if x.dtype.itemsize > 4 and np.issubdtype(x.dtype, np.floating):
+            largest = float(np.abs(x).max())
+            if largest > float(np.finfo(np.float32).max):
+                raise DataError(f"{source}: x_{split} holds values beyond float32's range (largest |x| = "
+                                f"{largest:.3g}); kdtune computes in float32: rescale the features")
         for name, arr in ((f"y_{split}", y), (f"d_{split}", d)):
             if arr.ndim != 1:
                 raise DataError(f"{source}: {name} must have shape (N,), but got {arr.shape}")
@@ -101,10 +168,11 @@ def validate_arrays(arrays: dict[str, Any], source: str) -> None:
                 )
             if arr.min() < 0:
                 raise DataError(f"{source}: {name} must be >= 0, but got min {arr.min()}")
-    if arrays["x_train"].shape[1] != arrays["x_valid"].shape[1]:
+    train_shape, valid_shape = arrays["x_train"].shape[1:], arrays["x_valid"].shape[1:]
+    if train_shape != valid_shape:
         raise DataError(
-            f"{source}: x_train and x_valid must have the same number of features, "
-            f"but got {arrays['x_train'].shape[1]} and {arrays['x_valid'].shape[1]}"
+            f"{source}: x_train and x_valid must have the same feature shape (the same number of features, "
+            f"laid out alike), but got {train_shape} and {valid_shape}"
         )
     n_domains = int(arrays["d_train"].max()) + 1
     n_classes = int(arrays["y_train"].max()) + 1
@@ -115,19 +183,29 @@ def validate_arrays(arrays: dict[str, Any], source: str) -> None:
             f"{source}: y_valid holds class {int(arrays['y_valid'].max())}, "
             f"which never occurs in y_train (classes 0..{n_classes - 1})"
         )
+    class_counts = np.bincount(arrays["y_train"], minlength=n_classes)
+    if (class_counts == 0).any():
+        absent_classes = [int(c) for c in np.flatnonzero(class_counts == 0)]
+        raise DataError(
+            f"{source}: class(es) {absent_classes} never occur in y_train, whose largest label is "
+            f"{n_classes - 1}; every class 0..{n_classes - 1} needs training samples: number the classes "
+            "0..C-1 without gaps"
+        )
     if int(arrays["d_valid"].max()) >= n_domains:
         raise DataError(
-            f"{source}: d_valid holds domain {int(arrays['d_valid'].max())}, "
-            f"but d_train has domains 0..{n_domains - 1} only"
+            f"{source}: d_valid holds group (domain) {int(arrays['d_valid'].max())}, "
+            f"but d_train has groups 0..{n_domains - 1} only"
         )
     valid_domains = set(np.unique(arrays["d_valid"]).tolist())
     absent = [k for k in range(n_domains) if k not in valid_domains]
     if absent:
-        raise DataError(f"{source}: domain(s) {absent} have no validation samples; every domain needs some")
+        raise DataError(f"{source}: group(s) (domains) {absent} have no validation samples; every group needs "
+                        "some")
     counts = np.bincount(arrays["d_train"], minlength=n_domains)
     if (counts == 0).any():
         empty = [int(k) for k in np.flatnonzero(counts == 0)]
-        raise DataError(f"{source}: domain(s) {empty} have no training samples; domains must be 0..K-1, each used")
+        raise DataError(f"{source}: group(s) (domains) {empty} have no training samples; groups must be "
+                        "0..K-1, each used")
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -154,37 +232,52 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         )
 
 
-def load_pickle(path: str | Path) -> ClassificationData:
-    """Load a reference-format pickle (a dict of numpy arrays) safely and validate it."""
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"data file not found: {path} is a folder; give a dataset file (a reference-format "
-                        "pickle) or builtin:NAME")
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
+def read_pickle(path: Path, *, what: str = "dataset pickle", hint: str = "", encoding: str = "ASCII") -> Any:
+    """The object pickled in the file at ``path``, through the numpy-only unpickler; any failure is one line.
+
+    ``what`` names the kind of file in messages, ``hint`` follows the "not a pickle at all" message, and
+    ``encoding="bytes"`` reads Python 2 pickles (CIFAR's) with their ``str`` as ``bytes``.
+    """
     raw = path.read_bytes()
     if not raw:
-        raise DataError(f"{path}: not a readable dataset pickle: the file is empty")
+        raise DataError(f"{path}: not a readable {what}: the file is empty")
     try:
-        obj = _NumpyOnlyUnpickler(io.BytesIO(raw)).load()
+        return _NumpyOnlyUnpickler(io.BytesIO(raw), encoding=encoding).load()
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from None
-    except EOFError:
-        raise DataError(f"{path}: not a readable dataset pickle: the file ends before its pickle does "
-                        "(truncated)") from None
-    except pickle.UnpicklingError as exc:
-        if "invalid load key" not in str(exc):
-            raise DataError(f"{path}: not a readable dataset pickle ({exc})") from None
-        head = raw[:24].decode("utf-8", "replace").strip().splitlines()
-        shown = repr(head[0]) if head and head[0].isprintable() else "binary data"
-        raise DataError(f"{path}: not a readable dataset pickle: it is not a pickle at all (it starts with "
-                        f"{shown}); --data takes a pickle of a dict of numpy arrays {list(ARRAY_KEYS)}") from None
+    except (EOFError, pickle.UnpicklingError) as exc:
+        text = " ".join(str(exc).split())  # one line: some of pickle's messages span two
+        if isinstance(exc, EOFError) or "truncated" in text:
+            raise DataError(f"{path}: not a readable {what}: the file ends before its pickle does "
+                            "(truncated)") from None
+        # a foreign file's first byte is seldom a pickle opcode; "P" (a zip's "PK") is the persistent-id one
+        if "invalid load key" not in text and "persistent" not in text:
+            raise DataError(f"{path}: not a readable {what} ({text})") from None
+        if raw.startswith(b"PK\x03\x04"):
+            shown = "a zip archive's signature: an .npz file needs a name ending in .npz"
+        else:
+            head = raw[:24].decode("utf-8", "replace").strip().splitlines()
+            shown = repr(head[0]) if head and head[0].isprintable() else "binary data"
+        raise DataError(f"{path}: not a readable {what}: it is not a pickle at all (it starts with "
+                        f"{shown}){hint}") from None
     except Exception as exc:  # noqa: BLE001 - any other unpickling failure means a corrupt or foreign file
-        raise DataError(f"{path}: not a readable dataset pickle ({type(exc).__name__}: {exc})") from None
+        text = " ".join(str(exc).split())
+        raise DataError(f"{path}: not a readable {what} ({type(exc).__name__}: {text})") from None
+
+
+def load_pickle(path: str | Path) -> ClassificationData:
+    """Load a reference-format pickle (a dict of numpy arrays, groups optional) safely and validate it."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"data file not found: {path} is a folder; give {_FORMS}")
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    obj = read_pickle(path, hint=f"; --data takes {_FORMS} (a pickle of a dict of numpy arrays "
+                                 f"{list(REQUIRED_KEYS)}, optionally with {list(GROUP_KEYS)})")
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a dict of numpy arrays, but the pickle holds {type(obj).__name__}")
     validate_arrays(obj, str(path))
-    return ClassificationData(**{k: obj[k] for k in ARRAY_KEYS}, source=str(path.resolve()))
+    return ClassificationData.from_arrays(obj, source=str(path.resolve()))
 
 
 def generate(
@@ -226,22 +319,33 @@ def generate(
 
 
 def builtin(name: str) -> ClassificationData:
-    """``'d0.5'`` -> the built-in set at that centre distance (fixed seed, reference sizes)."""
+    """``'d0.5'`` -> the built-in 2-D set at that centre distance (fixed seed, reference sizes);
+    ``'digits'`` -> scikit-learn's 8x8 handwritten digits with a fixed holdout (``kdcore.sources.digits``)."""
+    if name == "digits":
+        from kdcore import sources  # sources imports this module: resolved at call time
+
+        return sources.digits()
     try:
         distance = float(name.removeprefix("d"))
     except ValueError:
         distance = -1.0
     if not name.startswith("d") or distance not in BUILTIN_DISTANCES:
-        names = [f"builtin:d{d}" for d in BUILTIN_DISTANCES]
+        names = [f"builtin:{n}" for n in BUILTIN_NAMES]
         raise DataError(f"unknown built-in dataset 'builtin:{name}'; choose one of {names}")
     return generate(distance, seed=BUILTIN_SEED, source=f"builtin:d{distance}")
 
 
 def load(spec: str) -> ClassificationData:
-    """``builtin:d0.5`` for a built-in set, anything else is a path to a reference-format pickle."""
+    """Every form ``--data`` takes: ``builtin:NAME``, a CIFAR-10/100 python-version folder, an ``.npz``
+    file, or else a reference-format pickle. Any problem is one DataError line."""
     if spec.startswith("builtin:"):
         return builtin(spec.removeprefix("builtin:"))
-    return load_pickle(spec)
+    path = Path(spec)
+    if path.is_dir() or path.suffix.lower() == ".npz":
+        from kdcore import sources  # sources imports this module: resolved at call time
+
+        return sources.load_cifar(path) if path.is_dir() else sources.load_npz(path)
+    return load_pickle(path)
 
 
 @dataclass(frozen=True)
@@ -253,7 +357,7 @@ class Split:
 
 
 def inner_split(data: ClassificationData, fraction: float, seed: int) -> Split:
-    """Stratified (domain × class) split of the training set: ``fraction`` of each cell goes to ``select``.
+    """Stratified (group × class) split of the training set: ``fraction`` of each cell goes to ``select``.
 
     Every non-empty cell keeps at least one training sample; cells of one sample stay wholly in ``fit``.
     """
@@ -273,10 +377,10 @@ def inner_split(data: ClassificationData, fraction: float, seed: int) -> Split:
 
 
 def inner_folds(data: ClassificationData, n_folds: int, seed: int) -> np.ndarray:
-    """Fold of each training sample (N,) in 0..n_folds-1: a stratified (domain × class) K-fold partition.
+    """Fold of each training sample (N,) in 0..n_folds-1: a stratified (group × class) K-fold partition.
 
     Each cell is shuffled with ``seed`` and dealt round-robin, the dealer's position carrying over from one
-    cell to the next (cells in domain-major order), so every cell, every domain and the whole set split into
+    cell to the next (cells in group-major order), so every cell, every group and the whole set split into
     folds whose sizes differ by at most one.
     """
     if isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 2:

@@ -49,6 +49,53 @@ def hinton_kd(
     return loss
 
 
+def subset_kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
+                 weight: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Distillation from class-subset teachers, mean over samples. -> (...).
+
+    For sample i and each of its teacher slots r (``weight`` (..., B, R) 1 for a routed teacher, 0 for an
+    empty slot): ``T^2 * KL(softmax(z_t/T) over S_r || softmax(z_s/T) renormalised over S_r)``, where
+    ``mask`` (..., B, R, C) marks the classes S_r that teacher knows and ``teacher_logits`` (..., B, R, C)
+    holds its logits in those slots; averaged over the sample's routed teachers. Both sides are
+    distributions over S_r, so a class two teachers share is never counted twice. With one routed teacher
+    that knows every class this is ``kd_kl``, to the last bit.
+    """
+    hidden = ~mask
+    log_p_s = F.log_softmax((student_logits.unsqueeze(-2) / temperature).masked_fill(hidden, -torch.inf), dim=-1)
+    log_p_t = F.log_softmax((teacher_logits / temperature).masked_fill(hidden, -torch.inf), dim=-1)
+    # Outside S_r both are -inf: the term is 0 there (where, not 0 * nan).
+    terms = torch.where(mask, log_p_t.exp() * (log_p_t - log_p_s), torch.zeros_like(log_p_t))
+    kl = terms.sum(dim=-1).clamp_min(0)  # (..., B, R); >= 0, rounding can dip below
+    per_sample = (kl * weight).sum(dim=-1) / weight.sum(dim=-1)
+    return temperature**2 * per_sample.mean(dim=-1)
+
+
+def subset_hinton_kd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
+    """``(1 - alpha) * CE(y, z_s) + alpha * subset_kd_kl``: Hinton KD from the teachers routed to each sample.
+    Equals ``hinton_kd`` when each sample has one teacher that knows every class."""
+    loss = alpha * subset_kd_kl(student_logits, teacher_logits, mask, weight, temperature)
+    if alpha < 1:
+        loss = loss + (1 - alpha) * cross_entropy(student_logits, labels)
+    return loss
+
+
+def subset_target(teacher_logits: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
+    """What a student matching every routed teacher exactly would output: the routed teachers' tempered
+    distributions, each over its S_r, averaged. (..., B, R, C) -> (..., B, C); each row sums to 1."""
+    p_t = F.softmax((teacher_logits / temperature).masked_fill(~mask, -torch.inf), dim=-1)
+    p_t = torch.where(mask, p_t, torch.zeros_like(p_t))
+    return (p_t * weight.unsqueeze(-1)).sum(dim=-2) / weight.sum(dim=-1, keepdim=True)
+
+
 def annealing_target(teacher_logits: torch.Tensor, phi: float) -> torch.Tensor:
     """Phase-1 target of annealing KD: the teacher's logits scaled by ``phi`` in (0, 1]."""
     return teacher_logits * phi

@@ -17,6 +17,11 @@ def step_lr(lr: float, step: int, *, step_size: int, gamma: float) -> float:
     return lr * gamma ** (step // step_size)
 
 
+def multistep_lr(lr: float, epoch: int, *, milestones: tuple[int, ...], gamma: float) -> float:
+    """``lr * gamma ** (number of milestones <= epoch)``: ``MultiStepLR`` stepped once per epoch (0-based)."""
+    return lr * gamma ** sum(1 for m in milestones if m <= epoch)
+
+
 def cyclic_lr(base_lr: float, step: int, *, max_lr: float, step_size_up: int) -> float:
     """Triangular cycle (Smith 2017): base_lr at 0, max_lr at step_size_up, base_lr at 2 * step_size_up."""
     cycle_pos = (step % (2 * step_size_up)) / step_size_up  # 0 .. 2
@@ -57,6 +62,8 @@ def lr_at(fit: FitConfig, step: int, steps_per_epoch: int, total_steps: int) -> 
         return constant_lr(fit.lr, step)
     if fit.schedule == "step":
         return step_lr(fit.lr, step, step_size=fit.step_size * steps_per_epoch, gamma=fit.gamma)
+    if fit.schedule == "multistep":
+        return multistep_lr(fit.lr, step // steps_per_epoch, milestones=fit.milestones, gamma=fit.gamma)
     if fit.schedule == "cyclic":
         return cyclic_lr(fit.lr, step, max_lr=fit.max_lr, step_size_up=fit.cycle_epochs * steps_per_epoch)
     if fit.schedule == "onecycle":

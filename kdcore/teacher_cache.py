@@ -21,18 +21,35 @@ import torch
 
 from kdcore.atomic_file import write_atomic
 from kdcore.config import ExperimentConfig
-from kdcore.models import BatchedFFNN
-from kdcore.train import FitResult, Prepared, train_teachers
+from kdcore.models import SeedModel
+from kdcore.train import FitResult, Prepared, new_model, task_of, train_teachers
 
 CACHE_FORMAT = 1
 
 
+def _file_digest(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return "missing"
+
+
 def teacher_key(fingerprint: str, config: ExperimentConfig) -> str:
-    """sha256 of everything teachers depend on: data, teacher settings, split, protocol and seeds."""
+    """sha256 of everything teachers depend on: data, teacher settings, task, split, protocol and seeds.
+
+    Settings added after the multi-domain task (model fields, the task) enter only when they differ from
+    their defaults, so the keys of studies made before them stay valid; a checkpoint enters by its content.
+    """
+    task = {}
+    if not config.task.is_default:
+        task = {"task": config.task.to_dict(),
+                "checkpoints": [_file_digest(t.checkpoint) for t in config.task.teachers  # type: ignore[union-attr]
+                                if t.checkpoint is not None]}
     parts = {
         "format": CACHE_FORMAT,
         "data": fingerprint,
-        "teacher": config.teacher.to_dict(),
+        "teacher": config.teacher.key_dict(),
+        **task,
         "seeds": list(config.seeds),
         "protocol": config.protocol,
         "inner_fraction": config.inner_fraction if config.protocol == "honest" else None,
@@ -47,10 +64,10 @@ def teacher_key(fingerprint: str, config: ExperimentConfig) -> str:
 
 @dataclass
 class CachedTeachers:
-    """Trained teachers (one BatchedFFNN per domain) with their summaries, and whether the cache had them."""
+    """The task's teachers (one seed-batched model each) with their summaries, and whether the cache had them."""
 
     key: str
-    models: list[BatchedFFNN]
+    models: list[SeedModel]
     summaries: list[dict[str, Any]]
     hit: bool
 
@@ -101,12 +118,13 @@ class TeacherCache:
         try:
             payload = torch.load(self.path(key), map_location=prep.device, weights_only=True)
             models = []
-            for state in payload["states"]:
-                fit = config.teacher
-                model = BatchedFFNN(prep.n_features, fit.hidden, prep.n_classes, config.seeds,
-                                    batch_norm=fit.batch_norm)
+            teachers = task_of(prep, config).teachers
+            if len(teachers) != len(payload["states"]):
+                return None
+            for teacher, state in zip(teachers, payload["states"]):
+                model = new_model(prep, teacher.fit, config.seeds, len(teacher.classes))
                 model.load_state_dict(state)
-                models.append(model.to(prep.device))
+                models.append(model)
             return CachedTeachers(key, models, json.loads(payload["summaries"]), hit=True)
         except FileNotFoundError:
             return None

@@ -1,8 +1,11 @@
-"""Training: the mixed-domain baseline, the per-domain teachers and the distilled student, all seeds at once.
+"""Training: the baseline, the teachers of a task and the distilled student, all seeds at once.
 
-Every method trains one ``BatchedFFNN`` whose seed axis holds the runs of all seeds. The loss is the sum
-over seeds of each seed's batch-mean loss, and Adam/AdamW act elementwise, so seed s receives exactly the
-updates it would receive alone (tests hold a batched run against standalone runs).
+Every method trains one seed-batched model (``kdcore.models.batched``) whose seed axis holds the runs of
+all seeds. The loss is the sum over seeds of each seed's batch-mean loss, and the optimizers act
+elementwise, so seed s receives exactly the updates it would receive alone (tests hold a batched run
+against standalone runs). The teachers and the routing come from the task (``kdcore.task``): each teacher
+trains on the samples of its classes (and group), in its own label space; the student learns every class
+from the teachers routed to each sample.
 
 Selection: each method evaluates every ``eval_every`` epochs on its *selection* set (the inner split under
 the honest protocol, the given validation set under the seed protocol), keeps each seed's best weights by
@@ -24,25 +27,35 @@ from typing import SupportsFloat
 import numpy as np
 import torch
 
-from kdcore import losses
+from kdcore import losses, models
+from kdcore.checkpoint import load_teacher
 from kdcore.config import ExperimentConfig, FitConfig, KDConfig
 from kdcore.data import ClassificationData, inner_folds, inner_split
-from kdcore.errors import DataError, TrainingError
-from kdcore.models import BatchedFFNN
+from kdcore.errors import ConfigError, DataError, TrainingError
+from kdcore.models import SeedModel
 from kdcore.schedules import annealing_phi, lr_at
+from kdcore.task import Task, Teacher, resolve
+
+
+def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` (S, B) of a per-seed tensor t (S, N, ...), each seed from its own rows: -> (S, B, ...)."""
+    if t.dim() == 2:
+        return t.gather(1, idx)
+    if t.dim() == 3:
+        return t.gather(1, idx.unsqueeze(-1).expand(*idx.shape, t.shape[-1]))
+    return t[torch.arange(t.shape[0], device=t.device)[:, None], idx]
 
 
 @dataclass(frozen=True)
 class Subset:
     """Samples on the training device, shared by every seed or one set per seed.
 
-    Shared: x (N, F), y (N,), d (N,). Per seed: x (S, M, F), y (S, M), d (S, M), each seed its own rows.
+    Shared: x (N, ...), y (N,), d (N,). Per seed: x (S, M, ...), y (S, M), d (S, M), each seed its own rows.
+    d is each sample's group (its domain in the multi-domain task; zeros when the data has none).
     Per-seed sets of unequal sizes are padded to a common M: a fitting set repeats some of the seed's own
     rows (so every position is a real sample and batches stay plain), an ``evaluation`` set pads with rows
     of ``weight`` 0, which every metric and loss leaves out. ``weight`` (S, M) is None when no row is
     padding; ``real`` holds each seed's number of real rows (they come first) when a fitting set was padded.
-    ``domain_lengths[k]`` is the M of domain k's subset: the largest over every fold, not only over the
-    folds of the seeds present, so that a seed trains the same alone as beside others.
     """
 
     x: torch.Tensor
@@ -51,33 +64,31 @@ class Subset:
     weight: torch.Tensor | None = None
     evaluation: bool = False
     real: tuple[int, ...] | None = None
-    domain_lengths: tuple[int, ...] | None = None
 
     @property
     def per_seed(self) -> bool:
         return self.y.dim() == 2
 
-    def domain(self, k: int) -> Subset:
-        """The samples of domain k (each seed's own, re-padded the way this set was padded)."""
+    def restrict(self, keep: torch.Tensor, relabel: torch.Tensor | None = None, length: int | None = None) -> Subset:
+        """The rows where ``keep`` (shaped like y) holds, each seed's own, re-padded the way this set was
+        padded to ``length`` (default: the longest); labels mapped through ``relabel`` (C,) when given."""
         if not self.per_seed:
-            mask = self.d == k
-            return Subset(self.x[mask], self.y[mask], self.d[mask])
-        keep = self.d == k
+            y = self.y[keep]
+            return Subset(self.x[keep], y if relabel is None else relabel[y], self.d[keep])
+        keep = keep.clone()
         if self.weight is not None:
             keep &= self.weight > 0
         if self.real is not None:  # a fitting set's repeated rows are its padding: keep each row once
             keep &= torch.arange(keep.shape[1], device=keep.device) < torch.tensor(self.real, device=keep.device)[:, None]
         rows = [torch.nonzero(keep[s]).squeeze(1) for s in range(keep.shape[0])]
-        length = self.domain_lengths[k] if self.domain_lengths is not None else None
-        return _padded(self.x, self.y, self.d, rows, evaluation=self.evaluation, length=length)
+        out = _padded(self.x, self.y, self.d, rows, evaluation=self.evaluation, length=length)
+        return out if relabel is None else dataclasses.replace(out, y=relabel[out.y])
 
     def take(self, t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Rows ``idx`` (S, B) of one of this set's tensors, each seed from its own rows: -> (S, B, ...)."""
         if not self.per_seed:
             return t[idx]
-        if t.dim() == 2:
-            return t.gather(1, idx)
-        return t.gather(1, idx.unsqueeze(-1).expand(*idx.shape, t.shape[-1]))
+        return _rows(t, idx)
 
     def __len__(self) -> int:
         """Rows per seed (padding included)."""
@@ -86,7 +97,7 @@ class Subset:
 
 def _padded(x: torch.Tensor, y: torch.Tensor, d: torch.Tensor, rows: Sequence[torch.Tensor], *,
             evaluation: bool, length: int | None = None) -> Subset:
-    """Per-seed subset: seed s gets ``rows[s]`` of x (N, F) / y (N,) / d (N,), or of its own slice if
+    """Per-seed subset: seed s gets ``rows[s]`` of x (N, ...) / y (N,) / d (N,), or of its own slice if
     they are per seed already (S, N, ...); padded to ``length`` (default: the longest), an evaluation set
     with weight-0 rows, a fitting set by repeating the seed's own rows."""
     if any(r.numel() == 0 for r in rows):
@@ -97,8 +108,7 @@ def _padded(x: torch.Tensor, y: torch.Tensor, d: torch.Tensor, rows: Sequence[to
     if y.dim() == 1:
         out_x, out_y, out_d = x[idx], y[idx], d[idx]
     else:
-        out_x = x.gather(1, idx.unsqueeze(-1).expand(*idx.shape, x.shape[-1]))
-        out_y, out_d = y.gather(1, idx), d.gather(1, idx)
+        out_x, out_y, out_d = _rows(x, idx), y.gather(1, idx), d.gather(1, idx)
     counts = tuple(int(r.numel()) for r in rows)
     short = any(c < m for c in counts)
     weight = None
@@ -110,22 +120,52 @@ def _padded(x: torch.Tensor, y: torch.Tensor, d: torch.Tensor, rows: Sequence[to
 
 @dataclass(frozen=True)
 class Prepared:
-    """The three roles data plays in an experiment, as tensors: fit on, select on, report on."""
+    """The three roles data plays in an experiment, as tensors: fit on, select on, report on.
+
+    ``folds`` (N,) is the fold of each training sample under the ``folds`` inner validation (else None),
+    with ``train_y``/``train_d`` the training labels and groups: what a part of the data (one teacher's)
+    needs to be padded to the same length whichever seeds train beside each other.
+    """
 
     fit: Subset
     select: Subset
     holdout: Subset
-    n_features: int
+    input_shape: tuple[int, ...]
     n_classes: int
-    n_domains: int
+    n_groups: int
     device: torch.device
+    folds: np.ndarray | None = None
+    n_folds: int = 0
+    train_y: np.ndarray | None = None
+    train_d: np.ndarray | None = None
+
+    def part(self, classes: Sequence[int], group: int | None) -> tuple[Subset, Subset, Subset]:
+        """Fit, select and holdout sets of the samples of ``classes`` (and ``group``), labelled by position
+        in ``classes``: what a teacher of those classes trains, selects and is reported on."""
+        cls = torch.as_tensor(list(classes), device=self.device)
+        relabel = torch.full((self.n_classes,), -1, dtype=torch.int64, device=self.device)
+        relabel[cls] = torch.arange(len(classes), device=self.device)
+
+        def keep(subset: Subset) -> torch.Tensor:
+            mask = torch.isin(subset.y, cls)
+            return mask if group is None else mask & (subset.d == group)
+
+        fit_len = select_len = None
+        if self.folds is not None and self.train_y is not None and self.train_d is not None:
+            # Pad to the largest size over all K folds, so a seed's batches do not depend on its neighbours.
+            rows = np.isin(self.train_y, list(classes)) & (True if group is None else self.train_d == group)
+            per_fold = np.bincount(self.folds[rows], minlength=self.n_folds)
+            fit_len, select_len = int((per_fold.sum() - per_fold).max()), int(per_fold.max())
+        return (self.fit.restrict(keep(self.fit), relabel, fit_len),
+                self.select.restrict(keep(self.select), relabel, select_len),
+                self.holdout.restrict(keep(self.holdout), relabel))
 
 
 def _role_check(data: ClassificationData, idx: np.ndarray, role: str, config: ExperimentConfig) -> None:
     missing = sorted(set(range(data.n_domains)) - set(data.d_train[idx].tolist()))
     if missing:
         raise DataError(
-            f"{data.source}: the honest protocol's {role} data has no samples of domain(s) {missing} "
+            f"{data.source}: the honest protocol's {role} data has no samples of group(s) {missing} "
             f"(inner={config.inner!r}, inner_fraction={config.inner_fraction}); use more data, another "
             "inner_fraction, or --protocol seed"
         )
@@ -144,33 +184,31 @@ def prepare(data: ClassificationData, config: ExperimentConfig, device: str | to
 
     holdout = tensors(data.x_valid, data.y_valid, data.d_valid)
     train = tensors(data.x_train, data.y_train, data.d_train)
+    shape = (tuple(data.x_train.shape[1:]), data.n_classes, data.n_domains, dev)
     if config.protocol == "seed":
-        fit, select = train, holdout
-    elif config.inner == "split":
+        return Prepared(train, holdout, holdout, *shape)
+    if config.inner == "split":
         split = inner_split(data, config.inner_fraction, config.split_seed)
         _role_check(data, split.select, "inner-validation", config)
         _role_check(data, split.fit, "training", config)
         fit = tensors(data.x_train[split.fit], data.y_train[split.fit], data.d_train[split.fit])
         select = tensors(data.x_train[split.select], data.y_train[split.select], data.d_train[split.select])
-    else:
-        folds = inner_folds(data, config.n_folds, config.split_seed)
-        fit_rows, select_rows = [], []
-        for j in range(len(config.seeds)):
-            fold = config.fold_of(j)
-            fit_idx, select_idx = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
-            _role_check(data, select_idx, f"inner-validation (fold {fold})", config)
-            _role_check(data, fit_idx, f"training (all but fold {fold})", config)
-            fit_rows.append(torch.as_tensor(fit_idx, device=dev))
-            select_rows.append(torch.as_tensor(select_idx, device=dev))
-        # Pad to the largest size over all K folds (sizes differ by at most one per domain and overall), so a
-        # seed's batches do not depend on which other seeds train beside it.
-        k, n = config.n_folds, data.y_train.size
-        per_domain = np.bincount(data.d_train, minlength=data.n_domains)
-        fit = _padded(train.x, train.y, train.d, fit_rows, evaluation=False, length=n - n // k)
-        fit = dataclasses.replace(fit, domain_lengths=tuple(int(c - c // k) for c in per_domain))
-        select = _padded(train.x, train.y, train.d, select_rows, evaluation=True, length=-(-n // k))
-        select = dataclasses.replace(select, domain_lengths=tuple(int(-(-c // k)) for c in per_domain))
-    return Prepared(fit, select, holdout, data.n_features, data.n_classes, data.n_domains, dev)
+        return Prepared(fit, select, holdout, *shape)
+    folds = inner_folds(data, config.n_folds, config.split_seed)
+    fit_rows, select_rows = [], []
+    for j in range(len(config.seeds)):
+        fold = config.fold_of(j)
+        fit_idx, select_idx = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+        _role_check(data, select_idx, f"inner-validation (fold {fold})", config)
+        _role_check(data, fit_idx, f"training (all but fold {fold})", config)
+        fit_rows.append(torch.as_tensor(fit_idx, device=dev))
+        select_rows.append(torch.as_tensor(select_idx, device=dev))
+    # Pad to the largest size over all K folds (sizes differ by at most one overall), so a seed's batches
+    # do not depend on which other seeds train beside it.
+    k, n = config.n_folds, data.y_train.size
+    fit = _padded(train.x, train.y, train.d, fit_rows, evaluation=False, length=n - n // k)
+    select = _padded(train.x, train.y, train.d, select_rows, evaluation=True, length=-(-n // k))
+    return Prepared(fit, select, holdout, *shape, folds=folds, n_folds=k, train_y=data.y_train, train_d=data.d_train)
 
 
 @dataclass(frozen=True)
@@ -202,7 +240,12 @@ def round_acc(value: SupportsFloat) -> float:
 
 @dataclass
 class FitResult:
-    """One method's outcome at its selected epoch, per seed; ``model`` holds the selected weights."""
+    """One method's outcome at its selected epoch, per seed; ``model`` holds the selected weights.
+
+    ``classes[j]`` is the global class of output j (a teacher of a class subset has its own label space);
+    ``class_acc`` (S, len(classes)) is the holdout accuracy on each class at the selected weights (NaN for a
+    class the holdout lacks); ``params`` counts one network's trainable parameters.
+    """
 
     method: str
     seeds: tuple[int, ...]
@@ -213,8 +256,11 @@ class FitResult:
     best_epoch: np.ndarray
     epochs_run: int
     seconds: float
-    model: BatchedFFNN
+    model: SeedModel
     history: list[EpochReport] = field(default_factory=list)
+    classes: tuple[int, ...] = ()
+    class_acc: np.ndarray | None = None
+    params: int = 0
 
     def summary(self) -> dict[str, object]:
         """Seed means and sample standard deviations (ddof=1; 0 for a single seed) plus per-seed rows.
@@ -226,6 +272,11 @@ class FitResult:
         def std(a: np.ndarray) -> float:
             return round_acc(a.std(ddof=1)) if a.size > 1 else 0.0
 
+        def per_class(i: int) -> list[float | None]:
+            if self.class_acc is None:
+                return []
+            return [None if np.isnan(v) else round_acc(v) for v in self.class_acc[i]]
+
         return {
             "holdout_acc_mean": round_acc(self.holdout_acc.mean()),
             "holdout_acc_std": std(self.holdout_acc),
@@ -236,6 +287,8 @@ class FitResult:
             "best_epoch_mean": float(self.best_epoch.mean()),
             "epochs_run": self.epochs_run,
             "seconds": self.seconds,
+            "classes": list(self.classes),
+            "params": self.params,
             "per_seed": [
                 {
                     "seed": s,
@@ -244,6 +297,7 @@ class FitResult:
                     "inner_loss": float(self.inner_loss[i]),
                     "holdout_loss": float(self.holdout_loss[i]),
                     "best_epoch": int(self.best_epoch[i]),
+                    "holdout_class_acc": per_class(i),
                 }
                 for i, s in enumerate(self.seeds)
             ],
@@ -255,11 +309,31 @@ BatchLoss = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 # A selection loss maps logits on the selection set (S, M, C) -> per-seed loss (S,).
 SelectLoss = Callable[[torch.Tensor], torch.Tensor]
 
+EVAL_CHUNK = 8192  # rows per forward pass when evaluating a large set (CIFAR's 10,000 test images, 5 seeds)
 
-def _make_optimizer(model: BatchedFFNN, fit: FitConfig) -> torch.optim.Optimizer:
+
+def _make_optimizer(model: torch.nn.Module, fit: FitConfig) -> torch.optim.Optimizer:
     if fit.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
+    if fit.optimizer == "adam_coupled":  # L2 added to the gradient before Adam's scaling (not AdamW)
+        return torch.optim.Adam(model.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
+    if fit.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=fit.lr, momentum=fit.momentum, nesterov=fit.nesterov,
+                               weight_decay=fit.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=fit.lr)
+
+
+def logits_of(model: torch.nn.Module, subset: Subset) -> torch.Tensor:
+    """``model(subset.x)`` -> (S, N, C), in chunks of ``EVAL_CHUNK`` rows (shared or per-seed rows)."""
+    x, axis = subset.x, 1 if subset.per_seed else 0
+    if x.shape[axis] <= EVAL_CHUNK:
+        return model(x)
+    return torch.cat([model(part) for part in x.split(EVAL_CHUNK, dim=axis)], dim=1)
+
+
+def parameter_count(model: SeedModel) -> int:
+    """Trainable parameters of one network of a seed-batched model (every parameter is stacked over seeds)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad) // model.n_seeds
 
 
 def _accuracy_and_ce(logits: torch.Tensor, subset: Subset) -> tuple[np.ndarray, np.ndarray]:
@@ -271,9 +345,21 @@ def _accuracy_and_ce(logits: torch.Tensor, subset: Subset) -> tuple[np.ndarray, 
     return acc.cpu().numpy(), losses.cross_entropy(logits, subset.y, subset.weight).cpu().numpy()
 
 
+def class_accuracy(logits: torch.Tensor, subset: Subset) -> np.ndarray:
+    """(S, C) accuracy on each class's real rows (NaN where the set has none). logits (S, M, C)."""
+    n_classes = logits.shape[-1]
+    hits = (logits.argmax(dim=-1) == subset.y).double()  # (S, M)
+    y = subset.y.expand(hits.shape)
+    weight = torch.ones_like(hits) if subset.weight is None else subset.weight.double().expand(hits.shape)
+    onehot = torch.nn.functional.one_hot(y, n_classes).double() * weight.unsqueeze(-1)  # (S, M, C)
+    counts = onehot.sum(dim=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((hits.unsqueeze(-1) * onehot).sum(dim=1) / counts).cpu().numpy()
+
+
 def _run_fit(
     method: str,
-    model: BatchedFFNN,
+    model: SeedModel,
     fit: FitConfig,
     train: Subset,
     select: Subset,
@@ -287,6 +373,7 @@ def _run_fit(
     epochs: int | None = None,
     patience: int | None | str = "config",  # "config": the FitConfig's
     restore_best: bool | None = None,
+    classes: Sequence[int] = (),
 ) -> FitResult:
     """The one training loop: shuffled per-seed mini-batches, scheduled LR, selection and early stopping."""
     start = time.perf_counter()
@@ -328,7 +415,7 @@ def _run_fit(
                 lr = lr_at(fit, step, steps_per_epoch, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                x = train.x if full_batch else train.take(train.x, idx)  # (N, F) or (S, N, F), or (S, B, F)
+                x = train.x if full_batch else train.take(train.x, idx)  # (N, ...) or (S, N, ...), or (S, B, ...)
                 loss = batch_loss(model(x), idx, epoch - 1).sum()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -342,8 +429,8 @@ def _run_fit(
             continue
         model.eval()
         with torch.no_grad():
-            sel_logits = model(select.x)
-            hold_logits = model(holdout.x)
+            sel_logits = logits_of(model, select)
+            hold_logits = logits_of(model, holdout)
             sel_loss = select_loss(sel_logits).cpu().numpy()
             inner_acc, inner_ce = _accuracy_and_ce(sel_logits, select)
             holdout_acc, holdout_ce = _accuracy_and_ce(hold_logits, holdout)
@@ -371,6 +458,9 @@ def _run_fit(
             break
 
     model.load_state_dict(best_state)
+    model.eval()
+    with torch.no_grad():
+        class_acc = class_accuracy(logits_of(model, holdout), holdout)
     return FitResult(
         method=method,
         seeds=seeds,
@@ -379,13 +469,17 @@ def _run_fit(
         seconds=time.perf_counter() - start,
         model=model,
         history=history,
+        classes=tuple(classes),
+        class_acc=class_acc,
+        params=parameter_count(model),
         **best_metrics,
     )
 
 
-def _new_model(prep: Prepared, fit: FitConfig, seeds: Sequence[int]) -> BatchedFFNN:
-    model = BatchedFFNN(prep.n_features, fit.hidden, prep.n_classes, seeds, batch_norm=fit.batch_norm)
-    return model.to(prep.device)
+def new_model(prep: Prepared, fit: FitConfig, seeds: Sequence[int], n_out: int | None = None) -> SeedModel:
+    """A fresh seed-batched network of ``fit``'s architecture for ``prep``'s inputs (``n_out`` classes)."""
+    n_out = prep.n_classes if n_out is None else n_out
+    return models.batched(fit.model_spec, prep.input_shape, n_out, seeds).to(prep.device)
 
 
 def _ce_losses(train: Subset, select: Subset) -> tuple[BatchLoss, SelectLoss]:
@@ -406,62 +500,120 @@ def train_supervised(
     method: str,
     eval_every: int = 1,
     on_epoch: ReportFn | None = None,
-    domain: int | None = None,
+    classes: Sequence[int] | None = None,
+    group: int | None = None,
 ) -> FitResult:
-    """Cross-entropy training on hard labels: the mixed baseline (``domain=None``) or one domain's teacher."""
+    """Cross-entropy training on hard labels: the baseline (every class, every group), or a teacher of
+    ``classes`` (in their order, its own label space) and of ``group``."""
     train, select, holdout = prep.fit, prep.select, prep.holdout
-    if domain is not None:
-        train, select, holdout = train.domain(domain), select.domain(domain), holdout.domain(domain)
+    every = tuple(range(prep.n_classes))
+    classes = every if classes is None else tuple(classes)
+    if classes != every or group is not None:
+        train, select, holdout = prep.part(classes, group)
     batch_loss, select_loss = _ce_losses(train, select)
-    return _run_fit(method, _new_model(prep, fit, seeds), fit, train, select, holdout, batch_loss, select_loss,
-                    eval_every=eval_every, on_epoch=on_epoch)
+    return _run_fit(method, new_model(prep, fit, seeds, len(classes)), fit, train, select, holdout, batch_loss,
+                    select_loss, eval_every=eval_every, on_epoch=on_epoch, classes=classes)
 
 
 def train_baseline(prep: Prepared, config: ExperimentConfig, on_epoch: ReportFn | None = None) -> FitResult:
-    """The mixed-domain FFNN trained on all domains with hard labels."""
+    """The baseline: the student's task (every class, every group) trained on hard labels alone."""
     return train_supervised(prep, config.baseline, config.seeds, method="baseline",
                             eval_every=config.eval_every, on_epoch=on_epoch)
 
 
-def train_teachers(prep: Prepared, config: ExperimentConfig, on_epoch: ReportFn | None = None) -> list[FitResult]:
-    """One teacher per domain, each fitted, selected and reported on its own domain's samples only."""
-    return [
-        train_supervised(prep, config.teacher, config.seeds, method=f"teacher_{k}",
-                         eval_every=config.eval_every, on_epoch=on_epoch, domain=k)
-        for k in range(prep.n_domains)
-    ]
+def task_of(prep: Prepared, config: ExperimentConfig) -> Task:
+    """The experiment's task resolved against the prepared data (ConfigError naming a bad layout)."""
+    return resolve(config.task, config.teacher, prep.n_classes, prep.n_groups)
 
 
-def teacher_logits(teachers: Sequence[BatchedFFNN], x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """Per-sample routing: row i gets the logits of teacher ``d[i]`` (each seed its own). -> (S, N, C).
-
-    x (N, F) and d (N,) are shared by the seeds, or (S, N, F) and (S, N) per seed. The only place teachers
-    run: eval mode, no gradient (so a row's logits do not depend on the rows beside it).
-    """
-    out: torch.Tensor | None = None
+def evaluate_teacher(prep: Prepared, teacher: Teacher, model: SeedModel, seconds: float = 0.0) -> FitResult:
+    """A teacher that was not trained here (a checkpoint): its metrics on its own classes' samples."""
+    _, select, holdout = prep.part(teacher.classes, teacher.group)
+    model.eval()
     with torch.no_grad():
-        for k, teacher in enumerate(teachers):
-            teacher.eval()
-            logits = teacher(x)  # (S, N, C): every row, kept where the row is of domain k
-            out = torch.zeros_like(logits) if out is None else out
-            out = torch.where((d == k).expand(logits.shape[:2]).unsqueeze(-1), logits, out)
-    if out is None:
-        raise TrainingError("teacher_logits needs at least one teacher")
+        sel_logits, hold_logits = logits_of(model, select), logits_of(model, holdout)
+        inner_acc, inner_ce = _accuracy_and_ce(sel_logits, select)
+        holdout_acc, holdout_ce = _accuracy_and_ce(hold_logits, holdout)
+        class_acc = class_accuracy(hold_logits, holdout)
+    zeros = np.zeros(model.n_seeds, dtype=np.int64)
+    return FitResult(teacher.name, model.seeds, inner_acc, inner_ce, holdout_acc, holdout_ce, zeros, 0, seconds,
+                     model, classes=teacher.classes, class_acc=class_acc, params=parameter_count(model))
+
+
+def train_teachers(prep: Prepared, config: ExperimentConfig, on_epoch: ReportFn | None = None) -> list[FitResult]:
+    """The task's teachers: each trained (or loaded from its checkpoint) on its own classes and group,
+    selected and reported on those samples only, in its own label space."""
+    out = []
+    for teacher in task_of(prep, config).teachers:
+        if teacher.checkpoint is not None:
+            start = time.perf_counter()
+            model = load_teacher(teacher, prep.input_shape, config.seeds, prep.device)
+            out.append(evaluate_teacher(prep, teacher, model, time.perf_counter() - start))
+            continue
+        out.append(train_supervised(prep, teacher.fit, config.seeds, method=teacher.name,
+                                    eval_every=config.eval_every, on_epoch=on_epoch, classes=teacher.classes,
+                                    group=teacher.group))
     return out
 
 
-def _gather(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """table (S, N, C), idx (S, B) -> (S, B, C): each seed's rows of its own batch."""
-    return table.gather(1, idx.unsqueeze(-1).expand(-1, -1, table.shape[-1]))
+@dataclass(frozen=True)
+class Targets:
+    """The teachers' targets for a set of samples, slot r of sample i holding one routed teacher.
+
+    logits (S, N, R, C): teacher logits placed in the global class slots (0 where the teacher does not know
+    the class); mask (S, N, R, C): the classes that slot's teacher knows; weight (S, N, R): 1 for a routed
+    teacher, 0 for an empty slot. R is the largest number of teachers routed to one sample (1 in the
+    multi-domain task).
+    """
+
+    logits: torch.Tensor
+    mask: torch.Tensor
+    weight: torch.Tensor
+
+    def rows(self, idx: torch.Tensor) -> Targets:
+        """Each seed's rows ``idx`` (S, B) -> targets of shape (S, B, ...)."""
+        return Targets(_rows(self.logits, idx), _rows(self.mask, idx), _rows(self.weight, idx))
+
+
+def teacher_targets(task: Task, teachers: Sequence[SeedModel], subset: Subset) -> Targets:
+    """Run the routed teachers on ``subset`` once: the only place teachers run (eval mode, no gradient, so a
+    row's targets do not depend on the rows beside it)."""
+    if len(teachers) != len(task.teachers):
+        raise TrainingError(f"the task has {len(task.teachers)} teachers, but {len(teachers)} models were given")
+    device = subset.y.device
+    route = torch.as_tensor(task.route(subset.y.cpu().numpy(), subset.d.cpu().numpy()), device=device)
+    n_seeds = teachers[0].n_seeds
+    route = route.expand(n_seeds, *route.shape[-2:])  # (S, N, K)
+    n_slots = max(1, int(route.sum(dim=-1).max()))
+    slot = torch.nn.functional.one_hot((route.cumsum(dim=-1) - 1).clamp_min(0), n_slots).bool()  # (S, N, K, R)
+    slot &= route.unsqueeze(-1)
+    shape = (*route.shape[:2], n_slots, task.n_classes)
+    logits = torch.zeros(shape, device=device)
+    mask = torch.zeros(shape, dtype=torch.bool, device=device)
+    known = torch.as_tensor(task.class_mask, device=device)  # (K, C)
+    with torch.no_grad():
+        for teacher, model in zip(task.teachers, teachers):
+            model.eval()
+            local = logits_of(model, subset)  # (S, N, |S_k|): every row, kept where routed to this teacher
+            full = torch.zeros((*local.shape[:2], task.n_classes), device=device)
+            full[..., list(teacher.classes)] = local
+            here = slot[:, :, teacher.index].unsqueeze(-1)  # (S, N, R, 1)
+            logits = torch.where(here, full.unsqueeze(2), logits)
+            mask = mask | (here & known[teacher.index])
+    filled = slot.any(dim=2)  # (S, N, R)
+    # An empty slot (a sample with fewer teachers than R) counts for nothing (weight 0); every class is
+    # "known" there so that its softmax stays finite.
+    return Targets(logits, mask | ~filled.unsqueeze(-1), filled.float())
 
 
 def train_student(
     prep: Prepared,
     config: ExperimentConfig,
-    teachers: Sequence[BatchedFFNN] | None,
+    teachers: Sequence[SeedModel] | None,
     on_epoch: ReportFn | None = None,
 ) -> FitResult:
-    """The multi-domain student distilled from the domain teachers (Hinton KD or annealing KD).
+    """The student distilled from the task's teachers (Hinton KD over each routed teacher's classes, or
+    annealing KD).
 
     Without a KD term (Hinton with alpha = 0: the ablation of a configuration) the student trains on
     hard labels alone, exactly as ``(1 - 0) * CE`` would, and ``teachers`` may be None.
@@ -469,44 +621,51 @@ def train_student(
     kd: KDConfig = config.kd
     fit = config.student
     train, select, holdout = prep.fit, prep.select, prep.holdout
-    model = _new_model(prep, fit, config.seeds)
+    model = new_model(prep, fit, config.seeds)
+    every = tuple(range(prep.n_classes))
     if not kd.uses_teachers:
         batch_ce, select_ce = _ce_losses(train, select)
         return _run_fit("student", model, fit, train, select, holdout, batch_ce, select_ce,
-                        eval_every=config.eval_every, on_epoch=on_epoch)
+                        eval_every=config.eval_every, on_epoch=on_epoch, classes=every)
     if teachers is None:
         raise TrainingError(f"kd.method {kd.method!r} with alpha={kd.alpha} needs teachers, but none were given")
-    targets = teacher_logits(teachers, train.x, train.d)  # (S, N, C) routed by domain
-    if model.n_seeds != targets.shape[0]:
-        raise TrainingError(f"teachers have {targets.shape[0]} seeds, but the student has {model.n_seeds}")
+    task = task_of(prep, config)
+    targets = teacher_targets(task, teachers, train)  # (S, N, R, C) routed by the task
+    if model.n_seeds != targets.logits.shape[0]:
+        raise TrainingError(f"teachers have {targets.logits.shape[0]} seeds, but the student has {model.n_seeds}")
 
     if kd.method == "hinton":
         _, select_ce = _ce_losses(train, select)
 
         def hinton_loss(logits: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
-            return losses.hinton_kd(logits, _gather(targets, idx), train.take(train.y, idx), kd.alpha,
-                                    kd.temperature)
+            t = targets.rows(idx)
+            return losses.subset_hinton_kd(logits, t.logits, t.mask, t.weight, train.take(train.y, idx), kd.alpha,
+                                           kd.temperature)
 
         return _run_fit("student", model, fit, train, select, holdout, hinton_loss, select_ce,
-                        eval_every=config.eval_every, on_epoch=on_epoch)
+                        eval_every=config.eval_every, on_epoch=on_epoch, classes=every)
 
+    if not (task.full_classes and task.one_teacher_each):
+        raise ConfigError("kd.method 'annealing' regresses on one teacher's logits over every class: it needs "
+                          "teachers that know every class, one routed to each sample; use kd.method 'hinton'")
     # Annealing KD, phase 1: regress on phi * teacher logits, no labels; select by MSE to the full teacher.
-    select_targets = teacher_logits(teachers, select.x, select.d)
+    full = targets.logits[:, :, 0]  # (S, N, C): the one routed teacher of each sample
+    select_targets = teacher_targets(task, teachers, select).logits[:, :, 0]
 
     def phase1_loss(logits: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
         phi = annealing_phi(epoch, epochs=kd.anneal_epochs, tau_max=kd.tau_max)
-        return losses.annealing_mse(logits, losses.annealing_target(_gather(targets, idx), phi))
+        return losses.annealing_mse(logits, losses.annealing_target(_rows(full, idx), phi))
 
     def phase1_select(logits: torch.Tensor) -> torch.Tensor:
         return losses.annealing_mse(logits, select_targets, select.weight)
 
     phase1 = _run_fit("student", model, fit, train, select, holdout, phase1_loss, phase1_select,
                       eval_every=config.eval_every, on_epoch=on_epoch, epochs=kd.anneal_epochs,
-                      patience=None, restore_best=True)
+                      patience=None, restore_best=True, classes=every)
     # Phase 2 starts from the best phase-1 weights with a fresh optimizer and a restarted LR schedule.
     batch_ce, select_ce = _ce_losses(train, select)
     phase2 = _run_fit("student", phase1.model, fit, train, select, holdout, batch_ce, select_ce,
-                      eval_every=config.eval_every, on_epoch=on_epoch, epoch_offset=phase1.epochs_run)
+                      eval_every=config.eval_every, on_epoch=on_epoch, epoch_offset=phase1.epochs_run, classes=every)
     phase2.history = phase1.history + phase2.history
     phase2.seconds += phase1.seconds
     return phase2
@@ -519,6 +678,7 @@ class ExperimentResult:
     config: ExperimentConfig
     fingerprint: str
     methods: dict[str, FitResult]
+    task: Task | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -527,6 +687,7 @@ class ExperimentResult:
             "seeds": list(self.config.seeds),
             "config": self.config.to_dict(),
             "data": {"fingerprint": self.fingerprint},
+            "task": None if self.task is None else self.task.describe(),
         }
 
 
@@ -540,6 +701,7 @@ def run_experiment(
 ) -> ExperimentResult:
     """Train the baseline, the teachers and the student of one configuration over all its seeds."""
     prep = prepare(data, config, device)
+    task = task_of(prep, config)
     out: dict[str, FitResult] = {}
     if "baseline" in methods:
         out["baseline"] = train_baseline(prep, config, on_epoch)
@@ -549,4 +711,4 @@ def run_experiment(
             out[t.method] = t
         if "student" in methods:
             out["student"] = train_student(prep, config, [t.model for t in teachers], on_epoch)
-    return ExperimentResult(config, data.fingerprint(), out)
+    return ExperimentResult(config, data.fingerprint(), out, task)

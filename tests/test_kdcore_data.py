@@ -1,4 +1,7 @@
-"""kdcore.data: reference pickles, built-in sets, validation of bad files, unsafe pickles, the inner split."""
+"""kdcore.data: reference pickles, built-in sets, validation of bad files, unsafe pickles, the inner split.
+
+The other sources (NPZ, CIFAR folders, builtin:digits) are tested in test_kdcore_sources.py.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +25,20 @@ from kdcore.errors import DataError, KDCoreError
 # sha256 prefixes from ../shared/data/README.md
 REFERENCE_SHA256 = {"0.25": "6beae8f0", "0.5": "90043b6a", "0.75": "32263393", "1.0": "679aa462"}
 BUILTIN_NAMES = ["d0.25", "d0.5", "d0.75", "d1.0"]
+# Recorded before data of any shape and optional groups came in: a dataset's identity must never drift, or
+# every study made before would stop matching its data.
+BUILTIN_FINGERPRINTS = {
+    "d0.25": "a42300f816412d06a5824d08f55d493880692a6199160ce71033d276ef201a37",
+    "d0.5": "00ae5759a9bb757426b25b2fa75665800c5bba15249518133e16474ed701d3de",
+    "d0.75": "57d60717bd4ba46aa62eae028f381b28fef13e3dd8d872977afbd40dc20e80cb",
+    "d1.0": "dc9631e541e401d34c36f1e34f1455aee10096cddbc5a91a8e38eeb08525ee23",
+}
+REFERENCE_FINGERPRINTS = {
+    "0.25": "cebf30aa2094b8ff50fa7fe297ffc293bf9996bcc3957e40187247a6c8455208",
+    "0.5": "d892d8976bddf3247d15f5ab52da0510424ad2f6474da1d0731e91aee2934726",
+    "0.75": "23f0ad62e51123e6aa9527fcabeda03a2ceba816602a4abbcc22b0a317f71677",
+    "1.0": "5f5441d9dde44af57823f060b40d071e09e31d465949c59a3ec9aadffc4b3614",
+}
 
 
 def _centres(distance: float, k: int = 3) -> np.ndarray:
@@ -75,9 +92,22 @@ def test_fingerprint_is_stable_and_differs_between_files(reference_path: Callabl
     assert len(set(prints.values())) == 4
 
 
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_builtin_fingerprints_are_unchanged(name: str) -> None:
+    assert kdata.builtin(name).fingerprint() == BUILTIN_FINGERPRINTS[name]
+    assert kdata.load(f"builtin:{name}").fingerprint() == BUILTIN_FINGERPRINTS[name]
+
+
+@pytest.mark.parametrize("distance", list(REFERENCE_FINGERPRINTS))
+def test_reference_fingerprints_are_unchanged(reference_path: Callable[[str], Path], distance: str) -> None:
+    data = kdata.load(str(reference_path(distance)))
+    assert data.fingerprint() == REFERENCE_FINGERPRINTS[distance]
+    assert (data.feature_shape, data.n_features) == ((2,), 2)
+
+
 def test_fingerprint_changes_with_one_label() -> None:
     data = kdata.generate(0.5, train_per_domain=20, valid_per_domain=5, seed=0)
-    arrays = {k: np.array(getattr(data, k)) for k in kdata.ARRAY_KEYS}
+    arrays: dict[str, Any] = {k: np.array(getattr(data, k)) for k in kdata.ARRAY_KEYS}
     same = kdata.ClassificationData(**arrays)
     assert same.fingerprint() == data.fingerprint()  # source name is not part of the identity
     arrays["y_valid"][0] = 1 - arrays["y_valid"][0]
@@ -145,7 +175,8 @@ def test_generate_rejects_bad_arguments(kwargs: dict[str, Any]) -> None:
 def test_unknown_builtin_name(name: str) -> None:
     with pytest.raises(DataError, match="unknown built-in dataset") as info:
         kdata.load(f"builtin:{name}")
-    assert "builtin:d0.5" in str(info.value)  # names the valid choices
+    for valid in ("builtin:d0.25", "builtin:d0.5", "builtin:d0.75", "builtin:d1.0", "builtin:digits"):
+        assert valid in str(info.value)  # names every valid choice
 
 
 # ---------------------------------------------------------------- bad files
@@ -171,7 +202,7 @@ def _write(tmp_path: Path, obj: Any, name: str = "data.pkl", protocol: int = 3) 
     3, 4, 5,
 ])
 def test_well_formed_pickle_round_trips(tmp_path: Path, protocol: int) -> None:
-    arrays = _valid_arrays()
+    arrays: dict[str, Any] = _valid_arrays()
     data = kdata.load_pickle(_write(tmp_path, arrays, protocol=protocol))
     for key in kdata.ARRAY_KEYS:
         np.testing.assert_allclose(getattr(data, key), arrays[key], rtol=1e-6)
@@ -219,26 +250,37 @@ def _empty_valid(a: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 BAD_CASES: dict[str, tuple[Callable[[dict[str, np.ndarray]], Any], str]] = {
     "missing key": (_del("y_valid"), "missing key 'y_valid'"),
     "x 1-D": (_set("x_train", lambda a: a["x_train"][:, 0]), r"x_train must have shape \(N, F\)"),
+    "x no features": (_set("x_train", lambda a: a["x_train"][:, :0]), r"x_train must have shape \(N, F\)"),
     "y 2-D": (_set("y_train", lambda a: a["y_train"][:, None]), r"y_train must have shape \(N,\)"),
     "float labels": (_set("y_train", lambda a: a["y_train"].astype(np.float64)),
                      "y_train must hold integers"),
     "bool labels": (_set("y_valid", lambda a: a["y_valid"].astype(bool)), "y_valid must hold integers"),
-    "int features": (_set("x_valid", lambda a: np.round(a["x_valid"]).astype(np.int64)),
-                     "x_valid must be floating point"),
+    "bool features": (_set("x_valid", lambda a: a["x_valid"] > 0), "x_valid must be floating point or integer"),
     "object features": (_set("x_train", lambda a: a["x_train"].astype(object)),
                         "x_train must be floating point"),
     "label out of range": (_with("y_valid", 0, 5), "y_valid holds class 5"),
-    "domain out of range": (_with("d_valid", 0, 7), "d_valid holds domain 7"),
+    "group out of range": (_with("d_valid", 0, 7), r"d_valid holds group \(domain\) 7"),
     "negative label": (_with("y_train", 3, -1), "y_train must be >= 0"),
     "negative domain": (_with("d_valid", 0, -2), "d_valid must be >= 0"),
     "NaN in x": (_with("x_valid", (0, 0), np.nan), "x_valid holds NaN"),
     "inf in x": (_with("x_train", (5, 1), np.inf), "x_train holds NaN or infinite"),
-    "empty domain": (_empty_domain, r"domain\(s\) \[1\] have no training samples"),
+    "empty group": (_empty_domain, r"group\(s\) \(domains\) \[1\] have no training samples"),
+    "group without validation": (_with("d_valid", slice(None), 0),
+                                 r"group\(s\) \(domains\) \[1, 2\] have no validation samples"),
+    "class gap": (_set("y_train", lambda a: a["y_train"] * 2), r"class\(es\) \[1\] never occur in y_train"),
+    "no class 0": (_set("y_train", lambda a: a["y_train"] + 1), r"class\(es\) \[0\] never occur in y_train"),
+    "one group key": (_del("d_valid"), "d_train is given without d_valid; give both"),
+    "unknown key": (_set("d_tarin", lambda a: a["d_train"]), r"unknown key\(s\) 'd_tarin'; a dataset needs"),
+    "misspelt key": (lambda a: {("x_trian" if k == "x_train" else k): v for k, v in a.items()},
+                     r"missing key 'x_train' \(and holds unknown key\(s\) 'x_trian'\)"),
+    "beyond float32": (_with("x_train", (0, 0), 1e300), "beyond float32's range"),
     "mismatched lengths": (_set("y_train", lambda a: a["y_train"][:-1]), "must have the same length"),
     "empty arrays": (_empty_valid, "x_valid is empty"),
     "one class": (_set("y_train", lambda a: np.zeros_like(a["y_train"])), "at least two classes"),
     "feature count": (_set("x_valid", lambda a: np.hstack([a["x_valid"], a["x_valid"]])),
                       "same number of features"),
+    "feature layout": (_set("x_valid", lambda a: a["x_valid"][:, None, :]),
+                       r"same feature shape .* but got \(2,\) and \(1, 2\)"),
     "list not array": (_set("y_train", lambda a: a["y_train"].tolist()),
                        "y_train must be a numpy array, but got list"),
     "not a dict": (lambda a: [a[k] for k in kdata.ARRAY_KEYS],
@@ -261,8 +303,54 @@ def test_bad_file_gives_clear_data_error(tmp_path: Path, case: str) -> None:
 def test_bad_arrays_are_refused_in_memory_too(case: str) -> None:
     mutate, message = BAD_CASES[case]
     arrays = mutate(_valid_arrays())
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(DataError, match=message) as info:
         kdata.validate_arrays(arrays, "arrays")
+    assert "\n" not in str(info.value)
+    with pytest.raises(DataError, match=message):
+        kdata.ClassificationData.from_arrays(arrays)
+
+
+# ---------------------------------------------------------------- any shape, optional groups
+
+
+def test_pickle_without_groups_is_one_group(tmp_path: Path) -> None:
+    arrays = _valid_arrays()
+    del arrays["d_train"], arrays["d_valid"]
+    data = kdata.load(str(_write(tmp_path, arrays)))
+    assert data.n_domains == 1
+    assert data.d_train.dtype == np.int64 and (data.d_train == 0).all() and data.d_train.shape == (36,)
+    assert (data.d_valid == 0).all() and data.d_valid.shape == (12,)
+    assert not data.d_train.flags.writeable
+
+
+def test_integer_features_become_float32_unscaled() -> None:
+    arrays = _valid_arrays()
+    arrays["x_train"] = np.round(arrays["x_train"] * 10).astype(np.int16)
+    arrays["x_valid"] = np.round(arrays["x_valid"] * 10).astype(np.int64)
+    data = kdata.ClassificationData.from_arrays(arrays)
+    assert data.x_train.dtype == data.x_valid.dtype == np.float32
+    np.testing.assert_array_equal(data.x_train, arrays["x_train"].astype(np.float32))
+
+
+@pytest.mark.parametrize("shape", [(2,), (1, 8, 8), (3, 4, 5), (7, 1)])
+def test_features_of_any_shape(shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.standard_normal((9, *shape)), "y_train": np.arange(9) % 3,
+              "x_valid": rng.standard_normal((4, *shape)), "y_valid": np.arange(4) % 3}
+    data = kdata.ClassificationData.from_arrays(arrays, source="mine")
+    assert data.feature_shape == shape and data.n_features == math.prod(shape)
+    assert data.x_train.shape == (9, *shape) and data.n_classes == 3 and data.n_domains == 1
+    assert data.source == "mine"
+    # the split helpers see one group and stratify by class alone
+    assert set(kdata.inner_folds(data, 3, seed=0).tolist()) == {0, 1, 2}
+
+
+def test_groups_given_explicitly_equal_absent_groups() -> None:
+    arrays = _valid_arrays()
+    grouped = kdata.ClassificationData.from_arrays(
+        {**arrays, "d_train": np.zeros_like(arrays["d_train"]), "d_valid": np.zeros_like(arrays["d_valid"])})
+    del arrays["d_train"], arrays["d_valid"]
+    assert kdata.ClassificationData.from_arrays(arrays).fingerprint() == grouped.fingerprint()
 
 
 def test_file_not_found(tmp_path: Path) -> None:
@@ -311,7 +399,7 @@ def _malicious(kind: str, marker: Path) -> Any:
         return shell
     if kind == "eval":
         return evil_eval
-    arrays = _valid_arrays()
+    arrays: dict[str, Any] = _valid_arrays()
     if kind == "inside the dict":
         arrays["x_train"] = shell
         return arrays
@@ -405,7 +493,7 @@ def test_inner_split_is_deterministic_per_seed(builtin_half: kdata.Classificatio
 
 
 def test_inner_split_keeps_a_training_sample_in_tiny_cells() -> None:
-    arrays = {
+    arrays: dict[str, Any] = {
         "x_train": np.zeros((5, 2)), "y_train": np.array([0, 1, 1, 0, 0]),
         "d_train": np.array([0, 0, 0, 1, 1]),
         "x_valid": np.zeros((2, 2)), "y_valid": np.array([0, 1]), "d_valid": np.array([0, 1]),

@@ -21,10 +21,13 @@ from kdcore.train import (
     ExperimentResult,
     FitResult,
     prepare,
+    Subset,
     run_experiment,
-    teacher_logits,
+    teacher_targets,
     train_supervised,
 )
+from kdcore.config import TaskConfig
+from kdcore.task import resolve
 
 SEEDS = [0, 10, 1234, 99, 2021]
 
@@ -57,6 +60,14 @@ def _weights(result: FitResult, i: int) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- routing
 
 
+def teacher_logits(teachers: list[BatchedFFNN], x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """The multi-domain routing as the default task does it: row i gets teacher d[i]'s logits. -> (S, N, C)."""
+    task = resolve(TaskConfig(), _FitConfig(), 3, 3)
+    targets = teacher_targets(task, teachers, Subset(x, torch.zeros(len(d), dtype=torch.int64), d))
+    assert targets.logits.shape[2] == 1 and bool(targets.mask.all()) and bool(targets.weight.all())
+    return targets.logits[:, :, 0]
+
+
 def test_teacher_logits_routes_each_sample_to_its_domain_teacher() -> None:
     teachers = [BatchedFFNN(2, (8,), 3, [100 + k, 200 + k]) for k in range(3)]
     gen = torch.Generator().manual_seed(0)
@@ -75,14 +86,14 @@ def test_teacher_logits_routes_each_sample_to_its_domain_teacher() -> None:
 
 
 def test_teacher_logits_runs_teachers_in_eval_mode() -> None:
-    teachers = [BatchedFFNN(2, (8,), 2, [k], batch_norm=True) for k in range(2)]
+    teachers = [BatchedFFNN(2, (8,), 3, [k], batch_norm=True) for k in range(3)]
     gen = torch.Generator().manual_seed(1)
     for t in teachers:  # give the running statistics something non-trivial to hold
         t.train()
         t(torch.randn(64, 2, generator=gen) * 3 + 2)
     before = [{k: v.clone() for k, v in t.state_dict().items()} for t in teachers]
     x = torch.randn(10, 2, generator=gen)
-    d = torch.tensor([0, 1] * 5)
+    d = torch.tensor([0, 1, 2, 0, 1] * 2)
     out = teacher_logits(teachers, x, d)
     for t, state in zip(teachers, before):
         assert not t.training
@@ -297,7 +308,7 @@ def test_teachers_see_only_their_domain(small: ClassificationData) -> None:
     prep = prepare(small, config)
     for k in range(3):
         teacher = result.methods[f"teacher_{k}"]
-        acc, _ = _recomputed(teacher, prep.holdout.domain(k))
+        acc, _ = _recomputed(teacher, prep.part((0, 1), k)[2])
         np.testing.assert_allclose(teacher.holdout_acc, acc, atol=1e-6)  # reported on domain k only
 
 
@@ -456,7 +467,7 @@ def test_folds_of_unequal_sizes_train_each_seed_as_it_trains_alone() -> None:
     together = run_experiment(odd, _config(SEEDS, fit))
     prep = prepare(odd, together.config)
     for k in range(odd.n_domains):
-        sel = prep.select.domain(k)
+        sel = prep.part(range(odd.n_classes), k)[1]
         real = sel.weight if sel.weight is not None else torch.ones(sel.y.shape)
         for s in range(len(SEEDS)):
             rows = sel.x[s][real[s] > 0]

@@ -122,6 +122,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                               "but got no --from")
         config, data_spec = _train_config(args), args.data or DEFAULT_DATA
     dataset = kdata.load(data_spec)
+    from tune.plan import check_task
+
+    check_task(config, dataset, absolute=False)  # a bad layout or checkpoint: one line before any training
     device = _resolve_device(args.device)
     if origin is not None:
         check_data(origin, dataset.fingerprint(), dataset.source)

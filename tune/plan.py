@@ -114,6 +114,24 @@ def _versions() -> dict[str, str]:
             (("kdtune", "kdtune"), ("torch", "torch"), ("ray", "ray"), ("optuna", "optuna"))}
 
 
+def check_task(config: Any, dataset: Any, *, absolute: bool = True) -> None:
+    """Refuse, before anything runs, a task the data cannot serve: a bad subset layout (kdcore.task.resolve),
+    a teacher checkpoint that is relative (trials run in other folders and on other nodes), missing, or
+    that does not fit its architecture."""
+    from kdcore.task import resolve
+
+    task = resolve(config.task, config.teacher, dataset.n_classes, dataset.n_domains)
+    for teacher in task.teachers:
+        if teacher.checkpoint is None:
+            continue
+        if absolute and not Path(teacher.checkpoint).is_absolute():
+            raise KDTuneError(f"{teacher.name}: checkpoint {teacher.checkpoint!r} must be an absolute path in a "
+                              "search space (trials run in other folders and on other nodes)")
+        from kdcore.checkpoint import load_teacher
+
+        load_teacher(teacher, tuple(dataset.x_train.shape[1:]), (0,))
+
+
 def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
     """Validate every input and describe the study; writes nothing (``run_study`` writes once Ray is up)."""
     from kdcore import data as kdata
@@ -134,6 +152,7 @@ def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
                               f"search space ({exc})") from None
     spec = settings.data if settings.data.startswith("builtin:") else str(Path(settings.data).resolve())
     dataset = kdata.load(spec)
+    check_task(space.base, dataset)
     max_t = settings.max_t or max_evaluations(space)
     meta = StudyMeta(
         name=settings.name, data=spec, data_source=dataset.source, fingerprint=dataset.fingerprint(),

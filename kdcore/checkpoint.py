@@ -1,0 +1,55 @@
+"""Teachers trained elsewhere: state-dict files loaded with ``torch.load(weights_only=True)``.
+
+A checkpoint is one network's ``state_dict`` (``torch.save(model.state_dict(), path)``) of the teacher's
+architecture (``kdcore.models.build`` of its model spec) whose outputs are the teacher's classes in the
+order its ``classes`` lists them. ``weights_only=True`` admits tensors and plain containers only, so a
+checkpoint cannot run code when loaded. Every seed of the student learns from the one loaded network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from kdcore import models
+from kdcore.errors import ConfigError
+from kdcore.models import SeedModel
+from kdcore.task import Teacher
+
+
+def read_state(path: str | Path, who: str) -> dict[str, torch.Tensor]:
+    """The state dict in ``path``, or ConfigError with one line saying why it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{who}: checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a foreign or damaged file fails in many ways
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{who}: checkpoint {path} is not a state-dict file that torch.load(weights_only=True) "
+                          f"reads ({first[:200]})") from None
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]  # the common {"state_dict": ..., "epoch": ...} wrapper
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{who}: checkpoint {path} must hold a state dict (names -> tensors), but holds "
+                          f"{type(state).__name__}")
+    return {str(k): v for k, v in state.items()}
+
+
+def load_teacher(teacher: Teacher, input_shape: tuple[int, ...], seeds: Sequence[int],
+                 device: str | torch.device = "cpu") -> SeedModel:
+    """Teacher ``teacher`` from its checkpoint, repeated for every seed; ConfigError (one line) when the file
+    is missing, unreadable, or does not fit the teacher's architecture."""
+    if teacher.checkpoint is None:
+        raise ConfigError(f"{teacher.name} has no checkpoint")
+    who = f"{teacher.name} (classes {list(teacher.classes)})"
+    state = read_state(teacher.checkpoint, who)
+    try:
+        model = models.from_states(teacher.fit.model_spec, input_shape, len(teacher.classes), [state] * len(seeds),
+                                   seeds)
+    except ConfigError as exc:
+        raise ConfigError(f"{who}: checkpoint {teacher.checkpoint} does not fit its architecture "
+                          f"{teacher.fit.model!r} with {len(teacher.classes)} outputs: {exc}") from None
+    return model.to(device)
