@@ -19,14 +19,18 @@ from results.analysis import (
     Importance,
     StudyData,
     baseline_summary,
+    class_accuracy,
     iterations_reached,
     load_study,
     param_importance,
+    parameter_counts,
     ranked_complete,
     reference_comparisons,
     reference_summary,
     rung_survivors,
     status_counts,
+    study_task,
+    teacher_summary,
     top_configurations,
 )
 from results.errors import ResultsError
@@ -90,6 +94,11 @@ def analyse(study_dir: str | os.PathLike[str], *, top_k: int = 5,
         "comparisons": comparisons,
         "comparison": next(iter(comparisons), None),
         "reference": reference_summary(study.reference),
+        "task": study_task(study),
+        "models": study.metadata.get("models"),
+        "teachers": teacher_summary(study),
+        "class_accuracy": class_accuracy(study, top[0] if top else None),
+        "parameter_counts": parameter_counts(study, top[0] if top else None),
         "top": top,
         **_importance_fields(importance),
         "protocol_note": study.metadata.get("protocol_note"),
@@ -105,7 +114,7 @@ def analyse(study_dir: str | os.PathLike[str], *, top_k: int = 5,
 
 def _best(entry: dict[str, Any]) -> dict[str, Any]:
     keys = ("params", "holdout_acc_mean", "holdout_acc_std", "inner_acc_mean", "inner_acc_std", "objective",
-            "number", "trial_id", "n_seeds", "vs_baseline")
+            "number", "trial_id", "n_seeds", "student_params", "vs_baseline")
     return {k: entry.get(k) for k in keys}
 
 
@@ -220,6 +229,8 @@ def render_report(study: StudyData, summary: dict[str, Any], plots: dict[str, Pa
         lines += [f"{summary['trials']['total']} of {summary['planned_trials']} planned trials recorded.", ""]
     lines += _top_section(summary)
     lines += _reference_section(summary)
+    lines += _teacher_section(summary)
+    lines += _class_section(summary)
     lines += _importance_section(summary)
     if plots:
         lines += ["## Plots", ""]
@@ -247,6 +258,10 @@ def _headline(summary: dict[str, Any]) -> list[str]:
     if base is not None:
         holdout += f", mixed baseline {_pm(base['holdout_acc_mean'], base['holdout_acc_std'])}"
     out.append(holdout)
+    counts = summary.get("parameter_counts") or {}
+    if counts.get("student") is not None or counts.get("baseline") is not None:
+        out.append(f"- parameters (one network): student {_count(counts.get('student'))}, mixed baseline "
+                   f"{_count(counts.get('baseline'))}")
     comparisons = summary.get("comparisons") or {}
     test = best["vs_baseline"]
     if test is not None:
@@ -280,8 +295,9 @@ def _top_section(summary: dict[str, Any]) -> list[str]:
                "means ± sample sd; Δ is trial minus mixed baseline on per-seed holdout accuracy, paired by "
                "seed, in percentage points, with its 95 % t interval and the sign-flip permutation p."), ""]
     show_objective = objective["column"] != "inner_acc_mean"
+    show_size = any(t.get("student_params") is not None for t in top)  # the architecture may be a knob
     head = ["rank", "trial", *(["objective"] if show_objective else []), "inner acc", "holdout acc",
-            "Δ holdout vs baseline [95 % CI]", "p", "seeds", "epochs"]
+            "Δ holdout vs baseline [95 % CI]", "p", "seeds", "epochs", *(["parameters"] if show_size else [])]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for t in top:
         test = t["vs_baseline"]
@@ -290,7 +306,8 @@ def _top_section(summary: dict[str, Any]) -> list[str]:
                  _pm(t["inner_acc_mean"], t["inner_acc_std"]),
                  _pm(t["holdout_acc_mean"], t["holdout_acc_std"]),
                  _diff_ci(test) if test else "–", f"{test['p_value']:.3g}" if test else "–",
-                 str(t["n_seeds"]), "–" if t["epochs_run"] is None else str(t["epochs_run"])]
+                 str(t["n_seeds"]), "–" if t["epochs_run"] is None else str(t["epochs_run"]),
+                 *([_count(t.get("student_params"))] if show_size else [])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Parameters (blank: knob inactive for that trial):", ""]
     knobs: list[str] = []
@@ -308,12 +325,71 @@ def _reference_section(summary: dict[str, Any]) -> list[str]:
     lines = ["## Reference: mixed baseline and teachers", ""]
     if not ref:
         return lines + ["No reference rows recorded (a study trains them when it starts).", ""]
-    lines += [("Trained once per study on the study's seeds. A teacher is evaluated on its own domain only, "
-               "so its accuracy is not comparable with the students' (all domains)."), "",
-              "| method | seeds | inner acc | holdout acc |", "|---|---:|---|---|"]
+    lines += [("Trained once per study on the study's seeds. A teacher is evaluated on the samples of its own "
+               "classes (and group) only, so its accuracy is not comparable with the students' (every class "
+               "of every group)."), "",
+              "| method | seeds | parameters | inner acc | holdout acc |", "|---|---:|---:|---|---|"]
     for r in ref:
-        lines.append(f"| {r['method']} | {r['n_seeds']} | {_pm(r['inner_acc_mean'], r['inner_acc_std'])} | "
+        lines.append(f"| {r['method']} | {r['n_seeds']} | {_count(r.get('params'))} | "
+                     f"{_pm(r['inner_acc_mean'], r['inner_acc_std'])} | "
                      f"{_pm(r['holdout_acc_mean'], r['holdout_acc_std'])} |")
+    return lines + [""]
+
+
+def _teacher_section(summary: dict[str, Any]) -> list[str]:
+    teachers = summary.get("teachers") or []
+    lines = ["## Teachers on their own classes", ""]
+    if not teachers:
+        return lines + ["No teacher recorded (the study's metadata names no task and its reference table "
+                        "holds no teacher rows).", ""]
+    task = summary.get("task")
+    if task:
+        lines += [(f"Task: {task.get('n_classes')} classes, {task.get('n_groups')} group(s), routing "
+                   f"`{task.get('routing')}`. Each teacher is trained, selected and measured on the samples "
+                   "of its own classes (and group) only, in its own label space; accuracies are seed means "
+                   "± sample sd."), ""]
+    else:
+        lines += ["The task is not recorded (a study of an older kdtune): which classes each teacher knew is "
+                  "not known here.", ""]
+    lines += ["| teacher | knows | parameters | seeds | inner acc | holdout acc |", "|---|---|---:|---:|---|---|"]
+    for t in teachers:
+        knows = t["knows"] + (f" (checkpoint `{_escape(str(t['checkpoint']))}`)" if t.get("checkpoint") else "")
+        lines.append(f"| {t['method']} | {knows} | {_count(t['params'])} | {t['n_seeds']} | "
+                     f"{_pm(t['inner_acc_mean'], t['inner_acc_std'])} | "
+                     f"{_pm(t['holdout_acc_mean'], t['holdout_acc_std'])} |")
+    if any(t["n_seeds"] == 0 for t in teachers):
+        lines += ["", "A teacher with 0 seeds has no reference rows yet (the references are trained when the "
+                      "study starts)."]
+    return lines + [""]
+
+
+def _class_section(summary: dict[str, Any]) -> list[str]:
+    lines = ["## Holdout accuracy per class", ""]
+    per_class = summary.get("class_accuracy")
+    if per_class is None:
+        why = ("no COMPLETE trial yet" if summary.get("best") is None else
+               "not recorded for the best trial (a study of an older kdtune, or a trial rebuilt without it)")
+        return lines + [f"Not shown: {why}.", ""]
+    counts = summary.get("parameter_counts") or {}
+    methods = per_class["accuracy"]
+    shared = per_class["shared_classes"]
+    names = {"student": f"student (trial #{per_class['trial_number']})", "baseline": "mixed baseline",
+             "ablation": "ablation (no KD)", "tuned_baseline": "tuned baseline"}
+    seeds = ", ".join(f"{names[m]} {n}" for m, n in per_class["n_seeds"].items())
+    lines += [f"Seed means over the holdout samples of each class (seeds: {seeds}).", ""]
+    lines += [f"Parameters of one network: student {_count(counts.get('student'))}, mixed baseline "
+              f"{_count(counts.get('baseline'))}.", ""]
+    lines += ["| class | " + " | ".join(names[m] for m in methods) + " |", "|---|" + "---:|" * len(methods)]
+    marked = set(shared or [])
+    for c in per_class["classes"]:
+        label = f"{c}*" if c in marked else str(c)
+        lines.append(f"| {label} | " + " | ".join(_pct(methods[m][c]) for m in methods) + " |")
+    if shared is None:
+        lines += ["", "Shared classes are not recorded (the metadata holds no task)."]
+    elif shared:
+        lines += ["", "`*` a shared class: more than one teacher knows it (" + ",".join(map(str, shared)) + ")."]
+    else:
+        lines += ["", "No class is shared: each class is known by exactly one teacher."]
     return lines + [""]
 
 
@@ -402,6 +478,11 @@ def _analysis_versions() -> dict[str, str]:
 
 def _share(value: Any) -> str:
     return "–" if value is None else f"{100 * value:.0f} %"
+
+
+def _count(value: Any) -> str:
+    """A parameter count (12,345), or "not recorded"."""
+    return "not recorded" if value is None else f"{int(value):,}"
 
 
 def _pct(value: Any) -> str:

@@ -19,6 +19,8 @@ trials (one row per trial)
     inner_acc_mean, inner_acc_std, holdout_acc_mean, holdout_acc_std, inner_loss_mean, holdout_loss_mean
         float64, at the selected epoch (COMPLETE) or at the last evaluation (PRUNED),
     best_epoch float64 (seed mean), epochs_run int64, iterations int64 (evaluations reported),
+    student_params int64 (trainable parameters of one student network: the architecture can be a knob;
+        null where the trial did not report it: PRUNED and ERROR trials, studies of an older kdtune),
     wall_seconds float64, teacher_cache_hit bool, node str (Ray node id, 12 hex), hostname str, device str,
     started_at, ended_at timestamp[us, UTC] (the trial's start on its worker, and its last evaluation)
 epochs (one row per trial and evaluation)
@@ -28,18 +30,45 @@ epochs (one row per trial and evaluation)
 seeds (one row per trial and seed)
     study, trial_id, number, seed int64, inner_acc, holdout_acc float64,
     inner_loss, holdout_loss float64 (null for PRUNED trials: only accuracies are reported per epoch),
-    best_epoch int64 (null for PRUNED)
+    best_epoch int64 (null for PRUNED),
+    holdout_class_acc list<float64> (holdout accuracy per class, element c for global class c of 0..C-1;
+        an element is null where the holdout set has no sample of that class; the whole cell is null for
+        PRUNED trials and in studies of an older kdtune)
 reference (one row per reference method and seed)
     study, method str, seed int64, trial_number int64, inner_acc, holdout_acc, inner_loss,
-    holdout_loss float64, best_epoch int64. Methods: ``baseline`` (the mixed FFNN with the space's fixed
-    baseline settings) and ``teacher_K`` (measured on domain K's samples only), trained once before the
+    holdout_loss float64, best_epoch int64,
+    params int64 (trainable parameters of one network of the method),
+    classes list<int64> (the global class of each of the method's outputs: 0..C-1, or a teacher's S_k in the
+        order of its outputs), holdout_class_acc list<float64> (holdout accuracy per class, in the order of
+        ``classes``; an element is null where the holdout set has no sample of that class).
+    Methods: ``baseline`` (one network on every sample, with the space's fixed baseline settings) and
+    ``teacher_K`` (teacher K of the task, trained and measured, inner and holdout, on the samples of its
+    own classes, and of its group if it has one, only, in its own label space), trained once before the
     trials; ``ablation``, the best trial (``trial_number``) retrained without its KD term, same recipe and
     seeds, replaced whenever the best trial changes; ``tuned_baseline``, the best trial (``trial_number``)
-    of the CE-only search that ``--tune-baseline N`` runs in ``DIR/NAME/ce-baseline``.
+    of the CE-only search that ``--tune-baseline N`` runs in ``DIR/NAME/ce-baseline`` (its ``params`` and
+    ``classes`` are null: that search's Optuna study keeps only the per-seed rows).
+    ``params``, ``classes`` and ``holdout_class_acc`` are null in studies of an older kdtune.
+
+The study's metadata (``_study.json``, and the key ``kdtune.study`` of every file) holds the data (``data``,
+``data_source``, ``fingerprint``), the search space's text (``space``), the protocol, seeds and objective,
+the versions, and (absent from the metadata of a study of an older kdtune):
+    task     the task resolved against the data at plan time (``kdcore.task.Task.describe()``): ``routing``,
+             ``n_classes`` C, ``n_groups``, ``shared_classes`` (the classes more than one teacher knows), and
+             ``teachers``, one ``{name, classes, group, checkpoint, model}`` per teacher, ``name`` being the
+             reference table's method
+    models   ``{"baseline", "teacher", "student"}``: each the model spec (``kdcore.config.ModelSpec``:
+             ``name, hidden, batch_norm, channels, width, depth``) of the space's fixed settings, with
+             ``params``, the trainable parameters of one network for the data's input shape: an int for the
+             baseline and the student (C outputs); for the teacher a list, one per teacher of ``task``
+             (its own model overrides, ``len(classes)`` outputs). A searched architecture's size is per
+             trial: the trials table's ``student_params``.
 
 Nulls: ``number`` is null for a trial the searcher did not propose; rows that ``kdtune resume`` rebuilt
 from the Optuna study (the driver died between telling Optuna and writing) have ``epoch`` and the
-holdout/loss columns of ``epochs`` null. pandas reads a nullable int64 column holding nulls as float64.
+holdout/loss columns of ``epochs`` null. pandas reads a nullable int64 column holding nulls as float64,
+and a list cell as a numpy array (null elements as NaN) or None. A table written by an older kdtune gets
+the columns it lacks, all null, when this kdtune first writes to it.
 Under annealing KD, epochs count phase 1 and phase 2 together (``epochs_run = anneal_epochs + phase 2``).
 A categorical knob whose choices mix types is a string column holding each value's text.
 """
@@ -58,21 +87,24 @@ METADATA_KEY = b"kdtune.study"
 _ID = [("study", pa.string()), ("trial_id", pa.string()), ("number", pa.int64())]
 _F = pa.float64()
 _UTC = pa.timestamp("us", tz="UTC")
+_PER_CLASS = pa.list_(_F)  # one accuracy per class; an element is null where the holdout lacks the class
 
 TRIAL_METRICS = [
     ("inner_acc_mean", _F), ("inner_acc_std", _F), ("holdout_acc_mean", _F), ("holdout_acc_std", _F),
     ("inner_loss_mean", _F), ("holdout_loss_mean", _F), ("best_epoch", _F), ("epochs_run", pa.int64()),
-    ("iterations", pa.int64()), ("wall_seconds", _F), ("teacher_cache_hit", pa.bool_()), ("node", pa.string()),
+    ("iterations", pa.int64()), ("student_params", pa.int64()), ("wall_seconds", _F),
+    ("teacher_cache_hit", pa.bool_()), ("node", pa.string()),
     ("hostname", pa.string()), ("device", pa.string()), ("started_at", _UTC), ("ended_at", _UTC),
 ]
 EPOCH_COLUMNS = [*_ID, ("iteration", pa.int64()), ("epoch", pa.int64()), ("inner_acc_mean", _F),
                  ("inner_loss_mean", _F), ("holdout_acc_mean", _F), ("holdout_loss_mean", _F),
                  ("started_at", _UTC), ("ended_at", _UTC)]
 SEED_COLUMNS = [*_ID, ("seed", pa.int64()), ("inner_acc", _F), ("holdout_acc", _F), ("inner_loss", _F),
-                ("holdout_loss", _F), ("best_epoch", pa.int64())]
+                ("holdout_loss", _F), ("best_epoch", pa.int64()), ("holdout_class_acc", _PER_CLASS)]
 REFERENCE_COLUMNS = [("study", pa.string()), ("method", pa.string()), ("seed", pa.int64()),
                      ("trial_number", pa.int64()), ("inner_acc", _F), ("holdout_acc", _F), ("inner_loss", _F),
-                     ("holdout_loss", _F), ("best_epoch", pa.int64())]
+                     ("holdout_loss", _F), ("best_epoch", pa.int64()), ("params", pa.int64()),
+                     ("classes", pa.list_(pa.int64())), ("holdout_class_acc", _PER_CLASS)]
 
 
 def param_column(path: str) -> str:
@@ -105,3 +137,12 @@ def trials_schema(params: list[tuple[str, pa.DataType]]) -> pa.Schema:
 
 def fixed_schema(table: str) -> pa.Schema:
     return pa.schema({"epochs": EPOCH_COLUMNS, "seeds": SEED_COLUMNS, "reference": REFERENCE_COLUMNS}[table])
+
+
+def class_acc_cell(values: Iterable[Any] | None) -> list[float | None] | None:
+    """A ``holdout_class_acc`` cell from a summary's per-class list: floats, None (or NaN) elements null; the
+    whole cell null when nothing was measured (``kdcore.train.FitResult.summary`` gives an empty list then)."""
+    if values is None:
+        return None
+    cell = [None if v is None or v != v else float(v) for v in values]  # v != v: NaN
+    return cell or None

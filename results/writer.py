@@ -22,7 +22,10 @@ trial in ``trials`` always has its ``epochs`` and ``seeds`` rows. pyarrow's data
 that start with '.' or '_', so ``pyarrow.dataset.dataset("DIR/NAME/results")`` sees each table once.
 
 A study written by an older kdtune (each table one Parquet file, metadata in ``study.json``) is read as it
-is and turned into this layout on its first write.
+is and turned into this layout on its first write. A table whose files lack columns this kdtune added
+(``results.schema``) is read as it is too, and on its first write rewritten as a new generation in the full
+schema, the new columns null, so that no generation mixes two schemas (pandas and DuckDB would read the
+columns of one file only, polars refuses the folder).
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ class StudyTables:
         meta_bytes = json.dumps(metadata, sort_keys=True, default=str).encode()
         self._kv = {METADATA_KEY: meta_bytes}
         self._bulk: dict[Path, set[str]] = {}  # generation folder -> trial ids in its compacted file
+        self._checked: set[Path] = set()  # generation folders known to hold only files of the full schema
 
     def write_metadata(self) -> None:
         """The study's metadata as ``_study.json`` beside the tables (also inside every Parquet file)."""
@@ -224,7 +228,9 @@ class StudyTables:
         if link.is_symlink():
             if not link.exists():
                 raise ResultsError(dangling_message(link))
-            return self.root / os.readlink(link)
+            gen = self.root / os.readlink(link)
+            # Written by an older kdtune (fewer columns): rewritten whole, so every file has the full schema.
+            return gen if self._conformant(table, gen) else self._new_generation(table, lambda old: old)
         if link.is_file():  # an older kdtune's single file
             rows = self._conform(pq.read_table(link), table)
             return self._new_generation(table, lambda old: old, start=rows)
@@ -236,6 +242,17 @@ class StudyTables:
             self._point(table, done[-1])
             return done[-1]
         return None
+
+    def _conformant(self, table: str, gen: Path) -> bool:
+        """Whether every file of a generation has the table's schema; checked once per generation and
+        writer (the files this writer adds have it), so an append's cost stays independent of the study."""
+        if gen in self._checked:
+            return True
+        schema = self.schemas[table]
+        if all(pq.read_schema(f).remove_metadata() == schema for f in _files(gen)):
+            self._checked.add(gen)
+            return True
+        return False
 
     def _generation(self, table: str) -> Path:
         gen = self._existing(table)
@@ -272,6 +289,7 @@ class StudyTables:
                 self._write(gen / part_name(_number(gen), tid), part)
         if "trial_id" in rows.column_names:
             self._bulk[gen] = set(pc.unique(rows["trial_id"]).to_pylist())
+        self._checked.add(gen)
         self._point(table, gen)
         self._remove_old_generations(table, keep={gen, previous})
         return gen
@@ -299,6 +317,7 @@ class StudyTables:
                     continue
             shutil.rmtree(old, ignore_errors=True)
             self._bulk.pop(old, None)
+            self._checked.discard(old)
 
     def _read_files(self, folder: Path, table: str) -> pa.Table:
         """Every row of a folder of parts in the current schema (an older file's missing column is null)."""

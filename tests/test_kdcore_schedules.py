@@ -7,7 +7,7 @@ import torch
 
 from kdcore.config import FitConfig
 from kdcore.errors import ConfigError
-from kdcore.schedules import annealing_phi, constant_lr, cyclic_lr, lr_at, onecycle_lr, step_lr
+from kdcore.schedules import annealing_phi, constant_lr, cyclic_lr, lr_at, multistep_lr, onecycle_lr, step_lr
 
 
 def _torch_lrs(make_scheduler, steps: int, lr: float = 1.0) -> list[float]:  # type: ignore[no-untyped-def]
@@ -39,6 +39,17 @@ def test_step_matches_torch_steplr() -> None:
     ours = [step_lr(0.2, s, step_size=7, gamma=0.3) for s in range(40)]
     ref = _torch_lrs(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=7, gamma=0.3), 40, lr=0.2)
     assert ours == pytest.approx(ref, rel=1e-12)
+
+
+def test_multistep_matches_torch_multisteplr() -> None:
+    """Step decay at given epochs (StepLR (30, 0.5) of the course project is milestones 30, 60, ...)."""
+    ours = [multistep_lr(0.05, e, milestones=(150, 180, 210), gamma=0.1) for e in range(240)]
+    ref = _torch_lrs(lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[150, 180, 210], gamma=0.1),
+                     240, lr=0.05)
+    assert ours == pytest.approx(ref, rel=1e-12)
+    fit = FitConfig(schedule="multistep", lr=0.1, milestones=(2, 4), gamma=0.5)
+    # lr_at counts optimizer steps: 3 steps per epoch, so epoch 2 starts at step 6.
+    assert [lr_at(fit, s, 3, 30) for s in (0, 5, 6, 11, 12, 29)] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
 
 
 def test_cyclic_triangular_end_points() -> None:

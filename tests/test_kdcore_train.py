@@ -124,6 +124,15 @@ VARIANTS = {
          "gamma": 0.5},
         {"method": "hinton", "alpha": 0.3, "temperature": 2.0},
     ),
+    "sgd-nesterov-multistep": (
+        {"epochs": 4, "batch_size": 32, "lr": 5e-2, "optimizer": "sgd", "momentum": 0.9, "nesterov": True,
+         "weight_decay": 5e-4, "schedule": "multistep", "milestones": [2, 3], "gamma": 0.1},
+        {"method": "hinton", "alpha": 0.5, "temperature": 2.0},
+    ),
+    "adam-coupled-decay": (
+        {"epochs": 3, "batch_size": 32, "lr": 1e-2, "optimizer": "adam_coupled", "weight_decay": 5e-4},
+        {"method": "hinton", "alpha": 0.1, "temperature": 2.0},
+    ),
 }
 
 

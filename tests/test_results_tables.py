@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 import polars as pl
 import pyarrow as pa
@@ -31,18 +32,22 @@ KEYS = {"trials": ["trial_id"], "epochs": ["trial_id", "iteration"], "seeds": ["
 
 
 def rows(n: int, acc: float = 0.5) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Trial ``t<n>``: its trials row, EPOCHS epoch rows and two seed rows; ``acc`` tells versions apart."""
+    """Trial ``t<n>``: its trials row, EPOCHS epoch rows and two seed rows; ``acc`` tells versions apart.
+    Per class (three classes), class 2 has no holdout sample (null) for seed 1."""
     ids = {"study": "s", "trial_id": f"t{n:03d}", "number": n}
     trial = {**ids, "status": "COMPLETE", "error": None, param_column("kd.alpha"): 0.1 * n,
              param_column("student.optimizer"): "adam", "inner_acc_mean": acc, "holdout_acc_mean": acc,
-             "epochs_run": EPOCHS, "iterations": EPOCHS, "device": "cpu"}
+             "epochs_run": EPOCHS, "iterations": EPOCHS, "student_params": 1000 + n, "device": "cpu"}
     epochs = [{**ids, "iteration": i, "epoch": i, "inner_acc_mean": acc} for i in range(1, EPOCHS + 1)]
-    seeds = [{**ids, "seed": s, "inner_acc": acc, "holdout_acc": acc} for s in (0, 1)]
+    seeds = [{**ids, "seed": s, "inner_acc": acc, "holdout_acc": acc,
+              "holdout_class_acc": [acc, 1.0, None if s else 0.25]} for s in (0, 1)]
     return trial, epochs, seeds
 
 
-def reference(method: str, acc: float) -> list[dict[str, Any]]:
-    return [{"study": "s", "method": method, "seed": s, "inner_acc": acc, "holdout_acc": acc} for s in (0, 1)]
+def reference(method: str, acc: float, classes: list[int] | None = None) -> list[dict[str, Any]]:
+    classes = [0, 1, 2] if classes is None else classes
+    return [{"study": "s", "method": method, "seed": s, "inner_acc": acc, "holdout_acc": acc, "params": 292,
+             "classes": classes, "holdout_class_acc": [acc] * len(classes)} for s in (0, 1)]
 
 
 def new_tables(results: Path) -> StudyTables:
@@ -60,8 +65,21 @@ def read_all_ways(path: Path) -> dict[str, pd.DataFrame]:
     }
 
 
+LISTS = {"seeds": ["holdout_class_acc"], "reference": ["classes", "holdout_class_acc"]}
+
+
+def plain(cell: Any) -> tuple[Any, ...] | None:
+    """A list cell as each reader returns it (numpy array, masked array, None, pd.NA) as a tuple of Python
+    numbers with None for a null element; None for a null cell."""
+    if cell is None or cell is pd.NA or (isinstance(cell, float) and cell != cell):
+        return None
+    values = np.ma.masked_invalid(np.ma.asarray(cell, dtype=float))
+    return tuple(None if masked else float(v) for v, masked in zip(values.data, np.ma.getmaskarray(values)))
+
+
 def assert_readers_agree(results: Path, table: str, expected: int) -> pd.DataFrame:
-    """Every reader gives ``expected`` rows, the same rows, and no key twice; the rows, sorted by key."""
+    """Every reader gives ``expected`` rows, the same rows (list columns too), and no key twice; the rows,
+    sorted by key."""
     frames = read_all_ways(table_path(results, table))
     keys = KEYS[table]
     columns = keys + ["inner_acc" if table in ("seeds", "reference") else "inner_acc_mean"]
@@ -69,7 +87,10 @@ def assert_readers_agree(results: Path, table: str, expected: int) -> pd.DataFra
     for name, frame in frames.items():
         assert len(frame) == expected, (name, len(frame))
         assert not frame.duplicated(keys).any(), (name, frame[frame.duplicated(keys, keep=False)])
-        sorted_rows[name] = [tuple(r) for r in frame.sort_values(keys)[columns].itertuples(index=False)]
+        ordered = frame.sort_values(keys)
+        cells = [[plain(c) for c in ordered[column]] for column in LISTS.get(table, [])]
+        sorted_rows[name] = [(*r, *(c[i] for c in cells))
+                             for i, r in enumerate(ordered[columns].itertuples(index=False))]
     assert all(r == sorted_rows["pandas"] for r in sorted_rows.values()), sorted_rows
     return frames["pyarrow"].sort_values(keys).reset_index(drop=True)
 
@@ -356,3 +377,80 @@ def test_a_generation_superseded_moments_ago_stays_for_its_readers(tmp_path: Pat
     names = sorted(p.name for p in results.glob(".trials.g*"))
     assert first.name not in names and len(names) == 2, names  # the current and the previous one
     assert_readers_agree(results, "trials", 5)
+
+
+# ------------------------------------------------------------------------------ task columns (issue 9)
+
+NEW_COLUMNS = {"trials": {"student_params": pa.int64()}, "seeds": {"holdout_class_acc": pa.list_(pa.float64())},
+               "reference": {"params": pa.int64(), "classes": pa.list_(pa.int64()),
+                             "holdout_class_acc": pa.list_(pa.float64())}}
+
+
+def test_the_task_columns_are_typed_and_every_reader_reads_the_lists(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    tables = new_tables(results)
+    for n in range(3):
+        tables.record_trial(*rows(n))
+    trial, epochs, seeds = rows(3)
+    # A PRUNED trial reports neither its size nor per-class accuracies: null cells.
+    tables.record_trial({**trial, "status": "PRUNED", "student_params": None}, epochs,
+                        [{k: v for k, v in s.items() if k != "holdout_class_acc"} for s in seeds])
+    tables.append("reference", reference("baseline", 0.7) + reference("teacher_1", 0.9, classes=[2, 0]))
+    for table, columns in NEW_COLUMNS.items():
+        schema = pq.read_schema(table_files(results, table)[0])
+        assert {name: schema.field(name).type for name in columns} == columns, table
+
+    seed_rows = assert_readers_agree(results, "seeds", 8)  # the list cells too, null elements and cells
+    assert [plain(c) for c in seed_rows["holdout_class_acc"]][:2] == [(0.5, 1.0, 0.25), (0.5, 1.0, None)]
+    assert seed_rows["holdout_class_acc"].iloc[-1] is None
+    ref = assert_readers_agree(results, "reference", 4)
+    teacher = ref[ref["method"] == "teacher_1"].iloc[0]
+    assert list(teacher["classes"]) == [2, 0] and teacher["params"] == 292
+    frames = read_all_ways(table_path(results, "trials"))
+    for name, frame in frames.items():
+        by_id = frame.set_index("trial_id")["student_params"]
+        assert by_id[["t000", "t002"]].tolist() == [1000, 1002] and pd.isna(by_id["t003"]), name
+    assert pl.read_parquet(f"{table_path(results, 'seeds')}/*.parquet").schema["holdout_class_acc"] == \
+        pl.List(pl.Float64)
+    # SQL engines take the lists as lists: DuckDB's mean over a cell skips its null element.
+    means = duckdb.sql(f"SELECT seed, list_avg(holdout_class_acc) AS m FROM '{table_path(results, 'seeds')}/*.parquet' "
+                       "WHERE trial_id = 't000' ORDER BY seed").fetchall()
+    assert means == [(0, pytest.approx((0.5 + 1.0 + 0.25) / 3)), (1, pytest.approx(0.75))]
+
+
+def _older(tables: StudyTables) -> StudyTables:
+    """The same tables as the kdtune before the task columns wrote them."""
+    for table, columns in NEW_COLUMNS.items():
+        schema = tables.schemas[table]
+        tables.schemas[table] = pa.schema([f for f in schema if f.name not in columns])
+    return tables
+
+
+def test_tables_of_the_kdtune_before_the_task_columns_gain_them_as_null(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    old = _older(new_tables(results))
+    for n in range(3):
+        old.record_trial(*rows(n))
+    old.compact()
+    old.record_trial(*rows(3))  # a part beside the compacted file, both without the new columns
+    old.append("reference", reference("baseline", 0.7))
+    assert "student_params" not in pq.read_schema(table_files(results, "trials")[0]).names
+    assert "student_params" not in read_table(tmp_path, "trials").columns  # read as it is, untouched
+
+    tables = new_tables(results)  # this kdtune resumes the study
+    tables.record_trial(*rows(4))
+    tables.record_trial(*rows(1, acc=0.9))  # a trial of the old compacted file written again
+    tables.replace_method(reference("ablation", 0.6), "ablation")
+    for table in ("trials", "epochs", "seeds", "reference"):
+        for path in table_files(results, table):  # no generation mixes two schemas (polars would refuse it)
+            assert pq.read_schema(path).remove_metadata() == tables.schemas[table], (table, path.name)
+    trials = assert_readers_agree(results, "trials", 5)
+    sizes = dict(zip(trials["trial_id"], trials["student_params"]))
+    assert pd.isna(sizes["t000"]) and pd.isna(sizes["t003"]) and (sizes["t001"], sizes["t004"]) == (1001, 1004)
+    seeds = assert_readers_agree(results, "seeds", 10)
+    cells = {(t, s): plain(c) for t, s, c in zip(seeds["trial_id"], seeds["seed"], seeds["holdout_class_acc"])}
+    assert cells[("t000", 0)] is None and cells[("t004", 1)] == (0.5, 1.0, None)
+    ref = assert_readers_agree(results, "reference", 4)
+    assert ref.set_index("method")["params"].isna().groupby(level=0).all().to_dict() == {
+        "ablation": False, "baseline": True}
+    assert len(read_table(tmp_path, "epochs")) == 5 * EPOCHS

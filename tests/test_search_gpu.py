@@ -39,3 +39,27 @@ def test_search_trials_with_half_a_gpu_run_on_it(tmp_path: Path) -> None:
     assert len(study.trials) == 2
     devices = [t.user_attrs.get("device") for t in study.trials]
     assert all(d not in (None, "cpu") for d in devices), devices  # torch.cuda.get_device_name() of each
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cnn_subset_experiment_runs_on_the_gpu_as_on_the_cpu() -> None:
+    """The whole digits-subsets recipe (CNN teachers of class subsets, batched seeds, subset KD) on CUDA, and
+    its accuracies close to the CPU's (the kernels differ, so not bit-identical)."""
+    import time
+
+    from kdcore import data as kdata
+    from kdcore.train import run_experiment
+    from search_spaces import load_space
+
+    config = load_space("digits-subsets").base.with_overrides(
+        {"seeds": [0, 1], "teacher.epochs": 5, "baseline.epochs": 5, "student.epochs": 5})
+    digits = kdata.load("builtin:digits")
+    start = time.perf_counter()
+    gpu = run_experiment(digits, config, device="cuda")
+    seconds = time.perf_counter() - start
+    cpu = run_experiment(digits, config, device="cpu")
+    for name, result in gpu.methods.items():
+        assert next(result.model.parameters()).is_cuda, name
+        assert abs(result.holdout_acc.mean() - cpu.methods[name].holdout_acc.mean()) < 0.03, name
+    print(f"digits-subsets experiment (5 epochs, 2 seeds) on {torch.cuda.get_device_name()}: {seconds:.1f} s")

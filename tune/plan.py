@@ -153,6 +153,10 @@ def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
     spec = settings.data if settings.data.startswith("builtin:") else str(Path(settings.data).resolve())
     dataset = kdata.load(spec)
     check_task(space.base, dataset)
+    from kdcore.task import resolve
+
+    base = space.base
+    task = resolve(base.task, base.teacher, dataset.n_classes, dataset.n_domains).describe()
     max_t = settings.max_t or max_evaluations(space)
     meta = StudyMeta(
         name=settings.name, data=spec, data_source=dataset.source, fingerprint=dataset.fingerprint(),
@@ -161,6 +165,7 @@ def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
         reduction_factor=settings.reduction_factor, cpus_per_trial=settings.cpus_per_trial,
         gpus_per_trial=settings.gpus_per_trial, max_concurrent=settings.max_concurrent or 0,
         versions=_versions(), tune_baseline=settings.tune_baseline, sampler=settings.sampler,
+        task=task, input_shape=list(dataset.feature_shape),
     )
     return paths, meta
 

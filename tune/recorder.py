@@ -15,7 +15,7 @@ from typing import Any
 
 from ray import tune
 
-from results.schema import param_column, param_type
+from results.schema import class_acc_cell, param_column, param_type
 from results.writer import StudyTables
 from tune.searcher import (
     AT_KEY,
@@ -79,6 +79,7 @@ def trial_rows(ids: dict[str, Any], status: str, error: str | None, params: dict
         "best_epoch": _num(result.get("best_epoch")),
         "epochs_run": int(result["epoch"]) if result.get("epoch") is not None else None,
         "iterations": int(result[EVAL_KEY] if EVAL_KEY in result else result.get("training_iteration") or 0) or None,
+        "student_params": int(result["student_params"]) if result.get("student_params") is not None else None,
         "wall_seconds": _num(result.get("trial_seconds", result.get("time_total_s"))),
         "teacher_cache_hit": result.get("teacher_cache_hit"),
         "node": result.get("node"), "hostname": result.get("hostname"), "device": result.get("device"),
@@ -90,7 +91,8 @@ def trial_rows(ids: dict[str, Any], status: str, error: str | None, params: dict
         row["holdout_acc_std"] = _sample_std(result.get("seed_holdout_acc") or [])
     if result.get("per_seed"):
         seeds = [{**ids, "seed": s["seed"], "inner_acc": s["inner_acc"], "holdout_acc": s["holdout_acc"],
-                  "inner_loss": s["inner_loss"], "holdout_loss": s["holdout_loss"], "best_epoch": s["best_epoch"]}
+                  "inner_loss": s["inner_loss"], "holdout_loss": s["holdout_loss"], "best_epoch": s["best_epoch"],
+                  "holdout_class_acc": class_acc_cell(s.get("holdout_class_acc"))}
                  for s in result["per_seed"]]
     else:
         inner, holdout = result.get("seed_inner_acc") or [], result.get("seed_holdout_acc") or []

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kdcore.errors import KDCoreError
+from results.schema import class_acc_cell
 from tune.errors import KDTuneError
 from tune.plan import RunOptions
 from tune.progress import ProgressLine
@@ -57,10 +58,17 @@ def _job(study_dir: str, what: str, params: dict[str, Any] | None, threads: int,
 
 def reference_rows(study: str, method: str, summary: dict[str, Any], trial_number: int | None = None
                    ) -> list[dict[str, Any]]:
-    """The reference-table rows of one method: one per seed."""
+    """The reference-table rows of one method: one per seed, with the method's parameter count and classes
+    (``FitResult.summary``; null when the summary has none: a tuned baseline's per-seed rows, an older
+    kdcore's teacher cache) and each seed's holdout accuracy per class, in the order of those classes."""
+    params = summary.get("params")
+    classes = summary.get("classes")
     return [{"study": study, "method": method, "seed": s["seed"], "trial_number": trial_number,
              "inner_acc": s["inner_acc"], "holdout_acc": s["holdout_acc"], "inner_loss": s["inner_loss"],
-             "holdout_loss": s["holdout_loss"], "best_epoch": s["best_epoch"]} for s in summary["per_seed"]]
+             "holdout_loss": s["holdout_loss"], "best_epoch": s["best_epoch"],
+             "params": None if params is None else int(params),
+             "classes": None if classes is None else [int(c) for c in classes],
+             "holdout_class_acc": class_acc_cell(s.get("holdout_class_acc"))} for s in summary["per_seed"]]
 
 
 def run_jobs(paths: StudyPaths, meta: StudyMeta, jobs: list[tuple[str, dict[str, Any] | None]], *,

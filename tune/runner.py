@@ -308,8 +308,28 @@ def _study_tables(paths: StudyPaths, meta: StudyMeta, space: Any) -> Any:
         "seeds": list(base.seeds), "inner": base.inner, "inner_fraction": base.inner_fraction,
         "fold_start": base.fold_start, "split_seed": base.split_seed,
         "objective": space.objective.to_dict(), "versions": meta.versions,
+        "task": meta.task, "models": _models(meta, space),
     }
     return StudyTables(paths.results, space_param_types(space), metadata)
+
+
+def _models(meta: StudyMeta, space: Any) -> dict[str, Any] | None:
+    """The baseline's, the teacher's and the student's fixed model spec with its trainable parameters for
+    the data's input shape (results.schema, "models"); None for a study planned by an older kdtune."""
+    if meta.task is None or meta.input_shape is None:
+        return None
+    from kdcore.models import parameter_count
+    from kdcore.task import resolve
+
+    base, shape = space.base, tuple(meta.input_shape)
+    n_classes = int(meta.task["n_classes"])
+    task = resolve(base.task, base.teacher, n_classes, int(meta.task["n_groups"]))
+    out: dict[str, Any] = {name: {**getattr(base, name).model_spec.to_dict(),
+                                  "params": parameter_count(getattr(base, name).model_spec, shape, n_classes)}
+                           for name in ("baseline", "student")}
+    out["teacher"] = {**base.teacher.model_spec.to_dict(),
+                      "params": [parameter_count(t.fit.model_spec, shape, len(t.classes)) for t in task.teachers]}
+    return {name: out[name] for name in ("baseline", "teacher", "student")}
 
 
 def _train_reference(paths: StudyPaths, meta: StudyMeta, tables: Any, options: RunOptions) -> None:

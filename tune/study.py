@@ -102,6 +102,10 @@ class StudyMeta:
     references: bool = True  # train the baseline, teachers and the best trial's ablation (not for ce-baseline)
     tune_baseline: int = 0  # trials of the CE-only baseline search in DIR/NAME/ce-baseline (0: none)
     sampler: str = "tpe"  # tune.runner.SAMPLERS
+    # What the data made of the space's task at plan time (kdcore.task.Task.describe()) and one sample's
+    # feature shape, for the tables' metadata; None in a study of an older kdtune.
+    task: dict[str, Any] | None = None
+    input_shape: list[int] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

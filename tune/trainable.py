@@ -232,6 +232,7 @@ def _run_trial(config: dict[str, Any], paths: StudyPaths, meta: StudyMeta, space
         "best_epoch": summary["best_epoch_mean"],
         "epochs_run": result.epochs_run,
         "per_seed": summary["per_seed"],
+        "student_params": summary["params"],
         "trial_seconds": time.perf_counter() - start,
     })
     log.line(f"ended COMPLETE after {result.epochs_run} epochs, {time.perf_counter() - start:.1f} s: inner acc "
