@@ -105,9 +105,9 @@ def generic_rows(spec: ModelSpec, shape: tuple[int, ...], batch: int, repeat: in
     ]
 
 
-def mlp_identity(steps: int) -> float:
+def mlp_identity(steps: int, batch_norm: bool) -> float:
     """Largest weight difference between BatchedFFNN and the generic MLP after ``steps`` Adam steps."""
-    spec, shape = ModelSpec("mlp", hidden=(20, 10)), (2,)
+    spec, shape = ModelSpec("mlp", hidden=(20, 10), batch_norm=batch_norm), (2,)
     x, y = _data(shape, 128, 2)
     hand = models.batched(spec, shape, 2, SEEDS)
     generic = models.StackedModel([models.build(spec, shape, 2, s) for s in SEEDS], SEEDS, shape)
@@ -151,9 +151,10 @@ def main() -> None:
         sequential = next(ms for _, kind, ms in rows if kind == "sequential")
         for variant, _, ms in rows:
             print(f"{model:<22} {data:<15} {variant:<14} {ms:>9.3f} {sequential / ms:>13.2f}x")
-    diff = mlp_identity(steps=20)
-    print(f"generic vmap MLP vs BatchedFFNN after 20 Adam steps: max |weight difference| {diff:.2e} "
-          f"({'bit-identical' if diff == 0 else 'not bit-identical'})")
+    for batch_norm in (False, True):
+        diff = mlp_identity(steps=50, batch_norm=batch_norm)
+        print(f"generic vmap MLP{' + BN' if batch_norm else ''} vs BatchedFFNN after 50 Adam steps: "
+              f"max |weight difference| {diff:.2e} ({'bit-identical' if diff == 0 else 'not bit-identical'})")
 
 
 if __name__ == "__main__":

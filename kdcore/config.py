@@ -206,7 +206,7 @@ class FitConfig:
         return ModelSpec(self.model, self.hidden, self.batch_norm, self.channels, self.width, self.depth)
 
 
-_FIT_V2_DEFAULTS = {"model": "mlp", "channels": None, "width": 1, "depth": 8, "momentum": 0.9, "nesterov": False,
+_FIT_V2_DEFAULTS: dict[str, Any] = {"model": "mlp", "channels": None, "width": 1, "depth": 8, "momentum": 0.9, "nesterov": False,
                     "milestones": []}
 
 

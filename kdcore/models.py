@@ -3,8 +3,8 @@
 ``MODELS`` maps each built-in name of ``kdcore.config.MODEL_NAMES`` to a factory
 ``(spec, input_shape, n_classes) -> nn.Module``; any other name is a user's ``package.module:function``
 (``resolve_factory``). ``build`` makes the standalone network of one seed, ``batched`` all seeds as one
-``SeedModel`` whose seed s holds exactly ``build(..., seed=s)``'s weights and trains exactly as it would:
-one forward, one backward and one optimizer step serve every seed, and no gradient mixes seeds.
+``SeedModel`` whose seed s holds exactly ``build(..., seed=s)``'s weights and trains as it would, to float
+rounding: one forward, one backward and one optimizer step serve every seed, and no gradient mixes seeds.
 
 Two ``SeedModel`` kinds:
 
@@ -12,13 +12,14 @@ Two ``SeedModel`` kinds:
   (``torch.func.stack_module_state``) and the one-seed network run under ``vmap(functional_call)``. Batch
   norm works as standalone: per-seed batch statistics, and the running statistics, batched like every
   buffer, are updated in place per seed by vmap (checked in this torch, 2.13).
-- ``BatchedFFNN``, the ``mlp``: one hand-written ``baddbmm`` per layer. It stays because it is faster and
-  because every existing study's numbers come from it: the generic path gives the same networks but not
-  bit-identical training (other kernels round differently; its batch norm is hand-written), so switching
-  would change published results. Measured (``bench/batched_models.py``, one thread, 2-20-10-2 MLP, 5 seeds,
-  forward + backward + Adam step): batch 128: BatchedFFNN 0.25 ms, vmap 0.65 ms, 5 standalone 1.07 ms;
-  full batch 1920: 0.53 ms, 1.01 ms, 1.96 ms. Its state dict keeps its own layout (``weights.i`` stored
-  (S, in, out), ...), so teachers cached by older versions still load; ``seed_state`` gives ``FFNN``'s.
+- ``BatchedFFNN``, the ``mlp``: one hand-written ``baddbmm`` per layer, kept because the generic path is
+  neither as fast nor bit-identical. ``bench/batched_models.py`` (2-20-10-2, 5 seeds, forward + backward +
+  Adam, one thread, two runs on a shared 2-core machine): batch 128: BatchedFFNN 0.65-1.19 ms, generic vmap
+  1.30-2.19 ms, five standalone FFNNs 2.98-4.72 ms; full batch 1920: 2.66-2.94, 4.22-4.49, 4.57-7.06 ms.
+  Without batch norm the generic MLP trains bit-identically to it; with batch norm (its batch norm is
+  hand-written) the weights part by 1e-2 after 50 Adam steps, which would change every existing study's
+  numbers. Its state dict keeps its own layout (``weights.i`` stored (S, in, out), ...), so teachers cached
+  by older versions still load; ``seed_state`` gives ``FFNN``'s layout.
 """
 
 from __future__ import annotations
@@ -353,7 +354,11 @@ class StackedModel(SeedModel):
 
     ``net`` is the standalone architecture with every parameter and buffer replaced by its (S, ...) stack,
     so its ``state_dict`` keys are the standalone ones, prefixed ``net.``. Random layers (dropout) draw
-    different masks per seed (``randomness="different"``), as independent runs would.
+    different masks per seed (``randomness="different"``), as independent runs would; batch norm needs a
+    fixed momentum (``momentum=None`` reads its counter in Python, which vmap cannot). On one CPU thread vmap
+    gains little over five standalone networks for convolutions (they are compute-bound: digits cnn 1.1-1.4x,
+    resnet8 on 8x8 about 1x, resnet8 on 32x32 0.6-0.8x; ``bench/batched_models.py``); the win it exists for
+    is on accelerators, where one launch serves all seeds.
     """
 
     def __init__(self, nets: Sequence[nn.Module], seeds: Sequence[int], input_shape: tuple[int, ...]) -> None:

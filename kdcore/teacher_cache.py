@@ -40,11 +40,11 @@ def teacher_key(fingerprint: str, config: ExperimentConfig) -> str:
     Settings added after the multi-domain task (model fields, the task) enter only when they differ from
     their defaults, so the keys of studies made before them stay valid; a checkpoint enters by its content.
     """
-    task = {}
+    task: dict[str, Any] = {}
     if not config.task.is_default:
+        specs = () if isinstance(config.task.teachers, str) else config.task.teachers
         task = {"task": config.task.to_dict(),
-                "checkpoints": [_file_digest(t.checkpoint) for t in config.task.teachers  # type: ignore[union-attr]
-                                if t.checkpoint is not None]}
+                "checkpoints": [_file_digest(t.checkpoint) for t in specs if t.checkpoint is not None]}
     parts = {
         "format": CACHE_FORMAT,
         "data": fingerprint,

@@ -96,3 +96,4 @@ def test_a_checkpoint_that_does_not_fit_is_refused_with_one_line(
         "{classes: [4, 5, 6, 7, 8, 9]}]}\n")
     rc, out, err = _run(capsys, "--data", "builtin:digits", "--config", str(config), "--epochs", "1")
     assert_one_line_error("train", rc, err, "teacher_0", "does not fit its architecture 'cnn'")
+    assert out == ""

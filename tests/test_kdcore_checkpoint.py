@@ -30,7 +30,7 @@ def _saved_teacher(path: Path, n_out: int, seed: int = 7) -> torch.nn.Module:
     return net
 
 
-def _teacher(path: Path, classes: list[int], fit: FitConfig = CNN):  # noqa: ANN202
+def _teacher(path: Path, classes: list[int], fit: FitConfig = CNN):
     config = TaskConfig(teachers=[{"classes": classes, "checkpoint": str(path)},
                                   {"classes": [c for c in range(10) if c not in classes]}], routing="label")
     return resolve(config, fit, 10, 1).teachers[0]
@@ -64,7 +64,7 @@ def test_the_common_state_dict_wrapper_is_accepted(tmp_path: Path) -> None:
     (lambda p: torch.save([1, 2, 3], p), "must hold a state dict"),
     (lambda p: None, "not found"),
 ])
-def test_a_bad_checkpoint_is_one_line(tmp_path: Path, make, message: str) -> None:  # noqa: ANN001
+def test_a_bad_checkpoint_is_one_line(tmp_path: Path, make, message: str) -> None:
     path = tmp_path / "t.pt"
     make(path)
     with pytest.raises(ConfigError, match=message) as info:

@@ -17,7 +17,7 @@ DISJOINT = [{"classes": [0, 6, 8, 9]}, {"classes": [1, 4, 7]}, {"classes": [2, 3
 OVERLAP = [{"classes": [0, 1, 2, 3, 4]}, {"classes": [4, 5, 6, 7]}, {"classes": [7, 8, 9, 0]}]
 
 
-def task(teachers: object, routing: str = "label", n_classes: int = 10, n_groups: int = 1):  # noqa: ANN201
+def task(teachers: object, routing: str = "label", n_classes: int = 10, n_groups: int = 1):
     return resolve(TaskConfig(teachers=teachers, routing=routing), FitConfig(), n_classes, n_groups)
 
 
