@@ -23,7 +23,7 @@ from kdcore import data as kdata
 from kdcore import losses
 from kdcore.config import ExperimentConfig
 from kdcore.models import FFNN
-from kdcore.train import prepare, teacher_logits, train_student, train_teachers
+from kdcore.train import prepare, task_of, teacher_targets, train_student, train_teachers
 
 
 def best_of(repeat: int, fn: Callable[[], object]) -> float:
@@ -58,7 +58,7 @@ def main() -> None:
     for i, s in enumerate(seeds):
         singles = []
         for t in teachers:
-            single = type(t)(prep.n_features, config.teacher.hidden, prep.n_classes, [s])
+            single = type(t)(data.n_features, config.teacher.hidden, prep.n_classes, [s])
             single.load_state_dict({k: v[i : i + 1] for k, v in t.state_dict().items()})
             singles.append(single)
         teachers_by_seed[s] = singles
@@ -70,12 +70,13 @@ def main() -> None:
         for s in seeds:
             train_student(one_prep[s], one_seed[s], teachers_by_seed[s])
 
-    targets = teacher_logits(teachers, prep.fit.x, prep.fit.d)  # (S, N, C), each seed its own fit folds
+    # (S, N, C): each sample's one routed (domain) teacher, each seed its own fit folds
+    targets = teacher_targets(task_of(prep, config), teachers, prep.fit).logits[:, :, 0]
 
     def dataloader_loop() -> None:
         for i, s in enumerate(seeds):
             gen = torch.Generator().manual_seed(s)
-            net = FFNN(prep.n_features, config.student.hidden, prep.n_classes, generator=gen)
+            net = FFNN(data.n_features, config.student.hidden, prep.n_classes, generator=gen)
             opt = torch.optim.Adam(net.parameters(), lr=1e-3)
             loader = DataLoader(TensorDataset(prep.fit.x[i], prep.fit.y[i], targets[i]),
                                 batch_size=args.batch_size, shuffle=True, generator=gen)
