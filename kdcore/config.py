@@ -24,7 +24,9 @@ DECAYING_OPTIMIZERS = ("adamw", "adam_coupled", "sgd")
 SCHEDULES = ("constant", "step", "multistep", "cyclic", "onecycle")
 MODEL_NAMES = ("mlp", "cnn", "resnet")
 ROUTINGS = ("group", "label", "all")
-KD_METHODS = ("hinton", "annealing")
+KD_METHODS = ("hinton", "annealing", "simkd", "none")
+PLACEMENTS = ("last", "last_two")
+FEATURE_LOSSES = ("mse", "cosine")
 PROTOCOLS = ("honest", "seed")
 INNER = ("folds", "split")
 
@@ -214,10 +216,18 @@ _FIT_V2_DEFAULTS: dict[str, Any] = {"model": "mlp", "channels": None, "width": 1
 class KDConfig:
     """The distillation knobs.
 
-    ``hinton``: ``(1 - alpha) * CE + alpha * T^2 * KL``. Default alpha 0.9, T 1: with per-domain teachers
-    the high temperatures of the published recipe (T 9) hurt (README "Defaults"). ``annealing`` (Jafari et al. 2021): phase 1 of
-    ``anneal_epochs`` epochs regresses the student's logits on ``phi(t) * teacher`` with ``tau_max`` steps,
-    then phase 2 trains on hard labels (the student's ``epochs``); alpha and temperature are not used.
+    ``hinton``: ``(1 - alpha) * CE + alpha * T^2 * KL``, over each routed teacher's classes. Default alpha
+    0.9, T 1: with per-domain teachers the high temperatures of the published recipe (T 9) hurt (README
+    "Defaults"). ``annealing`` (Jafari et al. 2021): phase 1 of ``anneal_epochs`` epochs regresses the
+    student's logits on ``phi(t) * teacher`` with ``tau_max`` steps, then phase 2 trains on hard labels (the
+    student's ``epochs``); alpha and temperature are not used. ``none``: hard labels only (the no-KD
+    reference; the same as hinton with alpha 0).
+    ``simkd`` (Chen et al., CVPR 2022; ``kdcore.simkd``): a projector of bottleneck ``teacher channels /
+    factor`` maps the student's last feature map to the teacher's (``placement: last_two`` adds one for the
+    previous stage, its loss weighted ``prev_weight``); the loss is ``feature_loss`` (``mse`` or ``cosine``)
+    between them, on the samples the teacher classifies right when ``use_labels``, plus ``ce_weight`` * CE and
+    ``logit_weight`` * T^2 * KL(teacher || reused head) on the reused-classifier path; the teacher's frozen
+    classifier predicts. alpha is not used.
     """
 
     method: str = "hinton"
@@ -225,9 +235,18 @@ class KDConfig:
     temperature: float = 1.0
     tau_max: int = 10
     anneal_epochs: int = 500
+    factor: int = 2
+    placement: str = "last"
+    prev_weight: float = 0.5
+    feature_loss: str = "mse"
+    use_labels: bool = False
+    ce_weight: float = 0.0
+    logit_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _choice(self.method, "kd.method", KD_METHODS)
+        _choice(self.placement, "kd.placement", PLACEMENTS)
+        _choice(self.feature_loss, "kd.feature_loss", FEATURE_LOSSES)
         alpha = _number(self.alpha, "alpha")
         if not 0 <= alpha <= 1:
             raise ConfigError(f"0 <= alpha <= 1 must hold, but got alpha={alpha}")
@@ -245,15 +264,26 @@ class KDConfig:
                 f"anneal_epochs >= tau_max must hold (one epoch per annealing step at least), "
                 f"but got anneal_epochs={anneal_epochs}, tau_max={tau_max}"
             )
+        factor = _number(self.factor, "kd.factor", integer=True)
+        if factor < 1:
+            raise ConfigError(f"kd.factor must be >= 1, but got {factor}")
+        for name in ("prev_weight", "ce_weight", "logit_weight"):
+            value = _number(getattr(self, name), f"kd.{name}")
+            if value < 0:
+                raise ConfigError(f"kd.{name} must be >= 0, but got {value}")
+            object.__setattr__(self, name, value)
+        if not isinstance(self.use_labels, bool):
+            raise ConfigError(f"kd.use_labels must be true or false, but got {self.use_labels!r}")
         object.__setattr__(self, "alpha", alpha)
         object.__setattr__(self, "temperature", temperature)
         object.__setattr__(self, "tau_max", tau_max)
         object.__setattr__(self, "anneal_epochs", anneal_epochs)
+        object.__setattr__(self, "factor", factor)
 
     @property
     def uses_teachers(self) -> bool:
-        """False for Hinton KD with alpha = 0: no distillation term, hard labels only."""
-        return self.method != "hinton" or self.alpha > 0
+        """False without a distillation term (``none``, or Hinton KD with alpha = 0): hard labels only."""
+        return self.method not in ("none", "hinton") or (self.method == "hinton" and self.alpha > 0)
 
     def without_kd(self) -> KDConfig:
         """The ablation of this configuration: no distillation term, everything else unchanged."""

@@ -30,6 +30,7 @@ import importlib
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -349,6 +350,18 @@ def _check_state(state: Mapping[str, torch.Tensor], shapes: Mapping[str, torch.S
                           + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
 
 
+class _Method(nn.Module):
+    """``net.<name>`` as a module's forward, so that ``functional_call`` can run a method other than forward."""
+
+    def __init__(self, net: nn.Module, name: str) -> None:
+        super().__init__()
+        self.net = net
+        self.name = name
+
+    def forward(self, x: torch.Tensor, **kwargs: Any) -> Any:
+        return getattr(self.net, self.name)(x, **kwargs)
+
+
 class StackedModel(SeedModel):
     """Any architecture batched over seeds: stacked weights, the one-seed network run under ``vmap``.
 
@@ -380,15 +393,24 @@ class StackedModel(SeedModel):
                     module._buffers[leaf] = new_buffers[id(b)]
         self.net = template
 
-    def _one(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
-             x: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(self.net, (params, buffers), (x,))
+    def forward(self, x: torch.Tensor, **kwargs: Any) -> Any:
+        """(S, B, *input_shape) or (B, *input_shape) -> (S, B, n_classes) logits (or whatever the standalone
+        network's ``forward(x, **kwargs)`` returns, each tensor with the seed axis first)."""
+        return self.call("forward", x, **kwargs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(S, B, *input_shape) or (B, *input_shape) -> (S, B, n_classes) logits."""
+    def call(self, method: str, x: torch.Tensor, **kwargs: Any) -> Any:
+        """The standalone network's ``method(x, **kwargs)`` for every seed (e.g. ``"features"``): tensors
+        of the result gain the seed axis first."""
         x, shared = self._per_seed(x)
-        run = torch.func.vmap(self._one, in_dims=(0, 0, None if shared else 0), randomness="different")
-        return run(dict(self.net.named_parameters()), dict(self.net.named_buffers()), x)
+        net = self.net if method == "forward" else _Method(self.net, method)
+        prefix = "" if method == "forward" else "net."
+
+        def one(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor) -> Any:
+            return torch.func.functional_call(net, (params, buffers), (x,), kwargs)
+
+        run = torch.func.vmap(one, in_dims=(0, 0, None if shared else 0), randomness="different")
+        return run({prefix + k: v for k, v in self.net.named_parameters()},
+                   {prefix + k: v for k, v in self.net.named_buffers()}, x)
 
     def seed_state(self, i: int) -> dict[str, torch.Tensor]:
         return {key: value[i].clone() for key, value in self.net.state_dict().items()}

@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import SupportsFloat
+from typing import Any, SupportsFloat
 
 import numpy as np
 import torch
@@ -244,7 +244,9 @@ class FitResult:
 
     ``classes[j]`` is the global class of output j (a teacher of a class subset has its own label space);
     ``class_acc`` (S, len(classes)) is the holdout accuracy on each class at the selected weights (NaN for a
-    class the holdout lacks); ``params`` counts one network's trainable parameters.
+    class the holdout lacks); ``params`` counts one network's trainable parameters (``params_detail`` by
+    part where there are several, e.g. SimKD's student and projector); ``head`` names the classifier whose
+    logits every metric is measured on.
     """
 
     method: str
@@ -261,6 +263,8 @@ class FitResult:
     classes: tuple[int, ...] = ()
     class_acc: np.ndarray | None = None
     params: int = 0
+    head: str = "student"
+    params_detail: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, object]:
         """Seed means and sample standard deviations (ddof=1; 0 for a single seed) plus per-seed rows.
@@ -289,6 +293,8 @@ class FitResult:
             "seconds": self.seconds,
             "classes": list(self.classes),
             "params": self.params,
+            "params_detail": dict(self.params_detail),
+            "head": self.head,
             "per_seed": [
                 {
                     "seed": s,
@@ -313,14 +319,16 @@ EVAL_CHUNK = 8192  # rows per forward pass when evaluating a large set (CIFAR's 
 
 
 def _make_optimizer(model: torch.nn.Module, fit: FitConfig) -> torch.optim.Optimizer:
+    """The optimizer over the trainable parameters (a frozen part, SimKD's reused head, is left out)."""
+    params = [p for p in model.parameters() if p.requires_grad]
     if fit.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
+        return torch.optim.AdamW(params, lr=fit.lr, weight_decay=fit.weight_decay)
     if fit.optimizer == "adam_coupled":  # L2 added to the gradient before Adam's scaling (not AdamW)
-        return torch.optim.Adam(model.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
+        return torch.optim.Adam(params, lr=fit.lr, weight_decay=fit.weight_decay)
     if fit.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=fit.lr, momentum=fit.momentum, nesterov=fit.nesterov,
+        return torch.optim.SGD(params, lr=fit.lr, momentum=fit.momentum, nesterov=fit.nesterov,
                                weight_decay=fit.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=fit.lr)
+    return torch.optim.Adam(params, lr=fit.lr)
 
 
 def logits_of(model: torch.nn.Module, subset: Subset) -> torch.Tensor:
@@ -374,8 +382,15 @@ def _run_fit(
     patience: int | None | str = "config",  # "config": the FitConfig's
     restore_best: bool | None = None,
     classes: Sequence[int] = (),
+    train_forward: Callable[[torch.nn.Module, torch.Tensor], Any] | None = None,
+    head: str = "student",
 ) -> FitResult:
-    """The one training loop: shuffled per-seed mini-batches, scheduled LR, selection and early stopping."""
+    """The one training loop: shuffled per-seed mini-batches, scheduled LR, selection and early stopping.
+
+    ``train_forward(model, x)`` is what the batch loss receives (default ``model(x)``, the logits; SimKD's
+    logits and projected features); evaluation always uses ``model(x)``, the logits of the head that
+    predicts at test time (named by ``head`` in the results).
+    """
     start = time.perf_counter()
     if train.per_seed and train.x.shape[0] != model.n_seeds:
         raise TrainingError(f"{method}: the data was prepared for {train.x.shape[0]} seeds (one fold each), "
@@ -416,7 +431,8 @@ def _run_fit(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x = train.x if full_batch else train.take(train.x, idx)  # (N, ...) or (S, N, ...), or (S, B, ...)
-                loss = batch_loss(model(x), idx, epoch - 1).sum()
+                out = model(x) if train_forward is None else train_forward(model, x)
+                loss = batch_loss(out, idx, epoch - 1).sum()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -472,6 +488,7 @@ def _run_fit(
         classes=tuple(classes),
         class_acc=class_acc,
         params=parameter_count(model),
+        head=head,
         **best_metrics,
     )
 
@@ -621,8 +638,12 @@ def train_student(
     kd: KDConfig = config.kd
     fit = config.student
     train, select, holdout = prep.fit, prep.select, prep.holdout
-    model = new_model(prep, fit, config.seeds)
     every = tuple(range(prep.n_classes))
+    if kd.method == "simkd":
+        if teachers is None:
+            raise TrainingError("kd.method 'simkd' needs its teacher, but none was given")
+        return _train_simkd(prep, config, teachers, on_epoch)
+    model = new_model(prep, fit, config.seeds)
     if not kd.uses_teachers:
         batch_ce, select_ce = _ce_losses(train, select)
         return _run_fit("student", model, fit, train, select, holdout, batch_ce, select_ce,
@@ -671,6 +692,81 @@ def train_student(
     return phase2
 
 
+TEACHER_CACHE_ELEMENTS = 2**28  # teacher feature maps of the whole fit set up to 1 GiB are computed once
+
+
+def teacher_outputs(teacher: SeedModel, x: torch.Tensor, stages: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The teacher's logits (S, N, C) and its last ``stages`` feature maps (S, N, C_i, H_i, W_i) on x: the
+    only place SimKD's teacher runs (eval mode, no gradient)."""
+    teacher.eval()
+    with torch.no_grad():
+        maps = teacher.call("features", x)[-stages:]  # type: ignore[attr-defined]
+        return teacher(x), list(maps)
+
+
+def simkd_model(prep: Prepared, config: ExperimentConfig, teacher: SeedModel) -> SeedModel:
+    """Seed s's SimKD network: the student built for seed s, projectors initialised from seed s, and seed s's
+    teacher classifier copied and frozen; batched over the seeds like any architecture."""
+    from kdcore import simkd
+
+    teacher_spec = task_of(prep, config).teachers[0].fit.model_spec
+    nets = []
+    for i, seed in enumerate(config.seeds):
+        student = models.build(config.student.model_spec, prep.input_shape, prep.n_classes, seed)
+        frozen = models.build(teacher_spec, prep.input_shape, prep.n_classes, seed)
+        frozen.load_state_dict(teacher.seed_state(i))
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(int(seed))
+            nets.append(simkd.build_student(student, frozen, prep.input_shape, factor=config.kd.factor,
+                                            placement=config.kd.placement))
+    return models.StackedModel(nets, config.seeds, prep.input_shape).to(prep.device)
+
+
+def _train_simkd(prep: Prepared, config: ExperimentConfig, teachers: Sequence[SeedModel],
+                 on_epoch: ReportFn | None) -> FitResult:
+    """SimKD: only the student's encoder and the projectors train; the reused teacher classifier predicts."""
+    from kdcore import simkd
+
+    kd, fit = config.kd, config.student
+    task = task_of(prep, config)
+    if len(task.teachers) != 1 or not task.full_classes:
+        raise ConfigError(f"kd.method 'simkd' distils one teacher that knows every class, but the task has "
+                          f"{len(task.teachers)} teacher(s) knowing {[list(t.classes) for t in task.teachers]}")
+    if prep.fit.per_seed and prep.fit.x.shape[0] != len(config.seeds):
+        raise TrainingError("the data was prepared for other seeds")
+    teacher = teachers[0]
+    model = simkd_model(prep, config, teacher)
+    stages = 2 if kd.placement == "last_two" else 1
+    train, select, holdout = prep.fit, prep.select, prep.holdout
+    cache: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+    probe_logits, probe_maps = teacher_outputs(teacher, train.x[:, :1] if train.per_seed else train.x[:1], stages)
+    per_row = sum(m[0, 0].numel() for m in probe_maps) + probe_logits.shape[-1]
+    if per_row * len(train) * len(config.seeds) <= TEACHER_CACHE_ELEMENTS:  # no augmentation: compute once
+        cache = teacher_outputs(teacher, train.x, stages)
+
+    def batch_loss(out: tuple[torch.Tensor, list[torch.Tensor]], idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        logits, projected = out
+        if cache is not None:
+            t_logits, t_maps = _rows(cache[0], idx), [_rows(m, idx) for m in cache[1]]
+        else:
+            t_logits, t_maps = teacher_outputs(teacher, train.take(train.x, idx), stages)
+        return simkd.simkd_loss(logits, projected, t_maps, t_logits, train.take(train.y, idx),
+                                kind=kd.feature_loss, prev_weight=kd.prev_weight, use_labels=kd.use_labels,
+                                ce_weight=kd.ce_weight, logit_weight=kd.logit_weight, temperature=kd.temperature)
+
+    _, select_ce = _ce_losses(train, select)
+    result = _run_fit("student", model, fit, train, select, holdout, batch_loss, select_ce,
+                      eval_every=config.eval_every, on_epoch=on_epoch, classes=tuple(range(prep.n_classes)),
+                      train_forward=lambda m, x: m(x, features=True), head="teacher classifier (reused, frozen)")
+    net = model.net  # type: ignore[attr-defined]
+    result.params_detail = {
+        "student": sum(p.numel() for p in net.encoder.parameters()) // model.n_seeds,
+        "projector": sum(p.numel() for p in net.projectors.parameters()) // model.n_seeds,
+        "reused_head_frozen": sum(p.numel() for p in net.head.parameters()) // model.n_seeds,
+    }
+    return result
+
+
 @dataclass
 class ExperimentResult:
     """Every method's FitResult, keyed ``baseline``, ``teacher_0`` .. ``teacher_{K-1}``, ``student``."""
@@ -705,10 +801,12 @@ def run_experiment(
     out: dict[str, FitResult] = {}
     if "baseline" in methods:
         out["baseline"] = train_baseline(prep, config, on_epoch)
-    if "teachers" in methods or "student" in methods:
+    if "teachers" in methods or ("student" in methods and config.kd.uses_teachers):
         teachers = train_teachers(prep, config, on_epoch)
         for t in teachers:
             out[t.method] = t
         if "student" in methods:
             out["student"] = train_student(prep, config, [t.model for t in teachers], on_epoch)
+    elif "student" in methods:
+        out["student"] = train_student(prep, config, None, on_epoch)
     return ExperimentResult(config, data.fingerprint(), out, task)

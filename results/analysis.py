@@ -548,8 +548,7 @@ def teacher_summary(study: StudyData) -> list[dict[str, Any]]:
     """
     task = study_task(study)
     described = {str(t.get("name")): t for t in (task or {}).get("teachers") or [] if isinstance(t, dict)}
-    models = study.metadata.get("models") if isinstance(study.metadata.get("models"), dict) else {}
-    fixed_params = (models.get("teacher") or {}).get("params") if isinstance(models.get("teacher"), dict) else None
+    fixed_params = _fixed_params(study, "teacher")  # one per teacher
     ref = study.reference
     recorded = [str(m) for m in ref["method"].dropna().unique() if str(m).startswith(TEACHER_PREFIX)]
     names = list(described) + [m for m in recorded if m not in described]
@@ -574,9 +573,17 @@ def teacher_summary(study: StudyData) -> list[dict[str, Any]]:
             "knows": knows_text(classes, group), "params": params, "n_seeds": int(rows["seed"].nunique()),
             "inner_acc_mean": inner_mean, "inner_acc_std": inner_std,
             "holdout_acc_mean": holdout_mean, "holdout_acc_std": holdout_std,
-            "holdout_class_acc_mean": None if per_class is None else [per_class[0][c] for c in classes],
+            "holdout_class_acc_mean": None if per_class is None or classes is None else
+            [per_class[0][c] for c in classes],
         })
     return out
+
+
+def _fixed_params(study: StudyData, name: str) -> Any:
+    """``params`` of the metadata's ``models[name]``; None when the metadata does not record it."""
+    models = study.metadata.get("models")
+    entry = models.get(name) if isinstance(models, dict) else None
+    return entry.get("params") if isinstance(entry, dict) else None
 
 
 def knows_text(classes: list[int] | None, group: Any) -> str:
@@ -625,10 +632,8 @@ def parameter_counts(study: StudyData, best: Mapping[str, Any] | None) -> dict[s
     """Trainable parameters of one network: the best trial's student (trials ``student_params``), the
     baseline (its reference rows, else the metadata's ``models``) and each teacher; None where not recorded.
     ``fixed_student`` is the student of the space's fixed settings (metadata), for a searched architecture."""
-    models = study.metadata.get("models") if isinstance(study.metadata.get("models"), dict) else {}
-
     def fixed(name: str) -> int | None:
-        value = (models.get(name) or {}).get("params") if isinstance(models.get(name), dict) else None
+        value = _fixed_params(study, name)
         return int(value) if isinstance(value, int) else None
 
     baseline = _first_int(study.reference.loc[study.reference["method"] == "baseline", "params"])

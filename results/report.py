@@ -260,7 +260,7 @@ def _headline(summary: dict[str, Any]) -> list[str]:
     out.append(holdout)
     counts = summary.get("parameter_counts") or {}
     if counts.get("student") is not None or counts.get("baseline") is not None:
-        out.append(f"- parameters (one network): student {_count(counts.get('student'))}, mixed baseline "
+        out.append(f"- trainable parameters (one network): student {_count(counts.get('student'))}, mixed baseline "
                    f"{_count(counts.get('baseline'))}")
     comparisons = summary.get("comparisons") or {}
     test = best["vs_baseline"]
@@ -340,8 +340,8 @@ def _teacher_section(summary: dict[str, Any]) -> list[str]:
     teachers = summary.get("teachers") or []
     lines = ["## Teachers on their own classes", ""]
     if not teachers:
-        return lines + ["No teacher recorded (the study's metadata names no task and its reference table "
-                        "holds no teacher rows).", ""]
+        return lines + [("No teacher recorded (the study's metadata names no task and its reference table "
+                         "holds no teacher rows)."), ""]
     task = summary.get("task")
     if task:
         lines += [(f"Task: {task.get('n_classes')} classes, {task.get('n_groups')} group(s), routing "
@@ -349,8 +349,8 @@ def _teacher_section(summary: dict[str, Any]) -> list[str]:
                    "of its own classes (and group) only, in its own label space; accuracies are seed means "
                    "± sample sd."), ""]
     else:
-        lines += ["The task is not recorded (a study of an older kdtune): which classes each teacher knew is "
-                  "not known here.", ""]
+        lines += [("The task is not recorded (a study of an older kdtune): which classes each teacher knew is "
+                   "not known here."), ""]
     lines += ["| teacher | knows | parameters | seeds | inner acc | holdout acc |", "|---|---|---:|---:|---|---|"]
     for t in teachers:
         knows = t["knows"] + (f" (checkpoint `{_escape(str(t['checkpoint']))}`)" if t.get("checkpoint") else "")
@@ -358,8 +358,8 @@ def _teacher_section(summary: dict[str, Any]) -> list[str]:
                      f"{_pm(t['inner_acc_mean'], t['inner_acc_std'])} | "
                      f"{_pm(t['holdout_acc_mean'], t['holdout_acc_std'])} |")
     if any(t["n_seeds"] == 0 for t in teachers):
-        lines += ["", "A teacher with 0 seeds has no reference rows yet (the references are trained when the "
-                      "study starts)."]
+        lines += ["", ("A teacher with 0 seeds has no reference rows yet (the references are trained when the "
+                       "study starts).")]
     return lines + [""]
 
 
@@ -368,7 +368,7 @@ def _class_section(summary: dict[str, Any]) -> list[str]:
     per_class = summary.get("class_accuracy")
     if per_class is None:
         why = ("no COMPLETE trial yet" if summary.get("best") is None else
-               "not recorded for the best trial (a study of an older kdtune, or a trial rebuilt without it)")
+               "not recorded for the best trial (a study of an older kdtune)")
         return lines + [f"Not shown: {why}.", ""]
     counts = summary.get("parameter_counts") or {}
     methods = per_class["accuracy"]
@@ -377,8 +377,8 @@ def _class_section(summary: dict[str, Any]) -> list[str]:
              "ablation": "ablation (no KD)", "tuned_baseline": "tuned baseline"}
     seeds = ", ".join(f"{names[m]} {n}" for m, n in per_class["n_seeds"].items())
     lines += [f"Seed means over the holdout samples of each class (seeds: {seeds}).", ""]
-    lines += [f"Parameters of one network: student {_count(counts.get('student'))}, mixed baseline "
-              f"{_count(counts.get('baseline'))}.", ""]
+    lines += [(f"Parameters of one network: student {_count(counts.get('student'))}, mixed baseline "
+               f"{_count(counts.get('baseline'))}."), ""]
     lines += ["| class | " + " | ".join(names[m] for m in methods) + " |", "|---|" + "---:|" * len(methods)]
     marked = set(shared or [])
     for c in per_class["classes"]:
@@ -387,7 +387,8 @@ def _class_section(summary: dict[str, Any]) -> list[str]:
     if shared is None:
         lines += ["", "Shared classes are not recorded (the metadata holds no task)."]
     elif shared:
-        lines += ["", "`*` a shared class: more than one teacher knows it (" + ",".join(map(str, shared)) + ")."]
+        which = "every class here" if len(shared) == len(per_class["classes"]) else ",".join(map(str, shared))
+        lines += ["", f"`*` a shared class: more than one teacher knows it ({which})."]
     else:
         lines += ["", "No class is shared: each class is known by exactly one teacher."]
     return lines + [""]

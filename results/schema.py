@@ -75,6 +75,7 @@ A categorical knob whose choices mix types is a string column holding each value
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -144,5 +145,5 @@ def class_acc_cell(values: Iterable[Any] | None) -> list[float | None] | None:
     whole cell null when nothing was measured (``kdcore.train.FitResult.summary`` gives an empty list then)."""
     if values is None:
         return None
-    cell = [None if v is None or v != v else float(v) for v in values]  # v != v: NaN
+    cell = [None if v is None or math.isnan(v) else float(v) for v in values]
     return cell or None

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
@@ -54,7 +55,7 @@ class FakeStudy:
     """Writes a study folder the way ``kdtune search`` does, with rows chosen by the test."""
 
     def __init__(self, root: Path, space: str = "smoke", *, asha: bool = True,
-                 planned: int | None = None) -> None:
+                 planned: int | None = None, extra_metadata: dict[str, Any] | None = None) -> None:
         self.root = root
         self.name = root.name
         text = _space_text(space)
@@ -65,7 +66,8 @@ class FakeStudy:
                     "protocol": "honest",
                     "protocol_note": "honest protocol: selection on an inner split; holdout never chooses",
                     "seeds": SEEDS, "inner_fraction": 0.2, "split_seed": 0,
-                    "objective": {"metric": "inner_acc", "mode": "max"}, "versions": {"kdtune": "test"}}
+                    "objective": {"metric": "inner_acc", "mode": "max"}, "versions": {"kdtune": "test"},
+                    **(extra_metadata or {})}
         self.tables = StudyTables(root / "results", params, metadata)
         self.tables.write_metadata()
         if asha:
@@ -81,7 +83,8 @@ class FakeStudy:
         self.tables.append("reference", rows)
 
     def trial(self, number: int, status: str, params: dict[str, Any], holdout: dict[int, float],
-              inner: float | None = None, iterations: int = 10, epochs_known: bool = True) -> None:
+              inner: float | None = None, iterations: int = 10, epochs_known: bool = True,
+              class_acc: dict[int, list[float | None]] | None = None, student_params: int | None = None) -> None:
         tid = f"t{number:04d}"
         ids = {"study": self.name, "trial_id": tid, "number": number}
         h = np.array(list(holdout.values()))
@@ -92,14 +95,15 @@ class FakeStudy:
                "holdout_acc_std": float(h.std(ddof=1)) if h.size > 1 else None, "inner_loss_mean": 0.3,
                "holdout_loss_mean": 0.3, "best_epoch": float(iterations), "epochs_run": iterations,
                "iterations": iterations, "wall_seconds": 1.0, "teacher_cache_hit": True, "node": "n" * 12,
-               "hostname": "host", "device": "cpu"}
+               "hostname": "host", "device": "cpu", "student_params": student_params}
         epochs = [{**ids, "iteration": i, "epoch": i if epochs_known else None, "inner_acc_mean": inner * (0.6 + 0.4 * i / iterations),
                    "inner_loss_mean": 0.5, "holdout_acc_mean": float(h.mean()), "holdout_loss_mean": 0.5}
                   for i in range(1, iterations + 1)]
         complete = status == "COMPLETE"
         seeds = [{**ids, "seed": s, "inner_acc": inner, "holdout_acc": a,
                   "inner_loss": 0.3 if complete else None, "holdout_loss": 0.3 if complete else None,
-                  "best_epoch": iterations if complete else None} for s, a in holdout.items()]
+                  "best_epoch": iterations if complete else None,
+                  "holdout_class_acc": (class_acc or {}).get(s)} for s, a in holdout.items()]
         self.tables.record_trial(row, epochs, seeds)
 
 
@@ -606,3 +610,140 @@ def test_report_and_plots_respect_the_umask_like_every_other_file(tmp_path: Path
     assert len(written) > 2  # the report and some plots
     for path in written:
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
+
+
+# ---------------------------------------------------------------------------------- tasks, classes, sizes
+
+def _task(space: str, n_classes: int, n_groups: int) -> dict[str, Any]:
+    from kdcore.task import resolve
+
+    base = parse_space(_space_text(space)).base
+    return resolve(base.task, base.teacher, n_classes, n_groups).describe()
+
+
+OVERLAP_PARAMS = {"baseline": 5178, "teacher": [19237, 19172, 19172], "student": 5178}
+
+
+def _per_class(c: int, i: int) -> float:
+    """Seed i's holdout accuracy on class c in the synthetic overlap study (seed mean: 0.902 + 0.01 c)."""
+    return 0.9 + 0.01 * c + 0.001 * i
+
+
+def _overlap_study(root: Path) -> FakeStudy:
+    """digits-overlap (teachers of 0-4, 4-7 and 7,8,9,0: classes 0, 4 and 7 shared), two COMPLETE trials of
+    known size and per-class accuracy, one PRUNED, the baseline, the teachers and the best trial's ablation."""
+    task = _task("digits-overlap", 10, 1)
+    models = {name: {"name": "cnn", "channels": [16, 32], "params": n} for name, n in OVERLAP_PARAMS.items()}
+    study = FakeStudy(root, space="digits-overlap", extra_metadata={"task": task, "models": models})
+    rows = []
+    for i, s in enumerate(SEEDS):
+        rows.append({"study": study.name, "method": "baseline", "seed": s, "inner_acc": 0.91, "holdout_acc": 0.9,
+                     "params": 5178, "classes": list(range(10)),
+                     "holdout_class_acc": [0.8 if c == 3 else 0.9 for c in range(10)]})
+        for k, teacher in enumerate(task["teachers"]):
+            rows.append({"study": study.name, "method": f"teacher_{k}", "seed": s, "inner_acc": 0.99 - 0.01 * k,
+                         "holdout_acc": 0.96 + 0.005 * i, "params": OVERLAP_PARAMS["teacher"][k],
+                         "classes": teacher["classes"], "holdout_class_acc": [0.95] * len(teacher["classes"])})
+        rows.append({"study": study.name, "method": "ablation", "seed": s, "trial_number": 0, "inner_acc": 0.9,
+                     "holdout_acc": 0.89, "params": 10344, "classes": list(range(10)),
+                     "holdout_class_acc": [0.85] * 10})
+    study.tables.append("reference", rows)
+    student = {s: [None if (c == 9 and i == 0) else _per_class(c, i) for c in range(10)]
+               for i, s in enumerate(SEEDS)}  # seed 0's holdout has no sample of class 9
+    params = {"kd.alpha": 0.5, "kd.temperature": 2.0, "student.width": 2, "student.optimizer": "adam",
+              "student.schedule": "constant", "student.lr": 0.01, "student.batch_size": 64}
+    study.trial(0, "COMPLETE", params, _shifted([0.02] * 5), inner=0.95, class_acc=student, student_params=10344)
+    study.trial(1, "COMPLETE", {**params, "student.width": 1}, _shifted([0.01] * 5), inner=0.93,
+                class_acc=student, student_params=5178)
+    study.trial(2, "PRUNED", params, _shifted([-0.1] * 5), iterations=2)
+    return study
+
+
+def test_teachers_are_reported_on_their_own_classes_with_what_they_know(tmp_path: Path) -> None:
+    result = analyse(_overlap_study(tmp_path / "overlap").root)
+    teachers = result["teachers"]
+    assert [t["method"] for t in teachers] == ["teacher_0", "teacher_1", "teacher_2"]
+    assert [t["classes"] for t in teachers] == [[0, 1, 2, 3, 4], [4, 5, 6, 7], [7, 8, 9, 0]]
+    assert [t["knows"] for t in teachers] == ["classes 0,1,2,3,4", "classes 4,5,6,7", "classes 7,8,9,0"]
+    assert [t["params"] for t in teachers] == OVERLAP_PARAMS["teacher"]
+    holdout = [0.96 + 0.005 * i for i in range(5)]
+    for k, t in enumerate(teachers):
+        assert t["group"] is None and t["n_seeds"] == 5
+        assert t["inner_acc_mean"] == pytest.approx(0.99 - 0.01 * k) and t["inner_acc_std"] == pytest.approx(0)
+        assert t["holdout_acc_mean"] == pytest.approx(0.97)
+        assert t["holdout_acc_std"] == pytest.approx(float(np.std(holdout, ddof=1)))
+        assert t["holdout_class_acc_mean"] == pytest.approx([0.95] * len(t["classes"]))
+    assert result["task"]["shared_classes"] == [0, 4, 7]
+    text = Path(result["report"]).read_text()
+    section = text[text.index("## Teachers on their own classes"):text.index("## Holdout accuracy per class")]
+    assert "Task: 10 classes, 1 group(s), routing `label`" in section
+    assert "| teacher_1 | classes 4,5,6,7 | 19,172 | 5 | 98.00 ± 0.00 % | 97.00 ± 0.79 % |" in section
+    json.dumps(result, allow_nan=False)
+
+
+def test_the_best_students_accuracy_per_class_is_beside_the_baseline_and_ablation(tmp_path: Path) -> None:
+    result = analyse(_overlap_study(tmp_path / "overlap").root)
+    per_class = result["class_accuracy"]
+    assert per_class["trial_number"] == 0 and per_class["classes"] == list(range(10))
+    assert per_class["shared_classes"] == [0, 4, 7]
+    assert set(per_class["accuracy"]) == {"student", "baseline", "ablation"}  # no tuned baseline recorded
+    student = per_class["accuracy"]["student"]
+    assert student[:9] == pytest.approx([0.902 + 0.01 * c for c in range(9)])
+    assert student[9] == pytest.approx(0.9 + 0.09 + 0.0025)  # the four seeds that have a class-9 sample
+    assert per_class["accuracy"]["baseline"][3] == pytest.approx(0.8)
+    assert per_class["accuracy"]["ablation"] == pytest.approx([0.85] * 10)
+    counts = result["parameter_counts"]
+    assert (counts["student"], counts["baseline"], counts["fixed_student"]) == (10344, 5178, 5178)
+    assert counts["teachers"] == {f"teacher_{k}": n for k, n in enumerate(OVERLAP_PARAMS["teacher"])}
+    assert result["best"]["student_params"] == 10344 and result["top"][1]["student_params"] == 5178
+    text = Path(result["report"]).read_text()
+    section = text[text.index("## Holdout accuracy per class"):text.index("## Parameter importance")]
+    assert "| class | student (trial #0) | mixed baseline | ablation (no KD) |" in section
+    assert "| 4* | 94.20 % | 90.00 % | 85.00 % |" in section and "| 3 | 93.20 % | 80.00 % | 85.00 % |" in section
+    assert [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| ") and "%" in line] == [
+        "| 0*", "| 1", "| 2", "| 3", "| 4*", "| 5", "| 6", "| 7*", "| 8", "| 9"]
+    assert "`*` a shared class: more than one teacher knows it (0,4,7)." in section
+    assert "Parameters of one network: student 10,344, mixed baseline 5,178." in section
+    assert "- trainable parameters (one network): student 10,344, mixed baseline 5,178" in text  # the headline
+    assert "| parameters |" in text[text.index("## Top configurations"):]  # the student's size per trial
+    json.dumps(result, allow_nan=False)
+
+
+def test_a_multi_domain_teacher_is_listed_with_its_domain_and_classes(tmp_path: Path) -> None:
+    study = FakeStudy(tmp_path / "domains", extra_metadata={"task": _task("smoke", 2, 3)})
+    study.reference()  # teacher_0 only has rows: teachers 1 and 2 are listed from the metadata
+    result = analyse(study.root)
+    assert [t["knows"] for t in result["teachers"]] == [
+        "domain 0, classes 0,1", "domain 1, classes 0,1", "domain 2, classes 0,1"]
+    assert [t["n_seeds"] for t in result["teachers"]] == [5, 0, 0]
+    text = Path(result["report"]).read_text()
+    assert "| teacher_2 | domain 2, classes 0,1 | not recorded | 0 | – | – |" in text
+
+
+def test_a_study_of_the_kdtune_before_the_task_columns_still_analyses(tmp_path: Path) -> None:
+    study = FakeStudy(tmp_path / "older")  # metadata without task or models
+    for table in ("trials", "seeds", "reference"):  # tables without the new columns, as it wrote them
+        study.tables.schemas[table] = pa.schema(
+            [f for f in study.tables.schemas[table]
+             if f.name not in ("student_params", "holdout_class_acc", "params", "classes")])
+    study.reference()
+    for n in range(2):
+        study.trial(n, "COMPLETE", {"kd.alpha": 0.5, "kd.temperature": 2.0, "student.optimizer": "adam"},
+                    _shifted([0.01 * n] * 5))
+    assert "holdout_class_acc" not in pd.read_parquet(study.root / "results" / "seeds.parquet").columns
+    result = analyse(study.root)
+    assert result["best"]["number"] == 1 and result["comparison"] == "baseline"  # the comparison stays
+    assert result["task"] is None and result["models"] is None and result["class_accuracy"] is None
+    assert result["teachers"] == [{
+        "method": "teacher_0", "index": 0, "classes": None, "group": None, "checkpoint": None,
+        "knows": "classes not recorded", "params": None, "n_seeds": 5, "inner_acc_mean": pytest.approx(1.0),
+        "inner_acc_std": pytest.approx(0.0), "holdout_acc_mean": pytest.approx(0.99),
+        "holdout_acc_std": pytest.approx(0.0), "holdout_class_acc_mean": None}]
+    assert result["parameter_counts"] == {"student": None, "baseline": None, "fixed_student": None,
+                                          "teachers": {"teacher_0": None}}
+    text = Path(result["report"]).read_text()
+    assert "The task is not recorded (a study of an older kdtune)" in text
+    assert "| teacher_0 | classes not recorded | not recorded | 5 |" in text
+    assert "Not shown: not recorded for the best trial" in text
+    assert "- trainable parameters (one network)" not in text and "| parameters |" not in text.split("## Reference")[0]
+    json.dumps(result, allow_nan=False)

@@ -71,7 +71,7 @@ LISTS = {"seeds": ["holdout_class_acc"], "reference": ["classes", "holdout_class
 def plain(cell: Any) -> tuple[Any, ...] | None:
     """A list cell as each reader returns it (numpy array, masked array, None, pd.NA) as a tuple of Python
     numbers with None for a null element; None for a null cell."""
-    if cell is None or cell is pd.NA or (isinstance(cell, float) and cell != cell):
+    if cell is None or cell is pd.NA or (isinstance(cell, float) and np.isnan(cell)):
         return None
     values = np.ma.masked_invalid(np.ma.asarray(cell, dtype=float))
     return tuple(None if masked else float(v) for v, masked in zip(values.data, np.ma.getmaskarray(values)))
@@ -438,12 +438,13 @@ def test_tables_of_the_kdtune_before_the_task_columns_gain_them_as_null(tmp_path
     assert "student_params" not in read_table(tmp_path, "trials").columns  # read as it is, untouched
 
     tables = new_tables(results)  # this kdtune resumes the study
-    tables.record_trial(*rows(4))
-    tables.record_trial(*rows(1, acc=0.9))  # a trial of the old compacted file written again
-    tables.replace_method(reference("ablation", 0.6), "ablation")
+    tables.record_trial(*rows(4))  # a new part: the old files are rewritten in the full schema first
+    tables.append("reference", reference("ablation", 0.6))
     for table in ("trials", "epochs", "seeds", "reference"):
         for path in table_files(results, table):  # no generation mixes two schemas (polars would refuse it)
             assert pq.read_schema(path).remove_metadata() == tables.schemas[table], (table, path.name)
+    assert_readers_agree(results, "trials", 5)
+    tables.record_trial(*rows(1, acc=0.9))  # a trial of the old compacted file written again
     trials = assert_readers_agree(results, "trials", 5)
     sizes = dict(zip(trials["trial_id"], trials["student_params"]))
     assert pd.isna(sizes["t000"]) and pd.isna(sizes["t003"]) and (sizes["t001"], sizes["t004"]) == (1001, 1004)
