@@ -618,7 +618,7 @@ def test_spaces_lists_the_builtin_spaces(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["spaces"]) == 0
     out = capsys.readouterr().out
     names = {line.split()[0] for line in out.splitlines() if line and not line[0].isspace()}
-    assert names == {"default", "digits-overlap", "digits-subsets", "published", "smoke"}
+    assert names == {"default", "digits-overlap", "digits-simkd", "digits-subsets", "published", "simkd-cifar100", "smoke"}
 
 
 # ---------------------------------------------------------------- PruneAwareOptunaSearch without Ray Tune

@@ -69,7 +69,7 @@ def load_error(path: Path | str) -> str:
 
 
 def test_builtin_spaces_are_listed_and_load() -> None:
-    assert builtin_spaces() == ["default", "digits-overlap", "digits-subsets", "published", "smoke"]
+    assert builtin_spaces() == ["default", "digits-overlap", "digits-simkd", "digits-subsets", "published", "simkd-cifar100", "smoke"]
     for name in builtin_spaces():
         space = load_space(name)
         assert space.name == name and space.description
@@ -85,7 +85,7 @@ def test_load_space_by_path_equals_by_name() -> None:
 
 def test_unknown_builtin_name_lists_the_builtins() -> None:
     message = load_error("defualt")
-    assert "'defualt'" in message and "['default', 'digits-overlap', 'digits-subsets', 'published', 'smoke']" in message
+    assert "'defualt'" in message and "['default', 'digits-overlap', 'digits-simkd', 'digits-subsets', 'published', 'simkd-cifar100', 'smoke']" in message
 
 
 def test_default_space_covers_the_design_table() -> None:

@@ -233,6 +233,8 @@ def _run_trial(config: dict[str, Any], paths: StudyPaths, meta: StudyMeta, space
         "epochs_run": result.epochs_run,
         "per_seed": summary["per_seed"],
         "student_params": summary["params"],
+        "params_detail": summary["params_detail"],
+        "head": summary["head"],
         "trial_seconds": time.perf_counter() - start,
     })
     log.line(f"ended COMPLETE after {result.epochs_run} epochs, {time.perf_counter() - start:.1f} s: inner acc "
