@@ -171,3 +171,50 @@ def test_a_group_without_a_teacher_is_refused() -> None:
         task([{"group": 0}], "group", n_classes=2, n_groups=2)
     with pytest.raises(ConfigError, match="class 0 of group 1 reaches no teacher"):
         task([{"classes": [0, 1], "group": 0}], "label", n_classes=2, n_groups=2)
+
+
+def test_teacher_targets_hold_each_routed_teachers_logits_in_its_class_slots() -> None:
+    from kdcore import models
+    from kdcore.train import Subset, teacher_targets
+
+    t = task(OVERLAP)
+    spec = FitConfig(model="cnn", channels=(4,)).model_spec
+    nets = [models.batched(spec, (1, 8, 8), len(k.classes), [0, 1]) for k in t.teachers]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 1, 8, 8, generator=gen)
+    y = torch.arange(10).repeat(2)
+    targets = teacher_targets(t, nets, Subset(x, y, torch.zeros(20, dtype=torch.int64)))
+    assert targets.logits.shape == (2, 20, 2, 10)  # at most two teachers know one class
+    with torch.no_grad():
+        own = [net(x) for net in nets]  # (S, N, |S_k|)
+    for i in range(20):
+        routed = [k for k, spec_k in enumerate(OVERLAP) if int(y[i]) in spec_k["classes"]]
+        assert targets.weight[:, i].sum(-1).tolist() == [float(len(routed))] * 2
+        for r, k in enumerate(routed):
+            classes = list(t.teachers[k].classes)
+            assert [targets.mask[s, i, r].nonzero().squeeze(-1).tolist() for s in range(2)] == [sorted(classes)] * 2
+            torch.testing.assert_close(targets.logits[:, i, r, classes], own[k][:, i])
+
+
+def test_a_subset_experiment_with_cnns_trains_each_seed_as_it_trains_alone() -> None:
+    """Class-subset teachers routed by label over shared classes, CNNs with batch norm: two seeds batched
+    equal each seed run alone on its own fold (teachers, baseline and student)."""
+    from kdcore import data as kdata
+    from kdcore.config import ExperimentConfig
+    from kdcore.train import run_experiment
+
+    fit = {"model": "cnn", "channels": [4, 8], "batch_norm": True, "epochs": 2, "batch_size": 64}
+    config = ExperimentConfig.from_dict({"seeds": [0, 10], "teacher": fit, "baseline": fit, "student": fit,
+                                         "kd": {"alpha": 0.5, "temperature": 2.0},
+                                         "task": {"teachers": OVERLAP, "routing": "label"}})
+    digits = kdata.load("builtin:digits")
+    together = run_experiment(digits, config)
+    assert list(together.methods) == ["baseline", "teacher_0", "teacher_1", "teacher_2", "student"]
+    for i, seed in enumerate(config.seeds):
+        alone = run_experiment(digits, config.with_overrides({"seeds": [seed], "fold_start": i}))
+        for name, batched in together.methods.items():
+            single = alone.methods[name]
+            np.testing.assert_allclose(batched.holdout_loss[i], single.holdout_loss[0], rtol=1e-4, atol=1e-6)
+            for key, value in single.model.seed_state(0).items():
+                torch.testing.assert_close(batched.model.seed_state(i)[key], value, rtol=1e-4, atol=1e-5,
+                                           msg=lambda m: f"{name} seed {seed} {key}: {m}")
