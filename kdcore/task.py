@@ -102,7 +102,9 @@ def resolve(config: TaskConfig, teacher_fit: FitConfig, n_classes: int, n_groups
     class of a group) no teacher knows."""
     every = tuple(range(n_classes))
     if config.teachers == PER_GROUP:
-        specs: tuple[TeacherSpec, ...] = tuple(TeacherSpec(group=g) for g in range(n_groups))
+        # Data of one group: one teacher on all of it (no group to name).
+        specs: tuple[TeacherSpec, ...] = tuple(TeacherSpec(group=g if n_groups > 1 else None)
+                                                for g in range(n_groups))
     else:
         specs = config.teachers  # type: ignore[assignment]
     teachers = []

@@ -8,6 +8,8 @@ The comparison with the mixed baseline pairs seed s of a trial with seed s of th
 split and initialisation seed) and tests the per-seed holdout differences with an exact sign-flip
 permutation test: with a handful of seeds it assumes nothing about their distribution, and its p-value can
 be checked by hand (5 seeds, all differences of one sign: p = 2 / 2**5 = 0.0625, the smallest possible).
+A study that searches ``kd.method`` compares each method's best trial with the best ``none`` trial the same
+way (``method_comparison``): every trial of a study runs the same seeds and folds.
 """
 
 from __future__ import annotations
@@ -33,11 +35,11 @@ STUDY_FILE = "study.json"  # the study's own record beside results/ (written by 
 DEFAULT_OBJECTIVE = {"metric": "inner_acc", "mode": "max"}
 MAX_EXACT_SEEDS = 16  # 2**16 sign assignments; beyond that the permutation test samples them
 
-# Columns a study of an older kdtune may lack (student_params, holdout_class_acc, params, classes) read as
-# all-null here, and the sections built on them say "not recorded".
+# Columns a study of an older kdtune may lack (student_params, projector_params, head, holdout_class_acc,
+# params, classes) read as all-null here, and the sections built on them say "not recorded".
 _TRIAL_COLUMNS = ("trial_id", "number", "status", "inner_acc_mean", "inner_acc_std", "holdout_acc_mean",
                   "holdout_acc_std", "inner_loss_mean", "holdout_loss_mean", "best_epoch", "epochs_run",
-                  "iterations", "student_params")
+                  "iterations", "student_params", "projector_params", "head")
 _EPOCH_COLUMNS = ("trial_id", "number", "iteration", "epoch", "inner_acc_mean", "holdout_acc_mean")
 _SEED_COLUMNS = ("trial_id", "seed", "inner_acc", "holdout_acc", "holdout_class_acc")
 _REFERENCE_COLUMNS = ("method", "seed", "trial_number", "inner_acc", "holdout_acc", "params", "classes",
@@ -438,11 +440,11 @@ def top_configurations(study: StudyData, top_k: int,
         rows = by_trial.get(row["trial_id"], seeds.iloc[:0])
         test = paired_test(_seed_accuracies(rows), baseline_acc) if baseline_acc else None
         number = _python(row.get("number"))
-        student_params = _python(row.get("student_params"))
+        sizes = trainable_params(row)
         entry = {
             "rank": rank, "number": int(number) if number is not None else None,
             "trial_id": _python(row.get("trial_id")), "params": trial_params(row, study),
-            "student_params": None if student_params is None else int(student_params),
+            "student_params": sizes["total"], "projector_params": sizes["projector"], "head": _text(row.get("head")),
             "objective": float(row["_objective"]),
             **{k: _python(row.get(k)) for k in ("inner_acc_mean", "inner_acc_std", "holdout_acc_mean",
                                                 "holdout_acc_std", "inner_loss_mean", "holdout_loss_mean",
@@ -629,7 +631,8 @@ def class_accuracy(study: StudyData, best: Mapping[str, Any] | None) -> dict[str
 
 
 def parameter_counts(study: StudyData, best: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Trainable parameters of one network: the best trial's student (trials ``student_params``), the
+    """Trainable parameters of one network: the best trial's student (trials ``student_params``: all it
+    trains, SimKD's projector included, that part in ``projector``, and the ``head`` it predicts through), the
     baseline (its reference rows, else the metadata's ``models``) and each teacher; None where not recorded.
     ``fixed_student`` is the student of the space's fixed settings (metadata), for a searched architecture."""
     def fixed(name: str) -> int | None:
@@ -638,9 +641,172 @@ def parameter_counts(study: StudyData, best: Mapping[str, Any] | None) -> dict[s
 
     baseline = _first_int(study.reference.loc[study.reference["method"] == "baseline", "params"])
     return {"student": best.get("student_params") if best else None,
+            "projector": best.get("projector_params") if best else None,
+            "head": best.get("head") if best else None,
             "baseline": baseline if baseline is not None else fixed("baseline"),
             "fixed_student": fixed("student"),
             "teachers": {t["method"]: t["params"] for t in teacher_summary(study)}}
+
+
+# ------------------------------------------------------------------------------------ methods and sizes
+
+METHOD_KNOB = "kd.method"
+NO_KD = "none"  # the kd.method that trains on hard labels only: what the other methods are measured against
+
+
+def _text(value: Any) -> str | None:
+    value = _python(value)
+    return None if value is None else str(value)
+
+
+def trainable_params(row: Mapping[str, Any]) -> dict[str, int | None]:
+    """A trials row's trainable parameters: ``total`` (``student_params``), of which ``projector`` (SimKD's,
+    else None) and ``student`` (the rest: the network itself); None where not recorded."""
+    total, projector = _python(row.get("student_params")), _python(row.get("projector_params"))
+    total = None if total is None else int(total)
+    projector = None if projector is None else int(projector)
+    return {"student": None if total is None else total - (projector or 0), "projector": projector,
+            "total": total}
+
+
+def _fixed_method(study: StudyData) -> str | None:
+    """The space's fixed ``kd.method`` (what a trial ran where the knob is absent or inactive)."""
+    if study.space is None:
+        return None
+    try:
+        return str(study.space.base.kd.method)
+    except Exception:  # noqa: BLE001 - a stored space whose fixed settings this kdcore rejects
+        return None
+
+
+def trial_methods(study: StudyData, trials: pd.DataFrame | None = None) -> pd.Series:
+    """The ``kd.method`` of each row of ``trials`` (the study's trials by default): its knob value, else the
+    space's fixed method; None where neither is known."""
+    trials = study.trials if trials is None else trials
+    column = param_column(METHOD_KNOB)
+    fixed = _fixed_method(study)
+    values = trials[column] if column in trials.columns else [None] * len(trials)
+    return pd.Series([_text(v) or fixed for v in values], index=trials.index, dtype=object)
+
+
+def kd_methods(study: StudyData) -> list[str] | None:
+    """The ``kd.method`` values a study compares: the choices of a categorical ``kd.method`` knob (then any
+    other its trials ran), or the methods its trials ran when there are several; None when it compares none."""
+    knob = next((k for k in study.space.knobs if k.path == METHOD_KNOB), None) if study.space is not None else None
+    seen = list(dict.fromkeys(m for m in trial_methods(study) if m is not None))
+    if knob is not None and knob.kind == "categorical":
+        choices = [str(c) for c in knob.choices]
+        return choices + [m for m in seen if m not in choices]
+    return seen if len(seen) > 1 else None
+
+
+def method_comparison(study: StudyData, ranked: pd.DataFrame | None = None) -> dict[str, Any] | None:
+    """Each ``kd.method``'s best COMPLETE trial (by the objective) against the best ``none`` trial, or, when
+    ``none`` was not searched (or has no COMPLETE trial), against the ablation of the study's best trial:
+    per-seed holdout differences, paired by seed, with ``paired_test``. None when the study compares no
+    methods (``kd_methods``).
+
+    ``methods`` holds one entry per method: its trial counts by status, its best trial (accuracies, the
+    trainable parameters, the head it predicts through) or None, and ``vs`` (the paired test with the
+    per-seed differences; None for the comparator itself or without common seeds). ``against`` names the
+    comparator; ``shared_seeds`` says whether every best trial (and the comparator) ran the same seeds.
+    """
+    methods = kd_methods(study)
+    if methods is None:
+        return None
+    ranked = ranked_complete(study) if ranked is None else ranked
+    of_ranked, of_all = trial_methods(study, ranked), trial_methods(study)
+    entries: list[dict[str, Any]] = []
+    accuracies: dict[str, dict[int, float]] = {}
+    for method in methods:
+        rows = ranked[of_ranked == method]
+        best = None
+        if len(rows):
+            row = rows.iloc[0].to_dict()
+            accuracies[method] = _seed_accuracies(study.seeds[study.seeds["trial_id"] == row["trial_id"]])
+            number = _python(row.get("number"))
+            best = {"number": None if number is None else int(number), "trial_id": _python(row.get("trial_id")),
+                    "objective": float(row["_objective"]), "params": trial_params(row, study),
+                    **{k: _python(row.get(k)) for k in ("inner_acc_mean", "inner_acc_std", "holdout_acc_mean",
+                                                        "holdout_acc_std")},
+                    "n_seeds": len(accuracies[method]), "seeds": sorted(accuracies[method]),
+                    "trainable": trainable_params(row), "head": _text(row.get("head"))}
+        counts = status_counts(study.trials[of_all == method])
+        entries.append({"method": method, "trials": counts, "best": best})
+
+    against: dict[str, Any] | None = None
+    if accuracies.get(NO_KD):
+        none_best = next(e["best"] for e in entries if e["method"] == NO_KD)
+        against = {"kind": NO_KD, "method": NO_KD, "trial_number": none_best["number"],
+                   "meaning": f"the best `{NO_KD}` trial (hard labels only, searched like the others)"}
+        theirs = accuracies[NO_KD]
+    else:
+        rows = study.reference[study.reference["method"] == "ablation"]
+        theirs = _seed_accuracies(rows)
+        if theirs:
+            number = _first_int(rows["trial_number"])
+            why = "not searched" if NO_KD not in methods else "without a COMPLETE trial"
+            against = {"kind": "ablation", "method": "ablation", "trial_number": number,
+                       "meaning": (f"the ablation (`{NO_KD}` {why}): the study's best trial"
+                                   f"{'' if number is None else f' (#{number})'} retrained without its KD term, "
+                                   "same recipe and seeds")}
+    for entry in entries:
+        mine = accuracies.get(entry["method"], {})
+        test = None
+        if against is not None and mine and not (against["kind"] == NO_KD and entry["method"] == NO_KD):
+            test = paired_test(mine, theirs)
+        entry["vs"] = None if test is None else {
+            **test.to_dict(), "seed_diffs": [{"seed": s, "diff": mine[s] - theirs[s]} for s in sorted(mine)
+                                             if s in theirs and _finite(mine[s]) and _finite(theirs[s])]}
+    seed_sets = {tuple(sorted(a)) for a in accuracies.values()}
+    if against is not None and theirs:
+        seed_sets.add(tuple(sorted(theirs)))
+    shared = len(seed_sets) <= 1
+    seeds = sorted(next(iter(seed_sets))) if shared and seed_sets else \
+        [int(s) for s in study.metadata.get("seeds") or []]
+    return {"knob": METHOD_KNOB, "methods": entries, "against": against, "shared_seeds": shared,
+            "seeds": seeds, "note": _seeds_note(shared, seeds)}
+
+
+def _seeds_note(shared: bool, seeds: list[int]) -> str:
+    if shared:
+        listed = ", ".join(map(str, seeds)) if seeds else "none recorded yet"
+        return (f"Every method's trials share the study's seeds ({listed}) and, seed by seed, the same folds "
+                "(data split and initialisation), so each difference pairs seed s of one method with seed s of "
+                "the other.")
+    return ("The methods' best trials do not all hold the same seeds: each difference uses the seeds both "
+            "have (see n).")
+
+
+def accuracy_vs_params(study: StudyData, ranked: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Holdout accuracy (seed mean) against trainable parameters: one point per COMPLETE trial (its method,
+    parameters ``student`` + ``projector`` = ``total``, head), smallest first, and each reference method whose
+    parameters are recorded (``own_classes``: a teacher measured on its own classes only, not every class).
+    ``unsized`` counts the COMPLETE trials whose size was not recorded."""
+    ranked = ranked_complete(study) if ranked is None else ranked
+    methods = trial_methods(study, ranked)
+    points = []
+    for row, method in zip(ranked.to_dict("records"), methods):
+        number = _python(row.get("number"))
+        points.append({"number": None if number is None else int(number), "trial_id": _python(row.get("trial_id")),
+                       "method": method, "trainable": trainable_params(row), "head": _text(row.get("head")),
+                       "objective": float(row["_objective"]),
+                       **{k: _python(row.get(k)) for k in ("holdout_acc_mean", "holdout_acc_std", "inner_acc_mean")}})
+    sized = sorted((p for p in points if p["trainable"]["total"] is not None), key=lambda p: p["trainable"]["total"])
+    task = study_task(study)
+    n_classes = task.get("n_classes") if task else None
+    classes = {t["method"]: t["classes"] for t in teacher_summary(study)}
+    references = []
+    for ref in reference_summary(study.reference):
+        if ref["params"] is None or ref["holdout_acc_mean"] is None:
+            continue
+        known = classes.get(ref["method"])
+        own = ref["method"].startswith(TEACHER_PREFIX) and not (
+            known is not None and isinstance(n_classes, int) and sorted(known) == list(range(n_classes)))
+        references.append({"method": ref["method"], "params": ref["params"], "n_seeds": ref["n_seeds"],
+                           "holdout_acc_mean": ref["holdout_acc_mean"], "holdout_acc_std": ref["holdout_acc_std"],
+                           "own_classes": own})
+    return {"trials": sized, "unsized": len(points) - len(sized), "references": references}
 
 
 # ------------------------------------------------------------------------------------------- importance

@@ -200,3 +200,50 @@ def plot_iterations_histogram(reached: pd.DataFrame, *, path: Path) -> Path:
            title="Evaluations reached per trial (ASHA settings unknown)")
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
+
+
+_METHOD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
+
+
+def plot_accuracy_vs_params(points: Sequence[dict[str, Any]], references: Sequence[dict[str, Any]], *,
+                            methods: Sequence[str], path: Path) -> Path:
+    """COMPLETE trials' holdout accuracy (seed mean) against their trainable parameters, one marker per
+    ``kd.method``, and the references (``{method, params, holdout_acc_mean, own_classes}``) as labelled stars.
+
+    ``points`` hold ``method``, ``trainable["total"]`` and ``holdout_acc_mean``. The x axis is logarithmic when
+    the sizes span more than a factor of 10.
+    """
+    fig = _figure()
+    ax = fig.add_subplot()
+    order = list(methods) + sorted({str(p["method"]) for p in points} - set(methods))
+    for i, method in enumerate(order):
+        mine = [p for p in points if str(p["method"]) == method and p["holdout_acc_mean"] is not None]
+        if not mine:
+            continue
+        x = [p["trainable"]["total"] for p in mine]
+        ax.scatter(x, _percent([p["holdout_acc_mean"] for p in mine]), marker=_METHOD_MARKERS[i % 9], s=32,
+                   alpha=0.8, zorder=3, label=f"{method} ({len(mine)} COMPLETE)")
+    for ref in references:
+        own = " (own classes)" if ref.get("own_classes") else ""
+        y = 100 * float(ref["holdout_acc_mean"])
+        ax.scatter([ref["params"]], [y], marker="*", s=110, color=_BASE, edgecolors="black", linewidths=0.5,
+                   zorder=4)
+        ax.annotate(f"{ref['method']}{own}", (ref["params"], y), textcoords="offset points", xytext=(5, 4),
+                    fontsize=7, color="#333333")
+    if references:
+        ax.scatter([], [], marker="*", s=110, color=_BASE, edgecolors="black", linewidths=0.5,
+                   label="references (seed mean)")
+    sizes = [float(p["trainable"]["total"]) for p in points] + [float(r["params"]) for r in references]
+    if sizes and min(sizes) > 0 and max(sizes) / min(sizes) > 10:
+        ax.set_xscale("log")
+    ax.margins(x=0.1)  # room for the references' labels at the edges
+    n = sum(1 for p in points if p["holdout_acc_mean"] is not None)
+    ax.set(xlabel="trainable parameters (one network; SimKD: student + projector)",
+           ylabel="holdout accuracy, seed mean (%)",
+           title=f"Holdout accuracy against trainable parameters ({n} COMPLETE trials)")
+    ax.grid(alpha=0.3, which="both")
+    if n or references:
+        _legend(fig, ax)
+    else:
+        ax.text(0.5, 0.5, "no sized COMPLETE trial yet", ha="center", va="center", transform=ax.transAxes)
+    return _save(fig, path)

@@ -16,12 +16,15 @@ import pandas as pd
 
 from kdcore.atomic_file import write_atomic
 from results.analysis import (
+    METHOD_KNOB,
     Importance,
     StudyData,
+    accuracy_vs_params,
     baseline_summary,
     class_accuracy,
     iterations_reached,
     load_study,
+    method_comparison,
     param_importance,
     parameter_counts,
     ranked_complete,
@@ -46,6 +49,7 @@ PLOT_FILES = {
     "alpha": "acc_vs_alpha.png",
     "temperature": "acc_vs_temperature.png",
     "rungs": "asha_rungs.png",
+    "params": "acc_vs_params.png",
 }
 _PLOT_TITLES = {
     "history": "Optimisation history",
@@ -54,7 +58,9 @@ _PLOT_TITLES = {
     "alpha": "Accuracy against kd.alpha",
     "temperature": "Accuracy against kd.temperature",
     "rungs": "Trials surviving each ASHA rung",
+    "params": "Holdout accuracy against trainable parameters",
 }
+MAX_SIZE_ROWS = 40  # beyond this many COMPLETE trials the accuracy-vs-size table groups them by method and size
 
 
 def analyse(study_dir: str | os.PathLike[str], *, top_k: int = 5,
@@ -80,8 +86,12 @@ def analyse(study_dir: str | os.PathLike[str], *, top_k: int = 5,
     importance = param_importance(study, ranked, random_state=random_state)
     counts = status_counts(study.trials)
     comparisons = reference_comparisons(study, top[0] if top else None)
+    methods = method_comparison(study, ranked)
+    sizes = accuracy_vs_params(study, ranked)
     notes = _notes(study, counts, baseline, importance)
-    plots = _draw(study, ranked, top, baseline, importance, out)
+    plots = _draw(study, ranked, top, baseline, importance, out,
+                  sizes=sizes if _show_sizes(methods, sizes) else None,
+                  methods=[m["method"] for m in methods["methods"]] if methods else [])
 
     summary: dict[str, Any] = {
         "study": str(study.root),
@@ -99,6 +109,8 @@ def analyse(study_dir: str | os.PathLike[str], *, top_k: int = 5,
         "teachers": teacher_summary(study),
         "class_accuracy": class_accuracy(study, top[0] if top else None),
         "parameter_counts": parameter_counts(study, top[0] if top else None),
+        "methods": methods,
+        "accuracy_vs_params": sizes,
         "top": top,
         **_importance_fields(importance),
         "protocol_note": study.metadata.get("protocol_note"),
@@ -114,7 +126,7 @@ def analyse(study_dir: str | os.PathLike[str], *, top_k: int = 5,
 
 def _best(entry: dict[str, Any]) -> dict[str, Any]:
     keys = ("params", "holdout_acc_mean", "holdout_acc_std", "inner_acc_mean", "inner_acc_std", "objective",
-            "number", "trial_id", "n_seeds", "student_params", "vs_baseline")
+            "number", "trial_id", "n_seeds", "student_params", "projector_params", "head", "vs_baseline")
     return {k: entry.get(k) for k in keys}
 
 
@@ -153,8 +165,16 @@ def _counts_in_words(counts: dict[str, int]) -> str:
 
 # ----------------------------------------------------------------------------------------------- plots
 
+def _show_sizes(methods: dict[str, Any] | None, sizes: dict[str, Any]) -> bool:
+    """Whether accuracy against size says anything: methods are compared, or the trials differ in size."""
+    if not sizes["trials"]:
+        return False
+    return methods is not None or len({p["trainable"]["total"] for p in sizes["trials"]}) > 1
+
+
 def _draw(study: StudyData, ranked: pd.DataFrame, top: list[dict[str, Any]], baseline: dict[str, Any] | None,
-          importance: Importance, out: Path) -> dict[str, Path]:
+          importance: Importance, out: Path, *, sizes: dict[str, Any] | None = None,
+          methods: list[str] | None = None) -> dict[str, Path]:
     """Every plot the data supports; stale plots of an earlier analysis in ``out`` are removed."""
     from results import plots as P
 
@@ -193,6 +213,9 @@ def _draw(study: StudyData, ranked: pd.DataFrame, top: list[dict[str, Any]], bas
                 f"grace {a.grace_period}, reduction factor {a.reduction_factor}, max_t {a.max_t}"))
         else:
             drawn["rungs"] = P.plot_iterations_histogram(iterations_reached(study), path=path["rungs"])
+    if sizes is not None:
+        drawn["params"] = P.plot_accuracy_vs_params(sizes["trials"], sizes["references"], methods=methods or [],
+                                                    path=path["params"])
     if _earlier_analysis(out):
         for key, stale in path.items():
             if key not in drawn:
@@ -228,6 +251,8 @@ def render_report(study: StudyData, summary: dict[str, Any], plots: dict[str, Pa
     if summary["planned_trials"] is not None and summary["trials"]["total"] >= summary["planned_trials"]:
         lines += [f"{summary['trials']['total']} of {summary['planned_trials']} planned trials recorded.", ""]
     lines += _top_section(summary)
+    lines += _methods_section(summary)
+    lines += _sizes_section(summary)
     lines += _reference_section(summary)
     lines += _teacher_section(summary)
     lines += _class_section(summary)
@@ -260,7 +285,11 @@ def _headline(summary: dict[str, Any]) -> list[str]:
     out.append(holdout)
     counts = summary.get("parameter_counts") or {}
     if counts.get("student") is not None or counts.get("baseline") is not None:
-        out.append(f"- trainable parameters (one network): student {_count(counts.get('student'))}, mixed baseline "
+        student = _count(counts.get("student"))
+        if counts.get("projector") is not None:
+            student += (f" (of which projector {_count(counts['projector'])}; it predicts through the "
+                        f"{counts.get('head') or 'head not recorded'})")
+        out.append(f"- trainable parameters (one network): student {student}, mixed baseline "
                    f"{_count(counts.get('baseline'))}")
     comparisons = summary.get("comparisons") or {}
     test = best["vs_baseline"]
@@ -317,6 +346,107 @@ def _top_section(summary: dict[str, Any]) -> list[str]:
     for knob in knobs:
         cells = [_value_text(t["params"][knob]) if knob in t["params"] else "" for t in top]
         lines.append(f"| `{knob}` | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _trainable_text(sizes: dict[str, Any]) -> str:
+    """``10,000 + 2,345 = 12,345`` (student + projector = total), or the total alone without a projector."""
+    if sizes["total"] is None:
+        return "not recorded"
+    if sizes["projector"] is None:
+        return _count(sizes["total"])
+    return f"{_count(sizes['student'])} + {_count(sizes['projector'])} = {_count(sizes['total'])}"
+
+
+def _status_text(counts: dict[str, int]) -> str:
+    return f"{counts['COMPLETE']} / {counts['PRUNED']} / {counts['ERROR']}"
+
+
+def _methods_section(summary: dict[str, Any]) -> list[str]:
+    comparison = summary.get("methods")
+    if comparison is None:
+        return []
+    objective = summary["objective"]
+    against = comparison["against"]
+    lines = [f"## Distillation methods compared (`{METHOD_KNOB}`)", "", comparison["note"], ""]
+    if against is None:
+        lines += [("No comparator: `none` was not searched or has no COMPLETE trial, and no ablation is "
+                   "recorded; no paired differences."), ""]
+    else:
+        lines += [(f"Each method's best COMPLETE trial by {objective['column']} ({objective['mode']}); accuracies "
+                   "are seed means ± sample sd; Δ is that trial minus "
+                   f"{against['meaning']}, on per-seed holdout accuracy, in percentage points, with its 95 % t "
+                   "interval and the sign-flip permutation p. Trainable parameters are one network's: student "
+                   "+ projector = total."), ""]
+    name = against["method"] if against else "–"
+    head = ["kd.method", "trials (COMPLETE / PRUNED / ERROR)", "best trial", "inner acc", "holdout acc",
+            "trainable parameters", "head", f"Δ holdout vs {name} [95 % CI]", "p", "seeds"]
+    lines += ["| " + " | ".join(head) + " |", "|---|---|---|---|---|---:|---|---|---:|---:|"]
+    test_text = None
+    for entry in comparison["methods"]:
+        best, vs = entry["best"], entry["vs"]
+        if best is None:
+            cells = [f"`{entry['method']}`", _status_text(entry["trials"]), "no COMPLETE trial", "–", "–", "–", "–",
+                     "–", "–", "–"]
+        else:
+            is_reference = against is not None and against["kind"] == "none" and entry["method"] == "none"
+            cells = [f"`{entry['method']}`", _status_text(entry["trials"]), f"#{best['number']} `{best['trial_id']}`",
+                     _pm(best["inner_acc_mean"], best["inner_acc_std"]),
+                     _pm(best["holdout_acc_mean"], best["holdout_acc_std"]), _trainable_text(best["trainable"]),
+                     _escape(best["head"] or "not recorded"),
+                     "(the comparator)" if is_reference else _diff_ci(vs) if vs else "–",
+                     f"{vs['p_value']:.3g}" if vs else "–", str(best["n_seeds"])]
+            test_text = test_text or (vs["test"] if vs else None)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if test_text:
+        lines += [f"Test: {test_text}.", ""]
+    if any(e["best"] and e["best"]["head"] not in (None, "student") for e in comparison["methods"]):
+        lines += [("A SimKD student predicts through the teacher's classifier, reused and frozen: its parameters "
+                   "are not counted as trainable."), ""]
+    return lines
+
+
+def _sizes_section(summary: dict[str, Any]) -> list[str]:
+    sizes = summary.get("accuracy_vs_params")
+    if sizes is None or not _show_sizes(summary.get("methods"), sizes):
+        return []
+    points = sizes["trials"]
+    lines = ["## Holdout accuracy against trainable parameters", ""]
+    lines += [("Parameters are those one network trains (SimKD: the student's encoder plus its projector); "
+               "accuracies are seed means ± sample sd. References (their own recipe) follow the trials; a "
+               "teacher marked *own classes* is measured on the samples of its own classes only."), ""]
+    if len(points) <= MAX_SIZE_ROWS:
+        lines += ["| trial | kd.method | student | projector | total | head | holdout acc | inner acc |",
+                  "|---|---|---:|---:|---:|---|---|---|"]
+        for p in points:
+            t = p["trainable"]
+            lines.append(f"| #{p['number']} `{p['trial_id']}` | `{p['method']}` | {_count(t['student'])} | "
+                         f"{'–' if t['projector'] is None else _count(t['projector'])} | {_count(t['total'])} | "
+                         f"{_escape(p['head'] or 'not recorded')} | {_pm(p['holdout_acc_mean'], p['holdout_acc_std'])} | "
+                         f"{_pct(p['inner_acc_mean'])} |")
+    else:
+        lines += [(f"{len(points)} COMPLETE trials, grouped by method and size (every trial is in the plot and in "
+                   "the JSON); *best* is the group's best trial by the objective."), "",
+                  "| kd.method | total | trials | best trial | best's holdout acc | holdout range |",
+                  "|---|---:|---:|---|---|---|"]
+        groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+        for p in points:
+            groups.setdefault((p["method"], p["trainable"]["total"]), []).append(p)
+        for (method, total), group in groups.items():
+            best = group[0]  # points are sorted by size, stably, from the objective's ranking
+            accs = [p["holdout_acc_mean"] for p in group if p["holdout_acc_mean"] is not None]
+            spread = f"{_pct(min(accs))} to {_pct(max(accs))}" if accs else "–"
+            lines.append(f"| `{method}` | {_count(total)} | {len(group)} | #{best['number']} | "
+                         f"{_pm(best['holdout_acc_mean'], best['holdout_acc_std'])} | {spread} |")
+    if sizes["references"]:
+        lines += ["", "| reference | parameters | seeds | holdout acc |", "|---|---:|---:|---|"]
+        for r in sizes["references"]:
+            own = " (own classes)" if r["own_classes"] else ""
+            lines.append(f"| {r['method']}{own} | {_count(r['params'])} | {r['n_seeds']} | "
+                         f"{_pm(r['holdout_acc_mean'], r['holdout_acc_std'])} |")
+    if sizes["unsized"]:
+        lines += ["", f"{sizes['unsized']} COMPLETE trial(s) did not record their size and are left out."]
     return lines + [""]
 
 

@@ -19,8 +19,14 @@ trials (one row per trial)
     inner_acc_mean, inner_acc_std, holdout_acc_mean, holdout_acc_std, inner_loss_mean, holdout_loss_mean
         float64, at the selected epoch (COMPLETE) or at the last evaluation (PRUNED),
     best_epoch float64 (seed mean), epochs_run int64, iterations int64 (evaluations reported),
-    student_params int64 (trainable parameters of one student network: the architecture can be a knob;
-        null where the trial did not report it: PRUNED and ERROR trials, studies of an older kdtune),
+    student_params int64 (trainable parameters of one student network, everything the trial trains: the
+        architecture can be a knob; under SimKD the student's encoder plus its projector; null where the
+        trial did not report it: PRUNED and ERROR trials, studies of an older kdtune),
+    projector_params int64 (the part of ``student_params`` that is SimKD's projector; null without one:
+        every other method, and where ``student_params`` is null),
+    head str (the classifier every metric of the trial is measured through: ``student``, or under SimKD
+        ``teacher classifier (reused, frozen)``, whose parameters ``student_params`` leaves out; null where
+        not reported),
     wall_seconds float64, teacher_cache_hit bool, node str (Ray node id, 12 hex), hostname str, device str,
     started_at, ended_at timestamp[us, UTC] (the trial's start on its worker, and its last evaluation)
 epochs (one row per trial and evaluation)
@@ -44,10 +50,11 @@ reference (one row per reference method and seed)
     Methods: ``baseline`` (one network on every sample, with the space's fixed baseline settings) and
     ``teacher_K`` (teacher K of the task, trained and measured, inner and holdout, on the samples of its
     own classes, and of its group if it has one, only, in its own label space), trained once before the
-    trials; ``ablation``, the best trial (``trial_number``) retrained without its KD term, same recipe and
-    seeds, replaced whenever the best trial changes; ``tuned_baseline``, the best trial (``trial_number``)
-    of the CE-only search that ``--tune-baseline N`` runs in ``DIR/NAME/ce-baseline`` (its ``params`` and
-    ``classes`` are null: that search's Optuna study keeps only the per-seed rows).
+    trials; ``ablation``, the best trial (``trial_number``) retrained without its KD term (a student with
+    its own classifier, hard labels only), same recipe and seeds, replaced whenever the best trial
+    changes; ``tuned_baseline``, the best trial (``trial_number``) of the CE-only search that
+    ``--tune-baseline N`` runs in ``DIR/NAME/ce-baseline`` (``params`` from that trial's Optuna user
+    attributes, null when its search was run by an older kdtune; ``classes`` every class).
     ``params``, ``classes`` and ``holdout_class_acc`` are null in studies of an older kdtune.
 
 The study's metadata (``_study.json``, and the key ``kdtune.study`` of every file) holds the data (``data``,
@@ -61,8 +68,8 @@ the versions, and (absent from the metadata of a study of an older kdtune):
              ``name, hidden, batch_norm, channels, width, depth``) of the space's fixed settings, with
              ``params``, the trainable parameters of one network for the data's input shape: an int for the
              baseline and the student (C outputs); for the teacher a list, one per teacher of ``task``
-             (its own model overrides, ``len(classes)`` outputs). A searched architecture's size is per
-             trial: the trials table's ``student_params``.
+             (its own model overrides, ``len(classes)`` outputs). A searched architecture's size, and a SimKD
+             student's projector, are per trial: the trials table's ``student_params``, ``projector_params``.
 
 Nulls: ``number`` is null for a trial the searcher did not propose; rows that ``kdtune resume`` rebuilt
 from the Optuna study (the driver died between telling Optuna and writing) have ``epoch`` and the
@@ -93,7 +100,8 @@ _PER_CLASS = pa.list_(_F)  # one accuracy per class; an element is null where th
 TRIAL_METRICS = [
     ("inner_acc_mean", _F), ("inner_acc_std", _F), ("holdout_acc_mean", _F), ("holdout_acc_std", _F),
     ("inner_loss_mean", _F), ("holdout_loss_mean", _F), ("best_epoch", _F), ("epochs_run", pa.int64()),
-    ("iterations", pa.int64()), ("student_params", pa.int64()), ("wall_seconds", _F),
+    ("iterations", pa.int64()), ("student_params", pa.int64()), ("projector_params", pa.int64()),
+    ("head", pa.string()), ("wall_seconds", _F),
     ("teacher_cache_hit", pa.bool_()), ("node", pa.string()),
     ("hostname", pa.string()), ("device", pa.string()), ("started_at", _UTC), ("ended_at", _UTC),
 ]

@@ -55,10 +55,11 @@ class FakeStudy:
     """Writes a study folder the way ``kdtune search`` does, with rows chosen by the test."""
 
     def __init__(self, root: Path, space: str = "smoke", *, asha: bool = True,
-                 planned: int | None = None, extra_metadata: dict[str, Any] | None = None) -> None:
+                 planned: int | None = None, extra_metadata: dict[str, Any] | None = None,
+                 space_text: str | None = None) -> None:
         self.root = root
         self.name = root.name
-        text = _space_text(space)
+        text = _space_text(space) if space_text is None else space_text
         self.space = parse_space(text)
         params = [(k.path, param_type(k.kind, getattr(k, "choices", ()))) for k in self.space.knobs]
         metadata = {"study": self.name, "data": "builtin:d0.5", "data_source": "builtin:d0.5",
@@ -84,7 +85,8 @@ class FakeStudy:
 
     def trial(self, number: int, status: str, params: dict[str, Any], holdout: dict[int, float],
               inner: float | None = None, iterations: int = 10, epochs_known: bool = True,
-              class_acc: dict[int, list[float | None]] | None = None, student_params: int | None = None) -> None:
+              class_acc: dict[int, list[float | None]] | None = None, student_params: int | None = None,
+              projector_params: int | None = None, head: str | None = None) -> None:
         tid = f"t{number:04d}"
         ids = {"study": self.name, "trial_id": tid, "number": number}
         h = np.array(list(holdout.values()))
@@ -95,7 +97,8 @@ class FakeStudy:
                "holdout_acc_std": float(h.std(ddof=1)) if h.size > 1 else None, "inner_loss_mean": 0.3,
                "holdout_loss_mean": 0.3, "best_epoch": float(iterations), "epochs_run": iterations,
                "iterations": iterations, "wall_seconds": 1.0, "teacher_cache_hit": True, "node": "n" * 12,
-               "hostname": "host", "device": "cpu", "student_params": student_params}
+               "hostname": "host", "device": "cpu", "student_params": student_params,
+               "projector_params": projector_params, "head": head}
         epochs = [{**ids, "iteration": i, "epoch": i if epochs_known else None, "inner_acc_mean": inner * (0.6 + 0.4 * i / iterations),
                    "inner_loss_mean": 0.5, "holdout_acc_mean": float(h.mean()), "holdout_loss_mean": 0.5}
                   for i in range(1, iterations + 1)]
@@ -248,9 +251,10 @@ def test_importance_is_not_ranked_on_too_few_complete_trials(rich: tuple[FakeStu
 def test_plots_are_valid_pngs(rich: tuple[FakeStudy, dict[str, Any]]) -> None:
     study, result = rich
     out = study.root / "analysis"
-    # every plot but importance: 8 COMPLETE trials are too few to rank knobs
+    # every plot but importance (8 COMPLETE trials are too few to rank knobs) and accuracy against size (one
+    # method, sizes not recorded)
     assert sorted(Path(p).name for p in result["plots"]) == sorted(
-        name for key, name in PLOT_FILES.items() if key != "importance")
+        name for key, name in PLOT_FILES.items() if key not in ("importance", "params"))
     for path in result["plots"]:
         data = Path(path).read_bytes()
         assert data[:8] == PNG_MAGIC, path
@@ -270,7 +274,7 @@ def test_report_ties_it_together(rich: tuple[FakeStudy, dict[str, Any]]) -> None
     assert "sign-flip permutation" in text and "p = 0.0625" in text
     assert "f" * 64 in text  # the data fingerprint
     for key, name in PLOT_FILES.items():
-        assert (f"({name})" in text) == (key != "importance")
+        assert (f"({name})" in text) == (key not in ("importance", "params"))
     assert "| `kd.alpha` |" in text
     assert set(result["tables"]) == set(TABLES)
     assert all(Path(p).is_absolute() and Path(p).exists() for p in result["tables"].values())
@@ -725,7 +729,8 @@ def test_a_study_of_the_kdtune_before_the_task_columns_still_analyses(tmp_path: 
     for table in ("trials", "seeds", "reference"):  # tables without the new columns, as it wrote them
         study.tables.schemas[table] = pa.schema(
             [f for f in study.tables.schemas[table]
-             if f.name not in ("student_params", "holdout_class_acc", "params", "classes")])
+             if f.name not in ("student_params", "projector_params", "head", "holdout_class_acc", "params",
+                               "classes")])
     study.reference()
     for n in range(2):
         study.trial(n, "COMPLETE", {"kd.alpha": 0.5, "kd.temperature": 2.0, "student.optimizer": "adam"},
@@ -739,11 +744,202 @@ def test_a_study_of_the_kdtune_before_the_task_columns_still_analyses(tmp_path: 
         "knows": "classes not recorded", "params": None, "n_seeds": 5, "inner_acc_mean": pytest.approx(1.0),
         "inner_acc_std": pytest.approx(0.0), "holdout_acc_mean": pytest.approx(0.99),
         "holdout_acc_std": pytest.approx(0.0), "holdout_class_acc_mean": None}]
-    assert result["parameter_counts"] == {"student": None, "baseline": None, "fixed_student": None,
-                                          "teachers": {"teacher_0": None}}
+    assert result["parameter_counts"] == {"student": None, "projector": None, "head": None, "baseline": None,
+                                          "fixed_student": None, "teachers": {"teacher_0": None}}
     text = Path(result["report"]).read_text()
     assert "The task is not recorded (a study of an older kdtune)" in text
     assert "| teacher_0 | classes not recorded | not recorded | 5 |" in text
     assert "Not shown: not recorded for the best trial" in text
     assert "- trainable parameters (one network)" not in text and "| parameters |" not in text.split("## Reference")[0]
     json.dumps(result, allow_nan=False)
+
+
+# ------------------------------------------------------------------------------ kd.method and model size
+
+NONE_ACC = dict(BASELINE)  # the best `none` trial's holdout accuracy per seed
+SIMKD_DIFFS = [0.02, 0.01, 0.03, 0.02, 0.04]  # per seed, in SEEDS order (0, 10, 1234, 99, 2021)
+HINTON_DIFFS = [0.01, -0.01, 0.0, 0.02, -0.02]
+REUSED = "teacher classifier (reused, frozen)"
+RECIPE = {"student.optimizer": "sgd", "student.weight_decay": 1e-4, "student.schedule": "multistep",
+          "student.lr": 0.05}
+SIMKD = {"kd.method": "simkd", "kd.factor": 2, "kd.placement": "last", "kd.feature_loss": "mse",
+         "kd.use_labels": False, "kd.ce_weight": 0.0, **RECIPE}
+HINTON = {"kd.method": "hinton", "kd.alpha": 0.5, "kd.temperature": 4.0, **RECIPE}
+NONE = {"kd.method": "none", **RECIPE}
+
+
+def _methods_study(root: Path, *, searched: tuple[str, ...] = ("simkd", "hinton", "none"),
+                   none_complete: bool = True) -> FakeStudy:
+    """digits-simkd with kd.method among ``searched``: two SimKD trials of different size (the better by the
+    objective has the lower holdout accuracy), one Hinton, two `none` (the same), one PRUNED, one ERROR; the
+    references (baseline, the teacher, which knows every class, the ablation of the best trial #0)."""
+    text = _space_text("digits-simkd")
+    text = text.replace("choices: [simkd, hinton, none]", f"choices: [{', '.join(searched)}]")
+    models = {"baseline": {"name": "resnet", "params": 2000}, "student": {"name": "resnet", "params": 2000},
+              "teacher": {"name": "resnet", "params": [20000]}}
+    study = FakeStudy(root, space_text=text, extra_metadata={"task": _task("digits-simkd", 10, 1),
+                                                             "models": models})
+    rows = [{"study": study.name, "method": method, "seed": s, "trial_number": number, "inner_acc": acc + 0.01,
+             "holdout_acc": acc, "params": params, "classes": list(range(10))}
+            for method, number, params, shift in (("baseline", None, 2000, -0.01), ("teacher_0", None, 20000, 0.05),
+                                                  ("ablation", 0, 2000, 0.005))
+            for s, acc in _shifted([shift] * 5, NONE_ACC).items()]
+    study.tables.append("reference", rows)
+    study.trial(0, "COMPLETE", SIMKD, _shifted(SIMKD_DIFFS, NONE_ACC), inner=0.97, student_params=4000,
+                projector_params=1000, head=REUSED)
+    study.trial(1, "COMPLETE", {**SIMKD, "kd.factor": 4}, _shifted([0.05] * 5, NONE_ACC), inner=0.95,
+                student_params=3000, projector_params=500, head=REUSED)
+    study.trial(5, "PRUNED", HINTON, _shifted([-0.2] * 5, NONE_ACC), iterations=2)
+    study.trial(6, "ERROR", SIMKD, _shifted([-0.3] * 5, NONE_ACC), iterations=1)
+    if "hinton" in searched:
+        study.trial(2, "COMPLETE", HINTON, _shifted(HINTON_DIFFS, NONE_ACC), inner=0.96, student_params=2000,
+                    head="student")
+    if "none" in searched:
+        status = "COMPLETE" if none_complete else "PRUNED"
+        study.trial(3, status, NONE, NONE_ACC, inner=0.94, student_params=2000, head="student")
+        study.trial(4, status, NONE, _shifted([0.06] * 5, NONE_ACC), inner=0.92, student_params=2000,
+                    head="student")
+    return study
+
+
+def _ci(diffs: list[float]) -> tuple[float, float]:
+    d = np.array(diffs)
+    half = t_quantile(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)
+    return d.mean() - half, d.mean() + half
+
+
+def test_each_method_is_compared_by_its_best_trial_with_the_best_none_seed_by_seed(tmp_path: Path) -> None:
+    result = analyse(_methods_study(tmp_path / "methods").root)
+    methods = result["methods"]
+    assert methods["knob"] == "kd.method" and [m["method"] for m in methods["methods"]] == ["simkd", "hinton", "none"]
+    by = {m["method"]: m for m in methods["methods"]}
+    # chosen by the objective (inner accuracy), never by holdout: #1 and #4 have the higher holdout accuracy
+    assert [by[m]["best"]["number"] for m in ("simkd", "hinton", "none")] == [0, 2, 3]
+    assert (by["simkd"]["trials"]["COMPLETE"], by["simkd"]["trials"]["ERROR"], by["hinton"]["trials"]["PRUNED"]) == (2, 1, 1)
+    assert by["simkd"]["best"]["trainable"] == {"student": 3000, "projector": 1000, "total": 4000}
+    assert by["hinton"]["best"]["trainable"] == {"student": 2000, "projector": None, "total": 2000}
+    assert (by["simkd"]["best"]["head"], by["none"]["best"]["head"]) == (REUSED, "student")
+    simkd = by["simkd"]["best"]
+    assert simkd["holdout_acc_mean"] == pytest.approx(np.mean(list(NONE_ACC.values())) + np.mean(SIMKD_DIFFS))
+    assert simkd["holdout_acc_std"] == pytest.approx(np.std(list(_shifted(SIMKD_DIFFS, NONE_ACC).values()), ddof=1))
+    assert simkd["inner_acc_mean"] == pytest.approx(0.97) and simkd["n_seeds"] == 5
+    assert methods["against"]["kind"] == "none" and methods["against"]["trial_number"] == 3
+    assert by["none"]["vs"] is None  # the comparator itself
+    vs = by["simkd"]["vs"]
+    # paired by seed: seed 1234 is +0.03 and seed 99 +0.02, whatever order the rows were written in
+    assert [(d["seed"], d["diff"]) for d in vs["seed_diffs"]] == [
+        (0, pytest.approx(0.02)), (10, pytest.approx(0.01)), (99, pytest.approx(0.02)),
+        (1234, pytest.approx(0.03)), (2021, pytest.approx(0.04))]
+    assert vs["diff_mean"] == pytest.approx(0.024) and vs["ci95"] == pytest.approx(list(_ci(SIMKD_DIFFS)))
+    assert vs["p_value"] == pytest.approx(2 / 2**5) and vs["n_seeds"] == 5  # all five of one sign
+    hinton = by["hinton"]["vs"]
+    assert hinton["diff_mean"] == pytest.approx(0.0, abs=1e-12)
+    assert hinton["p_value"] == pytest.approx(1.0)  # a mean of 0: every sign assignment is as extreme
+    assert methods["shared_seeds"] and methods["seeds"] == sorted(SEEDS)
+    assert "share the study's seeds (0, 10, 99, 1234, 2021)" in methods["note"]
+
+    text = Path(result["report"]).read_text()
+    section = text[text.index("## Distillation methods compared"):text.index("## Holdout accuracy against")]
+    assert methods["note"] in section
+    assert ("| `simkd` | 2 / 0 / 1 | #0 `t0000` | 97.00 ± 1.00 % | 94.40 ± 2.51 % | 3,000 + 1,000 = 4,000 | "
+            f"{REUSED} | +2.40 pp [{100 * _ci(SIMKD_DIFFS)[0]:+.2f}, {100 * _ci(SIMKD_DIFFS)[1]:+.2f}] | 0.0625 | 5 |"
+            ) in section
+    assert "| `none` | 2 / 0 / 0 | #3 `t0003` |" in section and "(the comparator)" in section
+    assert "the best `none` trial" in section and "reused and frozen" in section
+    json.dumps(result, allow_nan=False)
+
+
+@pytest.mark.parametrize("case", ["not searched", "without a COMPLETE trial"])
+def test_without_a_complete_none_trial_the_methods_are_compared_with_the_ablation(tmp_path: Path, case: str) -> None:
+    study = _methods_study(tmp_path / "m", searched=("simkd", "hinton") if case == "not searched" else
+                           ("simkd", "hinton", "none"), none_complete=False)
+    result = analyse(study.root)
+    methods = result["methods"]
+    assert methods["against"]["kind"] == "ablation" and methods["against"]["trial_number"] == 0
+    assert f"`none` {case}" in methods["against"]["meaning"]
+    by = {m["method"]: m for m in methods["methods"]}
+    assert by["simkd"]["vs"]["diff_mean"] == pytest.approx(0.024 - 0.005)
+    assert [d["diff"] for d in by["hinton"]["vs"]["seed_diffs"]] == pytest.approx([0.005, -0.015, 0.015, -0.005, -0.025])
+    if case == "not searched":
+        assert list(by) == ["simkd", "hinton"]
+    else:
+        assert by["none"]["best"] is None and by["none"]["vs"] is None and by["none"]["trials"]["PRUNED"] == 2
+        assert "| `none` | 0 / 2 / 0 | no COMPLETE trial |" in Path(result["report"]).read_text()
+
+
+def test_accuracy_against_trainable_parameters_lists_every_complete_trial_and_the_references(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = analyse(_methods_study(tmp_path / "sizes").root)
+    sizes = result["accuracy_vs_params"]
+    # smallest first; among equal sizes, by the objective
+    assert [(p["number"], p["method"], p["trainable"]["total"]) for p in sizes["trials"]] == [
+        (2, "hinton", 2000), (3, "none", 2000), (4, "none", 2000), (1, "simkd", 3000), (0, "simkd", 4000)]
+    assert sizes["trials"][3]["trainable"] == {"student": 2500, "projector": 500, "total": 3000}
+    assert sizes["unsized"] == 0
+    refs = {r["method"]: r for r in sizes["references"]}
+    assert list(refs) == ["baseline", "ablation", "teacher_0"]
+    assert (refs["teacher_0"]["params"], refs["teacher_0"]["own_classes"]) == (20000, False)  # knows every class
+    assert refs["baseline"]["holdout_acc_mean"] == pytest.approx(np.mean(list(NONE_ACC.values())) - 0.01)
+    plot = Path(result["report"]).parent / PLOT_FILES["params"]
+    assert str(plot) in result["plots"] and plot.read_bytes()[:8] == PNG_MAGIC
+    text = Path(result["report"]).read_text()
+    section = text[text.index("## Holdout accuracy against trainable parameters"):text.index("## Reference:")]
+    rows = [line for line in section.splitlines() if line.startswith("| #")]
+    assert [r.split(" | ")[0] for r in rows] == ["| #2 `t0002`", "| #3 `t0003`", "| #4 `t0004`", "| #1 `t0001`",
+                                                 "| #0 `t0000`"]
+    assert f"| #0 `t0000` | `simkd` | 3,000 | 1,000 | 4,000 | {REUSED} | 94.40 ± 2.51 % | 97.00 % |" in section
+    assert "| #2 `t0002` | `hinton` | 2,000 | – | 2,000 | student |" in section
+    assert "| teacher_0 | 20,000 | 5 | 97.00 ± 1.58 % |" in section
+    assert f"![Holdout accuracy against trainable parameters]({PLOT_FILES['params']})" in text
+
+    from results import report
+
+    monkeypatch.setattr(report, "MAX_SIZE_ROWS", 2)  # a large study: one row per method and size
+    text = Path(analyse(tmp_path / "sizes")["report"]).read_text()
+    section = text[text.index("## Holdout accuracy against trainable parameters"):text.index("## Reference:")]
+    assert "5 COMPLETE trials, grouped by method and size" in section
+    assert "| `none` | 2,000 | 2 | #3 | 92.00 ± 1.58 % | 92.00 % to 98.00 % |" in section
+    assert "| `simkd` | 4,000 | 1 | #0 |" in section and "| #4 `t0004`" not in section
+
+
+def test_a_study_without_methods_or_sizes_has_neither_section(tmp_path: Path) -> None:
+    study = _rich_study(tmp_path / "plain")  # the smoke space: no kd.method knob, sizes not recorded
+    result = analyse(study.root)
+    assert result["methods"] is None and result["accuracy_vs_params"]["trials"] == []
+    text = Path(result["report"]).read_text()
+    assert "## Distillation methods compared" not in text and "## Holdout accuracy against" not in text
+    assert not (study.root / "analysis" / PLOT_FILES["params"]).exists()
+    # a searched architecture alone (no kd.method knob) still gets the accuracy-against-size table
+    result = analyse(_overlap_study(tmp_path / "widths").root)
+    assert result["methods"] is None
+    assert [p["trainable"]["total"] for p in result["accuracy_vs_params"]["trials"]] == [5178, 10344]
+    assert "## Holdout accuracy against trainable parameters" in Path(result["report"]).read_text()
+
+
+def test_kdtune_analyse_prints_teachers_classes_sizes_and_methods(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from tune.cli import main
+
+    overlap = _overlap_study(tmp_path / "overlap")
+    assert main(["analyse", str(overlap.root)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "teacher_1: classes 4,5,6,7; holdout on its own classes 97.00 ± 0.79 % (5 seeds)" in out
+    per_class = next(line for line in out if line.startswith("best per class"))
+    assert per_class.startswith("best per class (holdout %, * shared): 0* 90.2 1 91.2 2 92.2 3 93.2 4* 94.2 ")
+    assert "trainable parameters: student 10,344, baseline 5,178, teacher_0 19,237, teacher_1 19,172, " \
+           "teacher_2 19,172" in out
+    assert not any(line.startswith("kd.method") for line in out)
+
+    methods = _methods_study(tmp_path / "methods")
+    assert main(["analyse", str(methods.root)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "trainable parameters: student 4,000 (projector 1,000), baseline 2,000, teacher_0 20,000" in out
+    lo, hi = _ci(SIMKD_DIFFS)
+    assert (f"kd.method simkd: best trial 0, holdout 94.40 ± 2.51 %, 4,000 params, head {REUSED}; vs none "
+            f"+2.40 points [{100 * lo:+.2f}, {100 * hi:+.2f}], p = 0.0625") in out
+    assert "kd.method none: best trial 3, holdout 92.00 ± 1.58 %, 2,000 params, head student" in out
+    assert out[-1].startswith("report: ")
+    assert main(["analyse", str(methods.root), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["methods"]["against"]["method"] == "none" and summary["best"]["projector_params"] == 1000
+    assert summary["parameter_counts"]["head"] == REUSED

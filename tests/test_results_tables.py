@@ -455,3 +455,30 @@ def test_tables_of_the_kdtune_before_the_task_columns_gain_them_as_null(tmp_path
     assert ref.set_index("method")["params"].isna().groupby(level=0).all().to_dict() == {
         "ablation": False, "baseline": True}
     assert len(read_table(tmp_path, "epochs")) == 5 * EPOCHS
+
+
+SIMKD_COLUMNS = {"projector_params": pa.int64(), "head": pa.string()}  # trials (issue: SimKD sizes and heads)
+
+
+def test_trials_of_the_kdtune_before_simkd_gain_projector_and_head_as_null(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    old = new_tables(results)
+    old.schemas["trials"] = pa.schema([f for f in old.schemas["trials"] if f.name not in SIMKD_COLUMNS])
+    for n in range(2):
+        old.record_trial(*rows(n))
+    old.compact()
+    old.record_trial(*rows(2))  # a part beside the compacted file, both without the new columns
+    assert "head" not in read_table(tmp_path, "trials").columns
+
+    tables = new_tables(results)
+    trial, epochs, seeds = rows(3)
+    tables.record_trial({**trial, "projector_params": 250, "head": "teacher classifier (reused, frozen)"},
+                        epochs, seeds)
+    schema = tables.schemas["trials"]
+    assert {name: schema.field(name).type for name in SIMKD_COLUMNS} == SIMKD_COLUMNS
+    for path in table_files(results, "trials"):
+        assert pq.read_schema(path).remove_metadata() == schema, path.name
+    trials = assert_readers_agree(results, "trials", 4).set_index("trial_id")
+    assert trials.loc["t003", "projector_params"] == 250 and trials.loc["t003", "head"].startswith("teacher")
+    assert trials.loc[["t000", "t002"], ["projector_params", "head"]].isna().all().all()
+    assert trials["student_params"].tolist() == [1000, 1001, 1002, 1003]  # kept

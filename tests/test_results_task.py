@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
@@ -123,6 +124,61 @@ def test_rows_carry_sizes_classes_and_per_class_accuracy_into_the_tables(tmp_pat
     assert list(seeds["holdout_class_acc"].iloc[0]) == pytest.approx([0.7] * 10)
     assert seeds["holdout_class_acc"].iloc[1] is None
 
+
+
+REUSED = "teacher classifier (reused, frozen)"
+
+
+def test_a_simkd_trial_records_its_projector_and_head_also_when_rebuilt_from_optuna(tmp_path: Path) -> None:
+    import optuna
+
+    from tune.recorder import rows_from_optuna, trial_rows
+    from tune.runner import _study_tables
+    from tune.searcher import RECORDED_KEYS
+    from tune.study import journal_storage
+
+    paths, meta = _plan(tmp_path, "digits-simkd")
+    tables = _study_tables(paths, meta, load_space("digits-simkd"))
+    per_seed = _summary(list(range(10)), [[0.9] * 10, [0.8] * 10], 4000)["per_seed"]
+    simkd = {"inner_acc": 0.9, "holdout_acc": 0.8, "epoch": 30, "is_final": True, "per_seed": per_seed,
+             "student_params": 4000, "params_detail": {"student": 3000, "projector": 1000, "reused_head_frozen": 650},
+             "head": REUSED}
+    hinton = {**simkd, "student_params": 2000, "params_detail": {}, "head": "student"}
+    assert {"student_params", "params_detail", "head"} <= set(RECORDED_KEYS)
+    row, _, _ = trial_rows({"study": "s", "trial_id": "t1", "number": 0}, "COMPLETE", None, {}, [], simkd, [])
+    assert (row["student_params"], row["projector_params"], row["head"]) == (4000, 1000, REUSED)
+    row, _, _ = trial_rows({"study": "s", "trial_id": "t2", "number": 1}, "COMPLETE", None, {}, [], hinton, [])
+    assert (row["student_params"], row["projector_params"], row["head"]) == (2000, None, "student")
+
+    # What the searcher keeps on the Optuna trial (through the journal, as `kdtune resume` reads it back)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(study_name="s", storage=journal_storage(paths))
+    for result in (simkd, hinton):
+        trial = study.ask()
+        for key in RECORDED_KEYS:
+            if result.get(key) is not None:
+                trial.set_user_attr(key, result[key])
+        study.tell(trial, result["inner_acc"])
+    for frozen in optuna.load_study(study_name="s", storage=journal_storage(paths)).trials:
+        tables.record_trial(*rows_from_optuna("s", frozen, []))
+    trials = read_table(paths.root, "trials").set_index("number")
+    assert trials.loc[0, ["student_params", "projector_params", "head"]].tolist() == [4000, 1000, REUSED]
+    assert trials.loc[1, "student_params"] == 2000 and pd.isna(trials.loc[1, "projector_params"])
+    assert trials.loc[1, "head"] == "student"
+
+
+def test_the_tuned_baseline_takes_its_size_from_the_best_trial_and_knows_every_class() -> None:
+    from tune.reference import _tuned_summary, reference_rows
+
+    per_seed = _summary(list(range(10)), [[0.5] * 10, [0.6] * 10], 0)["per_seed"]
+    task = {"n_classes": 10}
+    rows = reference_rows("s", "tuned_baseline", _tuned_summary({"per_seed": per_seed, "student_params": 5178}, task), 3)
+    assert [(r["params"], r["classes"], r["trial_number"]) for r in rows] == [(5178, list(range(10)), 3)] * 2
+    # no task recorded: C from the per-class lists; a CE search of an older kdtune recorded no size
+    older = _tuned_summary({"per_seed": per_seed}, None)
+    assert older["params"] is None and older["classes"] == list(range(10))
+    bare = [{k: v for k, v in s.items() if k != "holdout_class_acc"} for s in per_seed]
+    assert _tuned_summary({"per_seed": bare}, None)["classes"] is None
 
 @pytest.mark.slow
 def test_a_real_overlap_study_reports_teachers_classes_and_sizes(tmp_path: Path) -> None:

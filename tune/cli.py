@@ -223,8 +223,57 @@ def cmd_analyse(args: argparse.Namespace) -> int:
         tag = " (the comparison reported)" if i == 0 else ""
         print(f"best - {method}{tag}: {100 * vs['diff_mean']:+.2f} points{ci}, p = {vs['p_value']:.3g}; "
               f"{method} holdout {100 * vs['holdout_acc_mean']:.2f} %")
+    for line in _analysis_lines(summary):
+        print(line)
     print(f"report: {summary['report']}")
     return 0
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    return "-" if mean is None else f"{100 * mean:.2f} ± {100 * (std or 0):.2f} %"
+
+
+def _analysis_lines(summary: dict[str, Any]) -> list[str]:
+    """The teachers, the best trial's per-class accuracy, the parameter counts and the kd.method comparison,
+    a line each (what ``kdtune analyse`` adds to its headline; the report has the tables)."""
+    lines = []
+    for t in summary.get("teachers") or []:
+        lines.append(f"{t['method']}: {t['knows']}; holdout on its own classes {_pm(t['holdout_acc_mean'], t['holdout_acc_std'])}"
+                     f" ({t['n_seeds']} seeds)")
+    per_class = summary.get("class_accuracy")
+    if per_class:
+        shared = set(per_class.get("shared_classes") or [])
+        accs = per_class["accuracy"]["student"]
+        cells = " ".join(f"{c}{'*' if c in shared else ''} {'-' if a is None else f'{100 * a:.1f}'}"
+                         for c, a in zip(per_class["classes"], accs))
+        lines.append(f"best per class (holdout %{', * shared' if shared else ''}): {cells}")
+    counts = summary.get("parameter_counts") or {}
+    parts = []
+    if counts.get("student") is not None:
+        projector = f" (projector {counts['projector']:,})" if counts.get("projector") is not None else ""
+        parts.append(f"student {counts['student']:,}{projector}")
+    if counts.get("baseline") is not None:
+        parts.append(f"baseline {counts['baseline']:,}")
+    parts += [f"{name} {n:,}" for name, n in (counts.get("teachers") or {}).items() if n is not None]
+    if parts:
+        lines.append("trainable parameters: " + ", ".join(parts))
+    methods = summary.get("methods")
+    against = (methods or {}).get("against")
+    for entry in (methods or {}).get("methods", []):
+        best, vs = entry["best"], entry["vs"]
+        if best is None:
+            lines.append(f"kd.method {entry['method']}: no COMPLETE trial ({entry['trials']['total']} recorded)")
+            continue
+        total = best["trainable"]["total"]
+        line = (f"kd.method {entry['method']}: best trial {best['number']}, holdout "
+                f"{_pm(best['holdout_acc_mean'], best['holdout_acc_std'])}, "
+                f"{'-' if total is None else f'{total:,}'} params, head {best['head'] or '-'}")
+        if vs is not None and against is not None:
+            ci = vs.get("ci95")
+            interval = f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else ""
+            line += f"; vs {against['method']} {100 * vs['diff_mean']:+.2f} points{interval}, p = {vs['p_value']:.3g}"
+        lines.append(line)
+    return lines
 
 
 def cmd_spaces(args: argparse.Namespace) -> int:

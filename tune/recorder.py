@@ -80,6 +80,8 @@ def trial_rows(ids: dict[str, Any], status: str, error: str | None, params: dict
         "epochs_run": int(result["epoch"]) if result.get("epoch") is not None else None,
         "iterations": int(result[EVAL_KEY] if EVAL_KEY in result else result.get("training_iteration") or 0) or None,
         "student_params": int(result["student_params"]) if result.get("student_params") is not None else None,
+        "projector_params": _projector(result),
+        "head": result.get("head"),
         "wall_seconds": _num(result.get("trial_seconds", result.get("time_total_s"))),
         "teacher_cache_hit": result.get("teacher_cache_hit"),
         "node": result.get("node"), "hostname": result.get("hostname"), "device": result.get("device"),
@@ -101,6 +103,13 @@ def trial_rows(ids: dict[str, Any], status: str, error: str | None, params: dict
                   "inner_loss": None, "holdout_loss": None, "best_epoch": None}
                  for i, s in enumerate(result.get("seeds") or [])]
     return row, epochs, seeds
+
+
+def _projector(result: dict[str, Any]) -> int | None:
+    """SimKD's projector parameters from the result's ``params_detail`` (None for a method without one)."""
+    detail = result.get("params_detail")
+    value = detail.get("projector") if isinstance(detail, dict) else None
+    return None if value is None else int(value)
 
 
 OPTUNA_STATUS = {"COMPLETE": "COMPLETE", "PRUNED": "PRUNED", "FAIL": "ERROR"}

@@ -147,6 +147,20 @@ def tuned_baseline(paths: StudyPaths, meta: StudyMeta, options: RunOptions) -> A
     if complete and study.best_trial.user_attrs.get("per_seed"):
         best = study.best_trial
         tables = _study_tables(paths, meta, space)
-        tables.replace_method(reference_rows(meta.name, TUNED_BASELINE, {"per_seed": best.user_attrs["per_seed"]},
-                                             best.number), TUNED_BASELINE)
+        summary = _tuned_summary(best.user_attrs, meta.task)
+        tables.replace_method(reference_rows(meta.name, TUNED_BASELINE, summary, best.number), TUNED_BASELINE)
     return outcome
+
+
+def _tuned_summary(attrs: dict[str, Any], task: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``reference_rows`` needs of the CE-only search's best trial, from its Optuna user attributes: the
+    per-seed rows, the student's size (None when an older kdtune ran that search) and its classes, every
+    class of the task (a CE-only student has C outputs; C from the per-class lists when the task is not
+    recorded, None when neither is)."""
+    per_seed = attrs["per_seed"]
+    n_classes = task.get("n_classes") if isinstance(task, dict) else None
+    if not isinstance(n_classes, int):
+        lengths = {len(s.get("holdout_class_acc") or []) for s in per_seed}
+        n_classes = lengths.pop() if len(lengths) == 1 and 0 not in lengths else None
+    return {"per_seed": per_seed, "params": attrs.get("student_params"),
+            "classes": None if n_classes is None else list(range(n_classes))}

@@ -36,8 +36,8 @@ SCHEDULER_KEY = "best_so_far"
 RECORDED_KEYS = (
     "epoch", *METRICS, "inner_acc_std", "holdout_acc_std",
     "best_epoch", "epochs_run", "trial_seconds", "teacher_cache_hit", "node", "hostname", "device",
-    "seeds", "seed_inner_acc", "seed_holdout_acc", "per_seed", "trial_error", "training_iteration", EVAL_KEY,
-    AT_KEY, STARTED_KEY,
+    "seeds", "seed_inner_acc", "seed_holdout_acc", "per_seed", "student_params", "params_detail", "head",
+    "trial_error", "training_iteration", EVAL_KEY, AT_KEY, STARTED_KEY,
 )
 _log = logging.getLogger("kdtune")
 
