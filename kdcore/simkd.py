@@ -41,7 +41,8 @@ class Projector(nn.Module):
 
 def align(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pool the larger of two (..., C, H, W) maps to the other's spatial size (the authors' alignment)."""
-    hs, ht = student.shape[-2:], teacher.shape[-2:]
+    hs = (int(student.shape[-2]), int(student.shape[-1]))
+    ht = (int(teacher.shape[-2]), int(teacher.shape[-1]))
     if hs[0] * hs[1] > ht[0] * ht[1]:
         return F.adaptive_avg_pool2d(student.flatten(0, -4), ht).unflatten(0, student.shape[:-3]), teacher
     if hs != ht:
@@ -82,9 +83,12 @@ class SimKDStudent(nn.Module):
         self.projectors = nn.ModuleList(Projector(s[0], t[0], factor)
                                         for s, t in zip(s_shapes[-stages:], t_shapes[-stages:]))
         self.stages = stages
-        self.target_sizes = [tuple(t[1:]) for t in t_shapes[-stages:]]
-        self.head = nn.Linear(teacher.fc.in_features, teacher.fc.out_features)  # type: ignore[union-attr]
-        self.head.load_state_dict(teacher.fc.state_dict())  # type: ignore[union-attr]
+        self.target_sizes = [(int(t[1]), int(t[2])) for t in t_shapes[-stages:]]
+        fc = teacher.fc
+        if not isinstance(fc, nn.Linear):
+            raise ConfigError(f"SimKD reuses the teacher's linear fc, but it is a {type(fc).__name__}")
+        self.head = nn.Linear(fc.in_features, fc.out_features)
+        self.head.load_state_dict(fc.state_dict())
         self.head.requires_grad_(False)
 
     def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:

@@ -96,6 +96,27 @@ class Task:
                 "shared_classes": list(self.shared_classes), "teachers": [t.describe() for t in self.teachers]}
 
 
+FEATURE_MODELS = ("cnn", "resnet")  # registry models with feature maps (``features``, ``pool``, ``fc``)
+
+
+def check_method(task: Task, method: str, student_model: str) -> None:
+    """ConfigError (one line) when a KD method cannot distil this task: annealing KD needs teachers that know
+    every class, one routed to each sample; SimKD one teacher that knows every class, and image models with
+    feature maps (cnn, resnet, or a factory of the user's that has ``features``, ``pool`` and ``fc``)."""
+    if method == "annealing" and not (task.full_classes and task.one_teacher_each):
+        raise ConfigError("kd.method 'annealing' regresses on one teacher's logits over every class: it needs "
+                          "teachers that know every class, one routed to each sample; use kd.method 'hinton'")
+    if method != "simkd":
+        return
+    if len(task.teachers) != 1 or not task.full_classes:
+        raise ConfigError(f"kd.method 'simkd' distils one teacher that knows every class, but the task has "
+                          f"{len(task.teachers)} teacher(s) knowing {[list(t.classes) for t in task.teachers]}")
+    for role, name in (("student", student_model), ("teacher", task.teachers[0].fit.model)):
+        if name == "mlp":
+            raise ConfigError(f"kd.method 'simkd' needs feature maps, but the {role} is an mlp; use one of "
+                              f"{list(FEATURE_MODELS)} or a factory whose model has features, pool and fc")
+
+
 def resolve(config: TaskConfig, teacher_fit: FitConfig, n_classes: int, n_groups: int) -> Task:
     """The task ``config`` asks for on data of ``n_classes`` classes and ``n_groups`` groups, or ConfigError
     with one line naming what is wrong: a class the data lacks, a group the data lacks, a class (or a

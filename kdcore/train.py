@@ -34,7 +34,7 @@ from kdcore.data import ClassificationData, inner_folds, inner_split
 from kdcore.errors import ConfigError, DataError, TrainingError
 from kdcore.models import SeedModel
 from kdcore.schedules import annealing_phi, lr_at
-from kdcore.task import Task, Teacher, resolve
+from kdcore.task import Task, Teacher, check_method, resolve
 
 
 def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -310,8 +310,9 @@ class FitResult:
         }
 
 
-# A batch loss maps (logits (S, B, C), sample indices (S, B) into the fit set, epoch) -> per-seed loss (S,).
-BatchLoss = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+# A batch loss maps (the model's training output: logits (S, B, C), or what ``train_forward`` returns; sample
+# indices (S, B) into the fit set; epoch) -> per-seed loss (S,).
+BatchLoss = Callable[[Any, torch.Tensor, int], torch.Tensor]
 # A selection loss maps logits on the selection set (S, M, C) -> per-seed loss (S,).
 SelectLoss = Callable[[torch.Tensor], torch.Tensor]
 
@@ -489,7 +490,7 @@ def _run_fit(
         class_acc=class_acc,
         params=parameter_count(model),
         head=head,
-        **best_metrics,
+        **best_metrics,  # type: ignore[arg-type]  # the four metric arrays
     )
 
 
@@ -666,9 +667,7 @@ def train_student(
         return _run_fit("student", model, fit, train, select, holdout, hinton_loss, select_ce,
                         eval_every=config.eval_every, on_epoch=on_epoch, classes=every)
 
-    if not (task.full_classes and task.one_teacher_each):
-        raise ConfigError("kd.method 'annealing' regresses on one teacher's logits over every class: it needs "
-                          "teachers that know every class, one routed to each sample; use kd.method 'hinton'")
+    check_method(task, "annealing", fit.model)
     # Annealing KD, phase 1: regress on phi * teacher logits, no labels; select by MSE to the full teacher.
     full = targets.logits[:, :, 0]  # (S, N, C): the one routed teacher of each sample
     select_targets = teacher_targets(task, teachers, select).logits[:, :, 0]
@@ -700,11 +699,13 @@ def teacher_outputs(teacher: SeedModel, x: torch.Tensor, stages: int) -> tuple[t
     only place SimKD's teacher runs (eval mode, no gradient)."""
     teacher.eval()
     with torch.no_grad():
-        maps = teacher.call("features", x)[-stages:]  # type: ignore[attr-defined]
+        if not isinstance(teacher, models.StackedModel):
+            raise ConfigError(f"kd.method 'simkd' needs a teacher with feature maps, but got {type(teacher).__name__}")
+        maps = teacher.call("features", x)[-stages:]
         return teacher(x), list(maps)
 
 
-def simkd_model(prep: Prepared, config: ExperimentConfig, teacher: SeedModel) -> SeedModel:
+def simkd_model(prep: Prepared, config: ExperimentConfig, teacher: SeedModel) -> models.StackedModel:
     """Seed s's SimKD network: the student built for seed s, projectors initialised from seed s, and seed s's
     teacher classifier copied and frozen; batched over the seeds like any architecture."""
     from kdcore import simkd
@@ -728,10 +729,7 @@ def _train_simkd(prep: Prepared, config: ExperimentConfig, teachers: Sequence[Se
     from kdcore import simkd
 
     kd, fit = config.kd, config.student
-    task = task_of(prep, config)
-    if len(task.teachers) != 1 or not task.full_classes:
-        raise ConfigError(f"kd.method 'simkd' distils one teacher that knows every class, but the task has "
-                          f"{len(task.teachers)} teacher(s) knowing {[list(t.classes) for t in task.teachers]}")
+    check_method(task_of(prep, config), "simkd", fit.model)
     if prep.fit.per_seed and prep.fit.x.shape[0] != len(config.seeds):
         raise TrainingError("the data was prepared for other seeds")
     teacher = teachers[0]
@@ -758,11 +756,11 @@ def _train_simkd(prep: Prepared, config: ExperimentConfig, teachers: Sequence[Se
     result = _run_fit("student", model, fit, train, select, holdout, batch_loss, select_ce,
                       eval_every=config.eval_every, on_epoch=on_epoch, classes=tuple(range(prep.n_classes)),
                       train_forward=lambda m, x: m(x, features=True), head="teacher classifier (reused, frozen)")
-    net = model.net  # type: ignore[attr-defined]
+    net = model.net
+    assert isinstance(net, simkd.SimKDStudent)  # built so by simkd_model just above
     result.params_detail = {
-        "student": sum(p.numel() for p in net.encoder.parameters()) // model.n_seeds,
-        "projector": sum(p.numel() for p in net.projectors.parameters()) // model.n_seeds,
-        "reused_head_frozen": sum(p.numel() for p in net.head.parameters()) // model.n_seeds,
+        name: sum(p.numel() for p in part.parameters()) // model.n_seeds
+        for name, part in (("student", net.encoder), ("projector", net.projectors), ("reused_head_frozen", net.head))
     }
     return result
 

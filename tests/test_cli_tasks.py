@@ -97,3 +97,16 @@ def test_a_checkpoint_that_does_not_fit_is_refused_with_one_line(
     rc, out, err = _run(capsys, "--data", "builtin:digits", "--config", str(config), "--epochs", "1")
     assert_one_line_error("train", rc, err, "teacher_0", "does not fit its architecture 'cnn'")
     assert out == ""
+
+
+def test_a_space_that_samples_simkd_for_several_teachers_is_refused_before_ray(tmp_path: Path) -> None:
+    """The plan checks every kd.method a space may sample against the task, before Ray or torch start."""
+    from kdcore.errors import ConfigError
+    from tune.plan import SearchSettings, plan_study
+
+    space = tmp_path / "bad.yaml"
+    root = Path(__file__).resolve().parents[1]
+    space.write_text((root / "search_spaces/digits-subsets.yaml").read_text().replace(
+        "knobs:\n", "knobs:\n  kd.method: {type: categorical, choices: [hinton, simkd]}\n"))
+    with pytest.raises(ConfigError, match="kd.method 'simkd' distils one teacher that knows every class"):
+        plan_study(SearchSettings(data="builtin:digits", space=str(space), name="x", storage=tmp_path, num_samples=1))

@@ -217,4 +217,4 @@ def test_a_subset_experiment_with_cnns_trains_each_seed_as_it_trains_alone() -> 
             np.testing.assert_allclose(batched.holdout_loss[i], single.holdout_loss[0], rtol=1e-4, atol=1e-6)
             for key, value in single.model.seed_state(0).items():
                 torch.testing.assert_close(batched.model.seed_state(i)[key], value, rtol=1e-4, atol=1e-5,
-                                           msg=lambda m: f"{name} seed {seed} {key}: {m}")
+                                           msg=lambda m: f"{name} seed {seed} {key}: {m}")  # noqa: B023

@@ -114,13 +114,16 @@ def _versions() -> dict[str, str]:
             (("kdtune", "kdtune"), ("torch", "torch"), ("ray", "ray"), ("optuna", "optuna"))}
 
 
-def check_task(config: Any, dataset: Any, *, absolute: bool = True) -> None:
+def check_task(config: Any, dataset: Any, *, absolute: bool = True, methods: tuple[str, ...] = ()) -> None:
     """Refuse, before anything runs, a task the data cannot serve: a bad subset layout (kdcore.task.resolve),
-    a teacher checkpoint that is relative (trials run in other folders and on other nodes), missing, or
-    that does not fit its architecture."""
-    from kdcore.task import resolve
+    a KD method (the config's, and ``methods`` a space may sample) that cannot distil it, a teacher
+    checkpoint that is relative (trials run in other folders and on other nodes), missing, or that does not
+    fit its architecture."""
+    from kdcore.task import check_method, resolve
 
     task = resolve(config.task, config.teacher, dataset.n_classes, dataset.n_domains)
+    for method in dict.fromkeys((config.kd.method, *methods)):
+        check_method(task, method, config.student.model)
     for teacher in task.teachers:
         if teacher.checkpoint is None:
             continue
@@ -152,7 +155,8 @@ def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
                               f"search space ({exc})") from None
     spec = settings.data if settings.data.startswith("builtin:") else str(Path(settings.data).resolve())
     dataset = kdata.load(spec)
-    check_task(space.base, dataset)
+    sampled = tuple(str(c) for k in space.knobs if k.path == "kd.method" for c in getattr(k, "choices", ()))
+    check_task(space.base, dataset, methods=sampled)
     from kdcore.task import resolve
 
     base = space.base
