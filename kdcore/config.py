@@ -437,10 +437,7 @@ class TaskConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "task") -> TaskConfig:
         _check_keys(cls, data, where)
-        try:
-            return cls(**dict(data))
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+        return cls(**dict(data))  # its messages name task.routing / task.teachers[k] already
 
     def to_dict(self) -> dict[str, Any]:
         teachers = self.teachers if isinstance(self.teachers, str) else [t.to_dict() for t in self.teachers]

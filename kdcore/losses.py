@@ -42,7 +42,11 @@ def hinton_kd(
     alpha: float,
     temperature: float,
 ) -> torch.Tensor:
-    """Hinton et al.: ``(1 - alpha) * CE(y, z_s) + alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``."""
+    """Hinton et al.: ``(1 - alpha) * CE(y, z_s) + alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``.
+
+    The one-teacher, every-class form: training uses ``subset_hinton_kd``, which equals it to the last bit
+    there (a test holds them together), so this stays as the reference formula.
+    """
     loss = alpha * kd_kl(student_logits, teacher_logits, temperature)
     if alpha < 1:
         loss = loss + (1 - alpha) * cross_entropy(student_logits, labels)

@@ -52,6 +52,15 @@ class Task:
     routing: str
     n_classes: int
     n_groups: int
+    cells: tuple[tuple[int, int], ...] = ()  # the (class, group) pairs the data holds; () = every pair
+
+    def _cells(self) -> tuple[np.ndarray, np.ndarray]:
+        """(classes, groups) of the data's (class, group) cells, every pair when not given."""
+        if self.cells:
+            pairs = np.asarray(self.cells, dtype=np.int64)
+            return pairs[:, 0], pairs[:, 1]
+        c, g = np.meshgrid(np.arange(self.n_classes), np.arange(self.n_groups), indexing="ij")
+        return c.reshape(-1), g.reshape(-1)
 
     @property
     def class_mask(self) -> np.ndarray:
@@ -68,8 +77,11 @@ class Task:
 
     @property
     def shared_classes(self) -> tuple[int, ...]:
-        """The classes more than one teacher knows (marked in the analysis)."""
-        return tuple(int(c) for c in np.flatnonzero(self.class_mask.sum(axis=0) > 1))
+        """The classes whose samples take targets from more than one teacher that knows them (marked in the
+        analysis): none in the multi-domain task, where each sample has its one domain teacher."""
+        c, g = self._cells()
+        knows = self.route(c, g) & self.class_mask.T[c]  # (cells, K): routed teachers that know the class
+        return tuple(sorted({int(x) for x in c[knows.sum(axis=-1) > 1]}))
 
     def route(self, y: np.ndarray, d: np.ndarray) -> np.ndarray:
         """(..., K) bool for labels y and groups d of shape (...): the teachers that give each sample its
@@ -87,8 +99,7 @@ class Task:
     @property
     def one_teacher_each(self) -> bool:
         """Every (class, group) cell is routed to exactly one teacher."""
-        cells = self.route(*np.meshgrid(np.arange(self.n_classes), np.arange(self.n_groups), indexing="ij"))
-        return bool((cells.sum(axis=-1) == 1).all())
+        return bool((self.route(*self._cells()).sum(axis=-1) == 1).all())
 
     def describe(self) -> dict[str, Any]:
         """What the tables record about the task."""
@@ -117,10 +128,26 @@ def check_method(task: Task, method: str, student_model: str) -> None:
                               f"{list(FEATURE_MODELS)} or a factory whose model has features, pool and fc")
 
 
-def resolve(config: TaskConfig, teacher_fit: FitConfig, n_classes: int, n_groups: int) -> Task:
+def check_coverage(task: Task, y_train: np.ndarray, d_train: np.ndarray, y_valid: np.ndarray,
+                   d_valid: np.ndarray, min_train: int = 2) -> None:
+    """ConfigError (one line) when a teacher has fewer than ``min_train`` training samples (the number of
+    inner folds, so that every fold has some) or no holdout sample: it could not be selected or reported."""
+    for t in task.teachers:
+        if t.checkpoint is None and int(t.trains_on(y_train, d_train).sum()) < min_train:
+            raise ConfigError(f"{t.name} (classes {list(t.classes)}) has {int(t.trains_on(y_train, d_train).sum())} "
+                              f"training sample(s), fewer than the {min_train} its inner folds need; use more data, "
+                              "inner 'split' or --protocol seed")
+        if not t.trains_on(y_valid, d_valid).any():
+            raise ConfigError(f"{t.name} (classes {list(t.classes)}) has no holdout sample: the holdout (valid set) "
+                              "must hold some samples of every teacher's classes")
+
+
+def resolve(config: TaskConfig, teacher_fit: FitConfig, n_classes: int, n_groups: int,
+            cells: np.ndarray | None = None) -> Task:
     """The task ``config`` asks for on data of ``n_classes`` classes and ``n_groups`` groups, or ConfigError
-    with one line naming what is wrong: a class the data lacks, a group the data lacks, a class (or a
-    class of a group) no teacher knows."""
+    with one line naming what is wrong: a class the data lacks, a group the data lacks, a class no teacher
+    knows, or a (class, group) cell of the data whose samples reach no teacher that knows their class.
+    ``cells`` (M, 2): the (class, group) pairs the data holds (default: every pair)."""
     every = tuple(range(n_classes))
     if config.teachers == PER_GROUP:
         # Data of one group: one teacher on all of it (no group to name).
@@ -145,21 +172,22 @@ def resolve(config: TaskConfig, teacher_fit: FitConfig, n_classes: int, n_groups
         except (ConfigError, TypeError) as exc:
             raise ConfigError(f"{where}: model: {exc}") from None
         teachers.append(Teacher(k, tuple(classes), spec.group, spec.checkpoint, fit))
-    task = Task(tuple(teachers), config.routing, n_classes, n_groups)
+    pairs = () if cells is None else tuple(sorted({(int(c), int(g)) for c, g in np.asarray(cells).reshape(-1, 2)}))
+    task = Task(tuple(teachers), config.routing, n_classes, n_groups, pairs)
     known = task.class_mask.any(axis=0)
     if not known.all():
         missing = [int(c) for c in np.flatnonzero(~known)]
         raise ConfigError(f"class(es) {missing} have no teacher: every class must be known by at least one teacher "
                           f"(the teachers know {[list(t.classes) for t in teachers]})")
-    cells = task.route(*np.meshgrid(np.arange(n_classes), np.arange(n_groups), indexing="ij"))  # (C, G, K)
+    c, g = task._cells()
+    routed = task.route(c, g)  # (cells, K)
     if config.routing == "group":
-        lonely = [g for g in range(n_groups) if not cells[:, g].any()]
+        lonely = sorted({int(x) for x in g[~routed.any(axis=-1)]})
         if lonely:
             raise ConfigError(f"group(s) {lonely} have no teacher under routing 'group'; give every group one")
-    else:
-        empty = np.argwhere(~cells.any(axis=-1))
-        if empty.size:
-            c, g = (int(v) for v in empty[0])
-            raise ConfigError(f"class {c} of group {g} reaches no teacher under routing {config.routing!r}; "
-                              "every class of every group needs a teacher that knows it")
+    reached = (routed & task.class_mask.T[c]).any(axis=-1)  # some routed teacher knows the sample's class
+    if not reached.all():
+        i = int(np.flatnonzero(~reached)[0])
+        raise ConfigError(f"class {int(c[i])} of group {int(g[i])} reaches no teacher that knows it under routing "
+                          f"{config.routing!r}; every class of every group needs one")
     return task

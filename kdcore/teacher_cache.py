@@ -37,13 +37,14 @@ def _file_digest(path: str) -> str:
 def teacher_key(fingerprint: str, config: ExperimentConfig) -> str:
     """sha256 of everything teachers depend on: data, teacher settings, task, split, protocol and seeds.
 
-    Settings added after the multi-domain task (model fields, the task) enter only when they differ from
-    their defaults, so the keys of studies made before them stay valid; a checkpoint enters by its content.
+    Settings added after the multi-domain task (model fields, an explicit teacher list) enter only when they
+    differ from their defaults, so the keys of studies made before them stay valid; a checkpoint enters by
+    its content; the routing does not enter (it changes the student's targets, not the teachers).
     """
     task: dict[str, Any] = {}
-    if not config.task.is_default:
-        specs = () if isinstance(config.task.teachers, str) else config.task.teachers
-        task = {"task": config.task.to_dict(),
+    if not isinstance(config.task.teachers, str):  # routing is not in it: teachers never depend on it
+        specs = config.task.teachers
+        task = {"teachers": [t.to_dict() for t in specs],
                 "checkpoints": [_file_digest(t.checkpoint) for t in specs if t.checkpoint is not None]}
     parts = {
         "format": CACHE_FORMAT,

@@ -156,9 +156,18 @@ class Prepared:
             rows = np.isin(self.train_y, list(classes)) & (True if group is None else self.train_d == group)
             per_fold = np.bincount(self.folds[rows], minlength=self.n_folds)
             fit_len, select_len = int((per_fold.sum() - per_fold).max()), int(per_fold.max())
-        return (self.fit.restrict(keep(self.fit), relabel, fit_len),
-                self.select.restrict(keep(self.select), relabel, select_len),
-                self.holdout.restrict(keep(self.holdout), relabel))
+        who = f"the samples of classes {list(classes)}" + ("" if group is None else f" of group {group}")
+        try:
+            parts = (self.fit.restrict(keep(self.fit), relabel, fit_len),
+                     self.select.restrict(keep(self.select), relabel, select_len),
+                     self.holdout.restrict(keep(self.holdout), relabel))
+        except DataError:
+            raise DataError(f"{who} do not reach every seed's training and selection fold; use more data, "
+                            "inner 'split' or protocol 'seed'") from None
+        if any(len(p) == 0 for p in parts):
+            raise DataError(f"{who} are missing from the training, selection or holdout set; every teacher needs "
+                            "samples in each")
+        return parts
 
 
 def _role_check(data: ClassificationData, idx: np.ndarray, role: str, config: ExperimentConfig) -> None:
@@ -340,7 +349,7 @@ def logits_of(model: torch.nn.Module, subset: Subset) -> torch.Tensor:
     return torch.cat([model(part) for part in x.split(EVAL_CHUNK, dim=axis)], dim=1)
 
 
-def parameter_count(model: SeedModel) -> int:
+def trainable_parameters(model: SeedModel) -> int:
     """Trainable parameters of one network of a seed-batched model (every parameter is stacked over seeds)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad) // model.n_seeds
 
@@ -488,7 +497,7 @@ def _run_fit(
         history=history,
         classes=tuple(classes),
         class_acc=class_acc,
-        params=parameter_count(model),
+        params=trainable_parameters(model),
         head=head,
         **best_metrics,  # type: ignore[arg-type]  # the four metric arrays
     )
@@ -541,7 +550,9 @@ def train_baseline(prep: Prepared, config: ExperimentConfig, on_epoch: ReportFn 
 
 def task_of(prep: Prepared, config: ExperimentConfig) -> Task:
     """The experiment's task resolved against the prepared data (ConfigError naming a bad layout)."""
-    return resolve(config.task, config.teacher, prep.n_classes, prep.n_groups)
+    pairs = [torch.stack([s.y.reshape(-1), s.d.reshape(-1)], dim=1) for s in (prep.fit, prep.select, prep.holdout)]
+    cells = torch.unique(torch.cat(pairs), dim=0).cpu().numpy()
+    return resolve(config.task, config.teacher, prep.n_classes, prep.n_groups, cells)
 
 
 def evaluate_teacher(prep: Prepared, teacher: Teacher, model: SeedModel, seconds: float = 0.0) -> FitResult:
@@ -555,7 +566,7 @@ def evaluate_teacher(prep: Prepared, teacher: Teacher, model: SeedModel, seconds
         class_acc = class_accuracy(hold_logits, holdout)
     zeros = np.zeros(model.n_seeds, dtype=np.int64)
     return FitResult(teacher.name, model.seeds, inner_acc, inner_ce, holdout_acc, holdout_ce, zeros, 0, seconds,
-                     model, classes=teacher.classes, class_acc=class_acc, params=parameter_count(model))
+                     model, classes=teacher.classes, class_acc=class_acc, params=trainable_parameters(model))
 
 
 def train_teachers(prep: Prepared, config: ExperimentConfig, on_epoch: ReportFn | None = None) -> list[FitResult]:
@@ -594,8 +605,7 @@ class Targets:
 
 
 def teacher_targets(task: Task, teachers: Sequence[SeedModel], subset: Subset) -> Targets:
-    """Run the routed teachers on ``subset`` once: the only place teachers run (eval mode, no gradient, so a
-    row's targets do not depend on the rows beside it)."""
+    """The routed teachers' targets for ``subset``, each teacher run once (``teacher_outputs``)."""
     if len(teachers) != len(task.teachers):
         raise TrainingError(f"the task has {len(task.teachers)} teachers, but {len(teachers)} models were given")
     device = subset.y.device
@@ -609,15 +619,13 @@ def teacher_targets(task: Task, teachers: Sequence[SeedModel], subset: Subset) -
     logits = torch.zeros(shape, device=device)
     mask = torch.zeros(shape, dtype=torch.bool, device=device)
     known = torch.as_tensor(task.class_mask, device=device)  # (K, C)
-    with torch.no_grad():
-        for teacher, model in zip(task.teachers, teachers):
-            model.eval()
-            local = logits_of(model, subset)  # (S, N, |S_k|): every row, kept where routed to this teacher
-            full = torch.zeros((*local.shape[:2], task.n_classes), device=device)
-            full[..., list(teacher.classes)] = local
-            here = slot[:, :, teacher.index].unsqueeze(-1)  # (S, N, R, 1)
-            logits = torch.where(here, full.unsqueeze(2), logits)
-            mask = mask | (here & known[teacher.index])
+    for teacher, model in zip(task.teachers, teachers):
+        local, _ = teacher_outputs(model, subset.x)  # (S, N, |S_k|): every row, kept where routed to this teacher
+        full = torch.zeros((*local.shape[:2], task.n_classes), device=device)
+        full[..., list(teacher.classes)] = local
+        here = slot[:, :, teacher.index].unsqueeze(-1)  # (S, N, R, 1)
+        logits = torch.where(here, full.unsqueeze(2), logits)
+        mask = mask | (here & known[teacher.index])
     filled = slot.any(dim=2)  # (S, N, R)
     # An empty slot (a sample with fewer teachers than R) counts for nothing (weight 0); every class is
     # "known" there so that its softmax stays finite.
@@ -694,15 +702,22 @@ def train_student(
 TEACHER_CACHE_ELEMENTS = 2**28  # teacher feature maps of the whole fit set up to 1 GiB are computed once
 
 
-def teacher_outputs(teacher: SeedModel, x: torch.Tensor, stages: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The teacher's logits (S, N, C) and its last ``stages`` feature maps (S, N, C_i, H_i, W_i) on x: the
-    only place SimKD's teacher runs (eval mode, no gradient)."""
+def teacher_outputs(teacher: SeedModel, x: torch.Tensor, stages: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The teacher's logits (S, N, C) on x (N, ...) or (S, N, ...) and, for feature distillation, its last
+    ``stages`` feature maps (S, N, C_i, H_i, W_i): the only place teachers run (eval mode, no gradient, so a
+    row's outputs do not depend on the rows beside it), in chunks of ``EVAL_CHUNK`` rows."""
+    axis = 0 if x.dim() == len(teacher.input_shape) + 1 else 1
+    logits, maps = [], []
     teacher.eval()
     with torch.no_grad():
-        if not isinstance(teacher, models.StackedModel):
-            raise ConfigError(f"kd.method 'simkd' needs a teacher with feature maps, but got {type(teacher).__name__}")
-        maps = teacher.call("features", x)[-stages:]
-        return teacher(x), list(maps)
+        for part in x.split(EVAL_CHUNK, dim=axis):
+            logits.append(teacher(part))
+            if stages:
+                if not isinstance(teacher, models.StackedModel):
+                    raise ConfigError(f"feature distillation needs a teacher with feature maps, but got "
+                                      f"{type(teacher).__name__}")
+                maps.append(teacher.call("features", part)[-stages:])
+    return torch.cat(logits, dim=1), [torch.cat([m[i] for m in maps], dim=1) for i in range(stages)]
 
 
 def simkd_model(prep: Prepared, config: ExperimentConfig, teacher: SeedModel) -> models.StackedModel:
@@ -730,8 +745,6 @@ def _train_simkd(prep: Prepared, config: ExperimentConfig, teachers: Sequence[Se
 
     kd, fit = config.kd, config.student
     check_method(task_of(prep, config), "simkd", fit.model)
-    if prep.fit.per_seed and prep.fit.x.shape[0] != len(config.seeds):
-        raise TrainingError("the data was prepared for other seeds")
     teacher = teachers[0]
     model = simkd_model(prep, config, teacher)
     stages = 2 if kd.placement == "last_two" else 1

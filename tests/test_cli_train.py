@@ -162,8 +162,8 @@ def test_bad_data_file_contents(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 CONFIG_CASES: dict[str, tuple[str, list[str]]] = {
-    "unknown key": ("seeds: [0]\nstudent:\n  lr: 0.01\n  momentum: 0.9\n",
-                    ["unknown key", "momentum", "'lr'"]),
+    "unknown key": ("seeds: [0]\nstudent:\n  lr: 0.01\n  dampening: 0.9\n",
+                    ["unknown key", "dampening", "'lr'"]),
     "unknown top-level key": ("seed: [0]\n", ["unknown key", "seed", "'seeds'"]),
     "not YAML": ("student: {lr: 0.01\nkd: [\n", ["not valid YAML"]),
     "tabs are not YAML": ("student:\n\tlr: 0.1\n", ["not valid YAML"]),

@@ -53,24 +53,28 @@ def test_the_subset_target_is_a_distribution(layout: list[dict[str, list[int]]])
         assert torch.allclose((p * mask).sum(-1)[weight > 0], torch.ones(int(weight.sum())), atol=1e-6)
 
 
-def test_a_shared_class_is_not_counted_twice() -> None:
-    """The course project's slot-by-slot average gave a shared class mass from two teachers (sum > 1)."""
-    y = torch.tensor([4, 7, 0])  # the shared classes of OVERLAP
+def test_a_shared_class_is_distilled_from_both_teachers_each_over_its_own_classes() -> None:
+    """A sample of class 4 (known to teachers {0..4} and {4..7}): its KD term is the mean of two KLs, each
+    between one teacher's distribution and the student's renormalised over that teacher's classes. The
+    course project instead averaged the teachers' probabilities slot by slot: that target sums to more
+    than 1 (here 1.6 with these numbers), so it is not a distribution."""
+    y = torch.tensor([4])
     logits, mask, weight = targets_for(OVERLAP, y)
-    assert weight.sum(-1).tolist() == [2.0, 2.0, 2.0]
-    target = losses.subset_target(logits, mask, weight, 2.0)
-    assert torch.allclose(target.sum(-1), torch.ones(3), atol=1e-6)
-    # The slot-by-slot average over the teachers that know each class (every teacher's output placed in its
-    # classes' slots): what the course project did, and not a distribution.
-    p = torch.where(mask, torch.softmax(logits.masked_fill(~mask, -math.inf) / 2, -1), 0)  # (N, R, C)
-    known = torch.stack([torch.isin(torch.arange(10), torch.tensor(t["classes"])) for t in OVERLAP]).float()
-    all_logits = torch.randn(3, 10)  # every teacher's output on a sample, whether routed or not
-    slots = [torch.softmax(all_logits[k][known[k].bool()] / 2, -1) for k in range(3)]
-    placed = torch.zeros(3, 10)
-    for k in range(3):
-        placed[k, known[k].bool()] = slots[k]
-    naive = placed.sum(0) / known.sum(0)
-    assert naive.sum() > 1.5 and p.sum(-1)[weight > 0].allclose(torch.ones(6))
+    assert weight.tolist() == [[1.0, 1.0]]
+    student = torch.randn(1, 10, generator=torch.Generator().manual_seed(5))
+    got = losses.subset_kd_kl(student, logits, mask, weight, 2.0)
+    by_hand = []
+    for r, classes in enumerate(([0, 1, 2, 3, 4], [4, 5, 6, 7])):
+        p = torch.softmax(logits[0, r, classes] / 2, -1)
+        q = torch.softmax(student[0, classes] / 2, -1)
+        by_hand.append(float((p * (p / q).log()).sum()))
+    assert got.item() == pytest.approx(4 * sum(by_hand) / 2, rel=1e-5)  # T^2 * mean over the two teachers
+    slotwise = torch.zeros(10)
+    for r, classes in enumerate(([0, 1, 2, 3, 4], [4, 5, 6, 7])):
+        slotwise[classes] += torch.softmax(logits[0, r, classes] / 2, -1)
+    slotwise[4] /= 2
+    assert slotwise.sum() > 1.01  # what not to do
+    assert losses.subset_target(logits, mask, weight, 2.0).sum().item() == pytest.approx(1.0, abs=1e-6)
 
 
 def test_subset_loss_equals_hinton_kd_when_every_teacher_knows_every_class() -> None:
@@ -166,10 +170,38 @@ def test_bad_layouts_are_refused_with_one_line(teachers: object, routing: str, m
     assert "\n" not in str(info.value)
 
 
+def test_only_the_cells_the_data_holds_need_a_teacher() -> None:
+    """Group 1 holds no class-0 sample, so nobody needs to know class 0 of group 1."""
+    layout = [{"classes": [0, 1], "group": 0}, {"classes": [1, 2], "group": 1}]
+    cells = np.array([[0, 0], [1, 0], [1, 1], [2, 1]])
+    t = resolve(TaskConfig(teachers=layout, routing="label"), FitConfig(), 3, 2, cells)
+    assert t.shared_classes == ()  # class 1 is known twice, but each sample reaches one of them
+    with pytest.raises(ConfigError, match="class 0 of group 1 reaches no teacher that knows it"):
+        resolve(TaskConfig(teachers=layout, routing="label"), FitConfig(), 3, 2, np.vstack([cells, [[0, 1]]]))
+
+
+def test_the_multi_domain_task_shares_no_class() -> None:
+    assert resolve(TaskConfig(), FitConfig(), 2, 3).shared_classes == ()
+    assert task(OVERLAP, "all").shared_classes == (0, 4, 7)
+
+
+def test_a_teacher_without_holdout_or_fold_samples_is_refused() -> None:
+    from kdcore.task import check_coverage
+
+    t = task(DISJOINT)
+    y = np.arange(10).repeat(5)
+    z = np.zeros_like(y)
+    check_coverage(t, y, z, np.arange(10), np.zeros(10, dtype=np.int64), 5)
+    with pytest.raises(ConfigError, match=r"teacher_1 \(classes \[1, 4, 7\]\) has no holdout sample"):
+        check_coverage(t, y, z, np.array([0, 2, 3]), np.zeros(3, dtype=np.int64), 5)
+    with pytest.raises(ConfigError, match=r"teacher_1 .* has 15 training sample"):
+        check_coverage(t, y, z, np.arange(10), np.zeros(10, dtype=np.int64), 20)  # 20 folds; 3 classes x 5
+
+
 def test_a_group_without_a_teacher_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"group\(s\) \[1\] have no teacher"):
         task([{"group": 0}], "group", n_classes=2, n_groups=2)
-    with pytest.raises(ConfigError, match="class 0 of group 1 reaches no teacher"):
+    with pytest.raises(ConfigError, match="class 0 of group 1 reaches no teacher that knows it"):
         task([{"classes": [0, 1], "group": 0}], "label", n_classes=2, n_groups=2)
 
 

@@ -77,3 +77,30 @@ def test_damaged_entry_is_trained_again_and_replaced(tmp_path: Path) -> None:
     assert [s["per_seed"] for s in again.summaries] == [s["per_seed"] for s in first.summaries]
     assert cache.get_or_train(prep, config, data.fingerprint()).hit
     assert path.read_bytes()[:2] == b"PK"  # a torch zip archive again
+
+
+def test_keys_of_studies_made_before_tasks_existed_stay_valid() -> None:
+    """Computed by kdtune 57c8969 (before tasks, models and new optimizers): the same key today."""
+    assert teacher_key("f" * 64, ExperimentConfig()) == (
+        "fa6e8e1da15f1d059be4285f5f3ebe5f10876df9fcba2a655e24dd5e566e25fa")
+    assert teacher_key("f" * 64, ExperimentConfig(protocol="seed")) == (
+        "95413ef4480e03f224da575eb682c1258fa92370c6bebe5765c448a9bd34a359")
+
+
+def test_the_key_follows_the_teachers_but_not_the_routing(tmp_path: Path) -> None:
+    subsets = [{"classes": [0, 1, 2]}, {"classes": [3, 4]}]
+    base = _config(**{"task.teachers": subsets, "task.routing": "label"})
+    key = teacher_key("f" * 64, base)
+    assert key != teacher_key("f" * 64, _config())
+    assert teacher_key("f" * 64, base.with_overrides({"task.routing": "all"})) == key  # the student's targets only
+    assert teacher_key("f" * 64, base.with_overrides(
+        {"task.teachers": [{"classes": [0, 1]}, {"classes": [2, 3, 4]}]})) != key
+    assert teacher_key("f" * 64, base.with_overrides({"teacher.model": "cnn"})) != key
+    assert teacher_key("f" * 64, base.with_overrides({"teacher.width": 2})) != key
+    ckpt = tmp_path / "t.pt"
+    ckpt.write_bytes(b"one")
+    loaded = base.with_overrides({"task.teachers": [{"classes": [0, 1, 2], "checkpoint": str(ckpt)},
+                                                    {"classes": [3, 4]}]})
+    first = teacher_key("f" * 64, loaded)
+    ckpt.write_bytes(b"two")  # the same path, other weights: other teachers
+    assert teacher_key("f" * 64, loaded) != first

@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_parse_seeds, help="comma-separated, default 0,10,1234,99,2021")
     p.add_argument("--alpha", type=float)
     p.add_argument("--temperature", type=float)
-    p.add_argument("--kd-method", choices=["hinton", "annealing"])
+    p.add_argument("--kd-method", choices=["hinton", "annealing", "simkd", "none"])
     p.add_argument("--epochs", type=int, help="epochs for baseline, teachers and student")
     p.add_argument("--lr", type=float, help="learning rate for baseline, teachers and student")
     p.add_argument("--optimizer", choices=["adam", "adamw"])

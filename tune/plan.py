@@ -119,11 +119,25 @@ def check_task(config: Any, dataset: Any, *, absolute: bool = True, methods: tup
     a KD method (the config's, and ``methods`` a space may sample) that cannot distil it, a teacher
     checkpoint that is relative (trials run in other folders and on other nodes), missing, or that does not
     fit its architecture."""
-    from kdcore.task import check_method, resolve
+    import numpy as np
 
-    task = resolve(config.task, config.teacher, dataset.n_classes, dataset.n_domains)
-    for method in dict.fromkeys((config.kd.method, *methods)):
+    from kdcore.task import check_coverage, check_method, resolve
+
+    cells = np.stack([np.concatenate([dataset.y_train, dataset.y_valid]),
+                      np.concatenate([dataset.d_train, dataset.d_valid])], axis=1)
+    task = resolve(config.task, config.teacher, dataset.n_classes, dataset.n_domains, cells)
+    folds = config.n_folds if config.protocol == "honest" and config.inner == "folds" else 2
+    check_coverage(task, dataset.y_train, dataset.d_train, dataset.y_valid, dataset.d_valid, folds)
+    sampled = tuple(dict.fromkeys((config.kd.method, *methods)))
+    for method in sampled:
         check_method(task, method, config.student.model)
+    if "simkd" in sampled:  # the models must have feature maps: build one of each (imports torch)
+        from kdcore import models, simkd
+
+        shape = tuple(dataset.x_train.shape[1:])
+        simkd.build_student(models.build(config.student.model_spec, shape, dataset.n_classes, 0),
+                            models.build(task.teachers[0].fit.model_spec, shape, dataset.n_classes, 0), shape,
+                            factor=config.kd.factor, placement=config.kd.placement)
     for teacher in task.teachers:
         if teacher.checkpoint is None:
             continue
