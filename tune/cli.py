@@ -279,10 +279,12 @@ def _analysis_lines(summary: dict[str, Any]) -> list[str]:
 def cmd_spaces(args: argparse.Namespace) -> int:
     from search_spaces import builtin_spaces, load_space
 
-    for name in builtin_spaces():
+    names = builtin_spaces()
+    width = max(len(n) for n in names)
+    for name in names:
         space = load_space(name)
         knobs = ", ".join(k.path for k in space.knobs)
-        print(f"{name:<10} {space.description}\n{'':<10} knobs: {knobs}")
+        print(f"{name:<{width}} {space.description}\n{'':<{width}} knobs: {knobs}")
     return 0
 
 
