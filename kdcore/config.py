@@ -451,7 +451,8 @@ PUBLISHED_FIT = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_si
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """One experiment: the seeds, the selection protocol, and the fit settings of every method.
+    """One experiment: the seeds, the selection protocol, the fit settings of every method and the task
+    (``task``: who teaches, which classes each teacher knows, how samples are routed to them).
 
     ``protocol='honest'`` selects on inner validation data carved out of the training set (stratified by
     domain and class, drawn with ``split_seed``) and reports the given validation set as holdout. How it is

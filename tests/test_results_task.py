@@ -187,12 +187,12 @@ def test_a_real_overlap_study_reports_teachers_classes_and_sizes(tmp_path: Path)
 
     from results.report import analyse
 
-    # digits-overlap with two seeds and five epochs per network: the same task and knobs, seconds per trial.
+    # digits-overlap with two seeds and three epochs per network: the same task and knobs, seconds per trial.
     space = yaml.safe_load((Path(__file__).resolve().parents[1] / "search_spaces/digits-overlap.yaml").read_text())
     space["fixed"]["seeds"] = [0, 1]
     for part in ("teacher", "baseline", "student"):
-        space["fixed"][part]["epochs"] = 5
-    space["fixed"]["student"]["milestones"] = [3, 4]
+        space["fixed"][part]["epochs"] = 3
+    space["fixed"]["student"]["milestones"] = [2]
     small = tmp_path / "digits-overlap-small.yaml"
     small.write_text(yaml.safe_dump(space, sort_keys=False))
     # A grace period beyond the trials' evaluations: no ASHA rung, so both trials COMPLETE.
