@@ -393,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kd-method", choices=["hinton", "annealing", "simkd", "none"])
     p.add_argument("--epochs", type=int, help="epochs for baseline, teachers and student")
     p.add_argument("--lr", type=float, help="learning rate for baseline, teachers and student")
-    p.add_argument("--optimizer", choices=["adam", "adamw"])
+    p.add_argument("--optimizer", choices=["adam", "adamw", "adam_coupled", "sgd"])
     p.add_argument("--batch-size", type=_parse_batch, default=False, help="an integer or 'full'")
     p.add_argument("--patience", type=int)
     p.add_argument("--eval-every", type=int)
