@@ -198,8 +198,9 @@ class FitConfig:
         """``to_dict`` without the settings added after cache format 1 while they hold their defaults, so
         that a study's teacher-cache keys outlive new settings."""
         out = self.to_dict()
-        for name, value in _FIT_V2_DEFAULTS.items():
-            if out[name] == value:
+        defaults = FitConfig().to_dict()
+        for name in FIT_V2_SETTINGS:
+            if out[name] == defaults[name]:
                 del out[name]
         return out
 
@@ -208,8 +209,8 @@ class FitConfig:
         return ModelSpec(self.model, self.hidden, self.batch_norm, self.channels, self.width, self.depth)
 
 
-_FIT_V2_DEFAULTS: dict[str, Any] = {"model": "mlp", "channels": None, "width": 1, "depth": 8, "momentum": 0.9, "nesterov": False,
-                    "milestones": []}
+# Settings added after teacher-cache format 1: left out of a key while at their defaults.
+FIT_V2_SETTINGS = ("model", "channels", "width", "depth", "momentum", "nesterov", "milestones")
 
 
 @dataclass(frozen=True)

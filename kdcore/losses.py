@@ -53,8 +53,8 @@ def hinton_kd(
     return loss
 
 
-def subset_kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
-                 weight: torch.Tensor, temperature: float) -> torch.Tensor:
+def subset_kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None,
+                 weight: torch.Tensor | None, temperature: float) -> torch.Tensor:
     """Distillation from class-subset teachers, mean over samples. -> (...).
 
     For sample i and each of its teacher slots r (``weight`` (..., B, R) 1 for a routed teacher, 0 for an
@@ -62,23 +62,27 @@ def subset_kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mas
     ``mask`` (..., B, R, C) marks the classes S_r that teacher knows and ``teacher_logits`` (..., B, R, C)
     holds its logits in those slots; averaged over the sample's routed teachers. Both sides are
     distributions over S_r, so a class two teachers share is never counted twice. With one routed teacher
-    that knows every class this is ``kd_kl``, to the last bit.
+    that knows every class this is ``kd_kl``, to the last bit. ``mask=None`` means every slot's teacher knows
+    every class, ``weight=None`` that every slot is filled: the multi-domain task's case, which then costs
+    what plain Hinton KD costs (no masking in a trial's batch loop).
     """
-    hidden = ~mask
-    log_p_s = F.log_softmax((student_logits.unsqueeze(-2) / temperature).masked_fill(hidden, -torch.inf), dim=-1)
-    log_p_t = F.log_softmax((teacher_logits / temperature).masked_fill(hidden, -torch.inf), dim=-1)
-    # Outside S_r both are -inf: the term is 0 there (where, not 0 * nan).
-    terms = torch.where(mask, log_p_t.exp() * (log_p_t - log_p_s), torch.zeros_like(log_p_t))
+    z_s, z_t = student_logits.unsqueeze(-2) / temperature, teacher_logits / temperature
+    if mask is not None:
+        z_s, z_t = z_s.masked_fill(~mask, -torch.inf), z_t.masked_fill(~mask, -torch.inf)
+    log_p_s, log_p_t = F.log_softmax(z_s, dim=-1), F.log_softmax(z_t, dim=-1)
+    terms = log_p_t.exp() * (log_p_t - log_p_s)
+    if mask is not None:  # outside S_r both are -inf: the term is 0 there (where, not 0 * nan)
+        terms = torch.where(mask, terms, torch.zeros_like(terms))
     kl = terms.sum(dim=-1).clamp_min(0)  # (..., B, R); >= 0, rounding can dip below
-    per_sample = (kl * weight).sum(dim=-1) / weight.sum(dim=-1)
+    per_sample = kl.mean(dim=-1) if weight is None else (kl * weight).sum(dim=-1) / weight.sum(dim=-1)
     return temperature**2 * per_sample.mean(dim=-1)
 
 
 def subset_hinton_kd(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
-    mask: torch.Tensor,
-    weight: torch.Tensor,
+    mask: torch.Tensor | None,
+    weight: torch.Tensor | None,
     labels: torch.Tensor,
     alpha: float,
     temperature: float,

@@ -363,6 +363,15 @@ def _accuracy_and_ce(logits: torch.Tensor, subset: Subset) -> tuple[np.ndarray, 
     return acc.cpu().numpy(), losses.cross_entropy(logits, subset.y, subset.weight).cpu().numpy()
 
 
+def _evaluate(model: torch.nn.Module, select: Subset, holdout: Subset
+              ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Eval-mode logits on the selection and holdout sets and each seed's accuracy and CE on both."""
+    model.eval()
+    with torch.no_grad():
+        sel_logits, hold_logits = logits_of(model, select), logits_of(model, holdout)
+    return (sel_logits, hold_logits, *_accuracy_and_ce(sel_logits, select), *_accuracy_and_ce(hold_logits, holdout))
+
+
 def class_accuracy(logits: torch.Tensor, subset: Subset) -> np.ndarray:
     """(S, C) accuracy on each class's real rows (NaN where the set has none). logits (S, M, C)."""
     n_classes = logits.shape[-1]
@@ -453,13 +462,9 @@ def _run_fit(
 
         if epoch % eval_every and epoch != epochs:
             continue
-        model.eval()
+        sel_logits, _, inner_acc, inner_ce, holdout_acc, holdout_ce = _evaluate(model, select, holdout)
         with torch.no_grad():
-            sel_logits = logits_of(model, select)
-            hold_logits = logits_of(model, holdout)
             sel_loss = select_loss(sel_logits).cpu().numpy()
-            inner_acc, inner_ce = _accuracy_and_ce(sel_logits, select)
-            holdout_acc, holdout_ce = _accuracy_and_ce(hold_logits, holdout)
         if not np.isfinite(sel_loss).all():
             bad = [seeds[i] for i in np.flatnonzero(~np.isfinite(sel_loss))]
             raise TrainingError(f"{method}: loss became NaN or infinite at epoch {epoch_offset + epoch} (seeds {bad})")
@@ -558,12 +563,8 @@ def task_of(prep: Prepared, config: ExperimentConfig) -> Task:
 def evaluate_teacher(prep: Prepared, teacher: Teacher, model: SeedModel, seconds: float = 0.0) -> FitResult:
     """A teacher that was not trained here (a checkpoint): its metrics on its own classes' samples."""
     _, select, holdout = prep.part(teacher.classes, teacher.group)
-    model.eval()
-    with torch.no_grad():
-        sel_logits, hold_logits = logits_of(model, select), logits_of(model, holdout)
-        inner_acc, inner_ce = _accuracy_and_ce(sel_logits, select)
-        holdout_acc, holdout_ce = _accuracy_and_ce(hold_logits, holdout)
-        class_acc = class_accuracy(hold_logits, holdout)
+    _, hold_logits, inner_acc, inner_ce, holdout_acc, holdout_ce = _evaluate(model, select, holdout)
+    class_acc = class_accuracy(hold_logits, holdout)
     zeros = np.zeros(model.n_seeds, dtype=np.int64)
     return FitResult(teacher.name, model.seeds, inner_acc, inner_ce, holdout_acc, holdout_ce, zeros, 0, seconds,
                      model, classes=teacher.classes, class_acc=class_acc, params=trainable_parameters(model))
@@ -590,18 +591,20 @@ class Targets:
     """The teachers' targets for a set of samples, slot r of sample i holding one routed teacher.
 
     logits (S, N, R, C): teacher logits placed in the global class slots (0 where the teacher does not know
-    the class); mask (S, N, R, C): the classes that slot's teacher knows; weight (S, N, R): 1 for a routed
-    teacher, 0 for an empty slot. R is the largest number of teachers routed to one sample (1 in the
-    multi-domain task).
+    the class); mask (S, N, R, C): the classes that slot's teacher knows, None when every teacher knows every
+    class; weight (S, N, R): 1 for a routed teacher, 0 for an empty slot, None when no slot is empty. R is
+    the largest number of teachers routed to one sample (1 in the multi-domain task, which has neither mask
+    nor weight).
     """
 
     logits: torch.Tensor
-    mask: torch.Tensor
-    weight: torch.Tensor
+    mask: torch.Tensor | None
+    weight: torch.Tensor | None
 
     def rows(self, idx: torch.Tensor) -> Targets:
         """Each seed's rows ``idx`` (S, B) -> targets of shape (S, B, ...)."""
-        return Targets(_rows(self.logits, idx), _rows(self.mask, idx), _rows(self.weight, idx))
+        return Targets(_rows(self.logits, idx), None if self.mask is None else _rows(self.mask, idx),
+                       None if self.weight is None else _rows(self.weight, idx))
 
 
 def teacher_targets(task: Task, teachers: Sequence[SeedModel], subset: Subset) -> Targets:
@@ -629,7 +632,8 @@ def teacher_targets(task: Task, teachers: Sequence[SeedModel], subset: Subset) -
     filled = slot.any(dim=2)  # (S, N, R)
     # An empty slot (a sample with fewer teachers than R) counts for nothing (weight 0); every class is
     # "known" there so that its softmax stays finite.
-    return Targets(logits, mask | ~filled.unsqueeze(-1), filled.float())
+    mask = mask | ~filled.unsqueeze(-1)
+    return Targets(logits, None if bool(mask.all()) else mask, None if bool(filled.all()) else filled.float())
 
 
 def train_student(
