@@ -24,8 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from kdcore import models
-from kdcore.config import ModelSpec
+from kdcore import ModelSpec, models
 
 SEEDS = (0, 10, 1234, 99, 2021)
 

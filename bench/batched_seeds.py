@@ -19,11 +19,9 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from kdcore import data as kdata
-from kdcore import losses
-from kdcore.config import ExperimentConfig
+import kdcore
+from kdcore import ExperimentConfig, losses, prepare, task_of, teacher_targets, train_student, train_teachers
 from kdcore.models import FFNN
-from kdcore.train import prepare, task_of, teacher_targets, train_student, train_teachers
 
 
 def best_of(repeat: int, fn: Callable[[], object]) -> float:
@@ -47,7 +45,7 @@ def main() -> None:
     fit = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": 1e-3, "schedule": "constant"}
     config = ExperimentConfig.from_dict({"seeds": list(seeds), "student": fit, "teacher": fit,
                                          "kd": {"alpha": 0.5, "temperature": 9.0}})
-    data = kdata.load("builtin:d0.5")
+    data = kdcore.load_data("builtin:d0.5")
     prep = prepare(data, config)
     teachers = [t.model for t in train_teachers(prep, config)]
     # Seed number i alone, on its own fold (fold_start=i), as it is inside the batched run.

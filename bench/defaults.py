@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdcore import data as kdata
-from kdcore.config import ExperimentConfig
-from kdcore.train import run_experiment
+import kdcore
+from kdcore import ExperimentConfig, run_experiment
 
 FIT = {
     "default": {},
@@ -71,14 +70,14 @@ def main() -> None:
           f"{'student-base':>12} {'gap':>6} {'s':>5}", flush=True)
     for distance in (float(d) for d in args.distances.split(",")):
         if args.reference_dir:
-            data = kdata.load_pickle(Path(args.reference_dir) / f"data_d{distance}.pkl")
+            data = kdcore.load_pickle(Path(args.reference_dir) / f"data_d{distance}.pkl")
             x, y = torch.tensor(data.x_valid), torch.tensor(data.y_valid)
             ceiling = REFERENCE_CEILING[distance]
         else:
-            data = kdata.builtin(f"d{distance}")
-            fresh = kdata.generate(distance, train_per_domain=2, valid_per_domain=args.fresh // 3, seed=777)
+            data = kdcore.builtin(f"d{distance}")
+            fresh = kdcore.generate(distance, train_per_domain=2, valid_per_domain=args.fresh // 3, seed=777)
             x, y = torch.tensor(fresh.x_valid), torch.tensor(fresh.y_valid)
-            ceiling = kdata.bayes_accuracy(distance)
+            ceiling = kdcore.bayes_accuracy(distance)
         for name in args.recipes.split(","):
             fit_name, kd = RECIPES[name]
             fit = FIT[fit_name]

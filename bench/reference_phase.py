@@ -71,14 +71,13 @@ def ray_way(paths: object, meta: object) -> float:
 def driver_way(paths: object, meta: object) -> float:
     import torch
 
-    from kdcore import data as kdata
-    from kdcore.teacher_cache import TeacherCache
-    from kdcore.train import prepare, train_baseline
+    import kdcore
+    from kdcore import TeacherCache, prepare, train_baseline
     from search_spaces import parse_space
 
     torch.set_num_threads(os.cpu_count() or 1)  # torch's own default: every core, in the driver
     config = parse_space(meta.space_text).base  # type: ignore[attr-defined]
-    dataset = kdata.load(meta.data)  # type: ignore[attr-defined]
+    dataset = kdcore.load_data(meta.data)  # type: ignore[attr-defined]
     start = time.perf_counter()
     prep = prepare(dataset, config, "cpu")
     train_baseline(prep, config)

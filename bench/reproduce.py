@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 
-from kdcore import data as kdata
-from kdcore.config import PUBLISHED_FIT, ExperimentConfig
-from kdcore.train import run_experiment
+import kdcore
+from kdcore import PUBLISHED_FIT, ExperimentConfig, run_experiment
 
 PUBLISHED = {  # method -> d -> (mean %, std %), from shared/data/README.md
     "baseline": {0.25: (78.80, 1.37), 0.5: (97.80, 0.18), 0.75: (99.40, 0.28), 1.0: (99.53, 0.18)},
@@ -42,7 +41,7 @@ def main() -> None:
             "kd": {"alpha": 0.5, "temperature": 18.0 if d == 0.25 else 9.0},
         })
         start = time.perf_counter()
-        result = run_experiment(kdata.load_pickle(Path(args.data_dir) / f"data_d{d}.pkl"), config)
+        result = run_experiment(kdcore.load_pickle(Path(args.data_dir) / f"data_d{d}.pkl"), config)
         seconds = time.perf_counter() - start
         for method in ("baseline", "student"):
             r = result.methods[method]

@@ -23,9 +23,8 @@ from pathlib import Path
 import optuna
 import torch
 
-from kdcore import data as kdata
-from kdcore.teacher_cache import TeacherCache
-from kdcore.train import prepare, train_student
+import kdcore
+from kdcore import TeacherCache, prepare, train_student
 from search_spaces import load_space
 
 
@@ -54,7 +53,7 @@ def main() -> None:
 
         torch.set_num_threads(1)
         space = load_space("default")
-        dataset = kdata.load(args.data)
+        dataset = kdcore.load_data(args.data)
         start = time.perf_counter()
         base = space.base
         prep = prepare(dataset, base)

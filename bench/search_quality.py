@@ -32,10 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdcore import data as kdata
-from kdcore.config import ExperimentConfig
-from kdcore.teacher_cache import TeacherCache
-from kdcore.train import prepare, run_experiment, train_baseline, train_student
+import kdcore
+from kdcore import ExperimentConfig, TeacherCache, prepare, run_experiment, train_baseline, train_student
 from tune.reference import CE_BASELINE
 from tune.rerun import study_trial_config
 
@@ -57,7 +55,7 @@ def search(storage: Path, name: str, distance: float, trials: int, extra: list[s
     return result
 
 
-def study_results(study: Path, data: kdata.ClassificationData, x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
+def study_results(study: Path, data: kdcore.ClassificationData, x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
     """The study's best trial re-trained exactly, its ablation, and the space's baseline, scored on fresh points."""
     config, _, _ = study_trial_config(study)
     prep = prepare(data, config)
@@ -86,10 +84,10 @@ def main() -> None:
     torch.set_num_threads(1)
     for distance in (float(d) for d in args.distances.split(",")):
         start = time.perf_counter()
-        data = kdata.builtin(f"d{distance}")
-        fresh = kdata.generate(distance, train_per_domain=2, valid_per_domain=args.fresh // 3, seed=90210)
+        data = kdcore.builtin(f"d{distance}")
+        fresh = kdcore.generate(distance, train_per_domain=2, valid_per_domain=args.fresh // 3, seed=90210)
         x, y = torch.tensor(fresh.x_valid), torch.tensor(fresh.y_valid)
-        ceiling = 100 * kdata.bayes_accuracy(distance)
+        ceiling = 100 * kdcore.bayes_accuracy(distance)
         print(f"\nd = {distance}: fresh holdout of {3 * (args.fresh // 3)} points, Bayes ceiling (domain unknown) "
               f"{ceiling:.2f} %; accuracy % mean ± sd over 5 seeds, gap to the ceiling in points", flush=True)
         print(f"  {'':<34} {'fresh acc %':>15} {'gap':>7}")
@@ -111,7 +109,7 @@ def main() -> None:
                 if sampler == "tpe":
                     best_config, _, _ = study_trial_config(storage / sampler)
             for k in (int(m) for m in args.curve.split(",") if m):
-                bigger = kdata.generate(distance, train_per_domain=800 * k, valid_per_domain=100, seed=31337 + k)
+                bigger = kdcore.generate(distance, train_per_domain=800 * k, valid_per_domain=100, seed=31337 + k)
                 result = run_experiment(bigger, best_config, methods=("baseline", "student"))
                 print(row(f"TPE best, {k}x training points", score(result.methods["student"].model, x, y), ceiling))
                 print(row(f"baseline, {k}x training points", score(result.methods["baseline"].model, x, y), ceiling),

@@ -29,9 +29,8 @@ import numpy as np
 import optuna
 import torch
 
-from kdcore import data as kdata
-from kdcore.teacher_cache import TeacherCache
-from kdcore.train import prepare, train_student
+import kdcore
+from kdcore import TeacherCache, prepare, train_student
 from results.analysis import asha_rungs
 from search_spaces import load_space
 
@@ -48,8 +47,8 @@ def train_all(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     sampler = optuna.samplers.RandomSampler(seed=args.sampler_seed)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     params = [space.sample(study.ask()) for _ in range(args.configs)]
-    data = kdata.builtin(f"d{args.distance}")
-    fresh = kdata.generate(args.distance, train_per_domain=2, valid_per_domain=args.fresh // 3, seed=4242)
+    data = kdcore.builtin(f"d{args.distance}")
+    fresh = kdcore.generate(args.distance, train_per_domain=2, valid_per_domain=args.fresh // 3, seed=4242)
     x, y = torch.tensor(fresh.x_valid), torch.tensor(fresh.y_valid)
     records: list[dict[str, Any]] = [{"params": p} for p in params]
     for mode in MODES:
@@ -214,7 +213,7 @@ def main() -> None:
         if args.out:
             Path(args.out).write_text(json.dumps(records))
     print(f"\nd = {args.distance}: {len(records)} configurations of the {args.space!r} space, fresh points "
-          f"{args.fresh}, Bayes ceiling {100 * kdata.bayes_accuracy(args.distance):.2f} %")
+          f"{args.fresh}, Bayes ceiling {100 * kdcore.bayes_accuracy(args.distance):.2f} %")
     objective_table(records)
     max_t = max(len(r["folds"]["curve_acc"]) for r in records) + 2  # as tune.runner.max_evaluations
     for option in ("folds/acc", "folds/loss"):

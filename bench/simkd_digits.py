@@ -26,9 +26,8 @@ from typing import Any
 
 import torch
 
-from kdcore import data as kdata
-from kdcore.config import DEFAULT_SEEDS
-from kdcore.train import FitResult, prepare, train_student, train_teachers
+import kdcore
+from kdcore import DEFAULT_SEEDS, FitResult, prepare, train_student, train_teachers
 from search_spaces import load_space
 
 METHODS: list[tuple[str, dict[str, Any]]] = [
@@ -68,7 +67,7 @@ def main() -> None:
     if epochs is not None:
         overrides.update({"teacher.epochs": epochs, "student.epochs": epochs, "baseline.epochs": epochs})
     base = base.with_overrides(overrides)
-    data = kdata.load("builtin:digits")
+    data = kdcore.load_data("builtin:digits")
     prep = prepare(data, base, args.device)
     print(f"builtin:digits: {data.x_train.shape[0]} training / {data.x_valid.shape[0]} holdout images; seeds "
           f"{list(base.seeds)}; protocol {base.protocol}, inner {base.inner} ({base.n_folds} folds); teacher "

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pickle
 import sys
 
-from kdcore import data as kdata
+import kdcore
 
 
 def main() -> None:
     if len(sys.argv) != 3:
         sys.exit("usage: python data/make.py builtin:dD OUT.pkl")
-    dataset = kdata.load(sys.argv[1])
-    arrays = {key: getattr(dataset, key) for key in kdata.ARRAY_KEYS}
+    dataset = kdcore.load_data(sys.argv[1])
+    arrays = {key: getattr(dataset, key) for key in kdcore.ARRAY_KEYS}
     with open(sys.argv[2], "wb") as fh:
         pickle.dump(arrays, fh, protocol=3)
     print(f"{sys.argv[2]}: {dataset.source}, sha256 {dataset.fingerprint()}")

@@ -1,10 +1,119 @@
 """kdcore: the PyTorch engine of kdtune (data, batched models, losses, schedules, training).
 
-Imports neither ray nor optuna. The public names live in their modules: ``kdcore.data``,
-``kdcore.models``, ``kdcore.losses``, ``kdcore.schedules``, ``kdcore.train``, ``kdcore.config``.
+Imports neither ray nor optuna. This module is the public API: every name a caller outside ``kdcore``
+needs is here, and each is imported on first use (``PUBLIC`` says from where), so that ``import kdcore``
+costs nothing and the ``kdtune`` command line stays light until a command needs torch. The modules behind
+it may move; these names stay. Tests of one module's internals import that module.
 """
 
-from kdcore.errors import ConfigError, DataError, KDCoreError, TrainingError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from kdcore.errors import ConfigError, DataError, KDCoreError, TrainingError, one_line
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "DataError", "KDCoreError", "TrainingError", "__version__"]
+
+# public name -> (module, attribute)
+PUBLIC: dict[str, tuple[str, str]] = {
+    # settings
+    **{name: ("kdcore.config", name) for name in (
+        "ExperimentConfig", "FitConfig", "KDConfig", "TaskConfig", "TeacherSpec", "ModelSpec", "DEFAULT_SEEDS",
+        "PUBLISHED_FIT", "MODEL_NAMES", "KD_METHODS", "OPTIMIZERS", "SCHEDULES", "PROTOCOLS", "INNER",
+        "ROUTINGS", "knob_paths", "set_path")},
+    # data
+    "load_data": ("kdcore.data", "load"),
+    **{name: ("kdcore.data", name) for name in (
+        "ClassificationData", "load_pickle", "builtin", "generate", "inner_split", "inner_folds",
+        "bayes_accuracy", "ARRAY_KEYS", "BUILTIN_NAMES", "validate_arrays")},
+    # the task: teachers, routing, the checks a method needs
+    "resolve_task": ("kdcore.task", "resolve"),
+    **{name: ("kdcore.task", name) for name in ("Task", "Teacher", "check_coverage", "check_method")},
+    # networks
+    **{name: ("kdcore.models", name) for name in ("SeedModel", "parameter_count")},
+    "load_teacher": ("kdcore.checkpoint", "load_teacher"),
+    # training
+    **{name: ("kdcore.train", name) for name in (
+        "run_experiment", "ExperimentResult", "prepare", "Prepared", "Subset", "train_baseline",
+        "train_teachers", "train_student", "teacher_targets", "task_of", "EpochReport", "FitResult",
+        "round_acc")},
+    **{name: ("kdcore.teacher_cache", name) for name in ("TeacherCache", "teacher_key")},
+    # files
+    **{name: ("kdcore.atomic_file", name) for name in ("write_atomic", "replacing")},
+    "safe_load": ("kdcore.yaml_loader", "safe_load"),
+}
+
+__all__ = ["ConfigError", "DataError", "KDCoreError", "TrainingError", "one_line", "__version__", *PUBLIC]  # noqa: PLE0604
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attribute = PUBLIC[name]
+    except KeyError:
+        raise AttributeError(f"module 'kdcore' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # imported once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    # ruff: noqa: F401
+    from kdcore.atomic_file import replacing, write_atomic
+    from kdcore.checkpoint import load_teacher
+    from kdcore.config import (
+        DEFAULT_SEEDS,
+        INNER,
+        KD_METHODS,
+        MODEL_NAMES,
+        OPTIMIZERS,
+        PROTOCOLS,
+        PUBLISHED_FIT,
+        ROUTINGS,
+        SCHEDULES,
+        ExperimentConfig,
+        FitConfig,
+        KDConfig,
+        ModelSpec,
+        TaskConfig,
+        TeacherSpec,
+        knob_paths,
+        set_path,
+    )
+    from kdcore.data import (
+        ARRAY_KEYS,
+        BUILTIN_NAMES,
+        ClassificationData,
+        bayes_accuracy,
+        builtin,
+        generate,
+        inner_folds,
+        inner_split,
+        load_pickle,
+        validate_arrays,
+    )
+    from kdcore.data import load as load_data
+    from kdcore.models import SeedModel, parameter_count
+    from kdcore.task import Task, Teacher, check_coverage, check_method
+    from kdcore.task import resolve as resolve_task
+    from kdcore.teacher_cache import TeacherCache, teacher_key
+    from kdcore.train import (
+        EpochReport,
+        ExperimentResult,
+        FitResult,
+        Prepared,
+        Subset,
+        prepare,
+        round_acc,
+        run_experiment,
+        task_of,
+        teacher_targets,
+        train_baseline,
+        train_student,
+        train_teachers,
+    )
+    from kdcore.yaml_loader import safe_load

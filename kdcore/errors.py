@@ -15,3 +15,13 @@ class DataError(KDCoreError, ValueError):
 
 class TrainingError(KDCoreError, RuntimeError):
     """Training diverged (a loss became NaN or infinite)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message as the one line the CLI prints: its first non-empty line, whitespace collapsed
+    (a library's message may run on with a traceback or a dump), or the exception's type when it says
+    nothing."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return " ".join(line.split())
+    return type(exc).__name__

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kdcore.atomic_file import replacing
+from kdcore import replacing
 
 _COMPLETE, _PRUNED, _BEST, _BASE = "#1f77b4", "#ff7f0e", "#2ca02c", "#7f7f7f"
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from kdcore.atomic_file import write_atomic
+from kdcore import write_atomic
 from results.analysis import (
     METHOD_KNOB,
     Importance,

@@ -46,7 +46,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from kdcore.atomic_file import replacing, write_atomic
+from kdcore import replacing, write_atomic
 from results.errors import ResultsError
 from results.schema import METADATA_KEY, TABLES, fixed_schema, trials_schema
 

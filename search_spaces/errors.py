@@ -1,6 +1,6 @@
 """The one base exception of search_spaces; the CLI turns it into one line on stderr and exit code 2."""
 
-from kdcore.errors import KDCoreError
+from kdcore import KDCoreError
 
 
 class SpaceError(KDCoreError, ValueError):

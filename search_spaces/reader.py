@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from kdcore.yaml_loader import safe_load
+from kdcore import safe_load
 from search_spaces.errors import SpaceError
 from search_spaces.space import SearchSpace
 

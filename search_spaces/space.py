@@ -14,8 +14,7 @@ from typing import Any
 
 import yaml
 
-from kdcore.config import ExperimentConfig, knob_paths
-from kdcore.errors import ConfigError
+from kdcore import ConfigError, ExperimentConfig, knob_paths
 from search_spaces.errors import SpaceError
 from search_spaces.knobs import Knob, Trial, knob_from_dict, same_value
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdcore import data as kdata
+import kdcore
 
 GOOD_SPACE = """\
 name: bad-input-test
@@ -81,7 +81,7 @@ def _make_study(root: Path) -> Path:
     from tune.study import StudyMeta, StudyPaths
 
     paths = StudyPaths(root)
-    dataset = kdata.builtin("d0.5")
+    dataset = kdcore.builtin("d0.5")
     meta = StudyMeta(name=root.name, data="builtin:d0.5", data_source=dataset.source,
                      fingerprint=dataset.fingerprint(), space_name="bad-input-test", space_text=GOOD_SPACE,
                      num_samples=2, seed=0, max_t=22, grace_period=10, reduction_factor=3, cpus_per_trial=1.0,
@@ -140,8 +140,8 @@ def _code_pickle(w: Workspace) -> list[str]:
 
 def _dict_pickle_with_code(w: Workspace) -> list[str]:
     """A dataset-shaped dict whose last entry runs code: refused before anything is called."""
-    d = kdata.builtin("d0.5")
-    arrays: dict[str, object] = {k: np.array(getattr(d, k)) for k in kdata.ARRAY_KEYS}
+    d = kdcore.builtin("d0.5")
+    arrays: dict[str, object] = {k: np.array(getattr(d, k)) for k in kdcore.ARRAY_KEYS}
     arrays["extra"] = CodeRunningPayload(w.root / "PWNED")
     path = w.root / "evil_dict.pkl"
     path.write_bytes(pickle.dumps(arrays))

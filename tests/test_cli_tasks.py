@@ -11,8 +11,7 @@ import pytest
 import torch
 from cli_errors import assert_one_line_error
 
-from kdcore import models
-from kdcore.config import FitConfig
+from kdcore import FitConfig, models
 from tune.cli import main
 
 
@@ -101,7 +100,7 @@ def test_a_checkpoint_that_does_not_fit_is_refused_with_one_line(
 
 def test_a_space_that_samples_simkd_for_several_teachers_is_refused_before_ray(tmp_path: Path) -> None:
     """The plan checks every kd.method a space may sample against the task, before Ray or torch start."""
-    from kdcore.errors import ConfigError
+    from kdcore import ConfigError
     from tune.plan import SearchSettings, plan_study
 
     space = tmp_path / "bad.yaml"

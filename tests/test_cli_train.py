@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from cli_errors import assert_one_line_error
 
-from kdcore import data as kdata
+import kdcore
 from tune.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def test_train_json_output_shape() -> None:
     assert result["seeds"] == [0, 1]
     fingerprint = result["data"]["fingerprint"]
     assert re.fullmatch(r"[0-9a-f]{64}", fingerprint)
-    assert fingerprint == kdata.builtin("d0.5").fingerprint()
+    assert fingerprint == kdcore.builtin("d0.5").fingerprint()
     for name, m in result["methods"].items():
         assert METHOD_KEYS <= set(m), name
         assert [row["seed"] for row in m["per_seed"]] == [0, 1]

@@ -11,23 +11,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcore import losses
-from kdcore.config import ExperimentConfig
+from kdcore.config import ExperimentConfig, TaskConfig
 from kdcore.config import FitConfig as _FitConfig
 from kdcore.data import ClassificationData, generate, inner_split
 from kdcore.errors import DataError, KDCoreError, TrainingError
 from kdcore.models import BatchedFFNN
+from kdcore.task import resolve
 from kdcore.train import (
     EpochReport,
     ExperimentResult,
     FitResult,
-    prepare,
     Subset,
+    prepare,
     run_experiment,
     teacher_targets,
     train_supervised,
 )
-from kdcore.config import TaskConfig
-from kdcore.task import resolve
 
 SEEDS = [0, 10, 1234, 99, 2021]
 
@@ -42,7 +41,7 @@ def small() -> ClassificationData:
 OLD_RECIPE = {"schedule": "constant", "batch_size": None}
 
 
-def FitConfig(**kwargs: Any) -> _FitConfig:  # noqa: N802 - stands in for the class in these tests
+def FitConfig(**kwargs: Any) -> _FitConfig:
     return _FitConfig(**{**OLD_RECIPE, **kwargs})
 
 

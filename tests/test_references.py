@@ -19,8 +19,8 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from study_runs import run_search
 
-from kdcore import data as kdata
-from kdcore.train import prepare, train_student
+import kdcore
+from kdcore import prepare, train_student
 from results.report import analyse
 from search_spaces import load_space, parse_space
 
@@ -68,7 +68,7 @@ def test_study_records_the_ablation_of_its_best_trial_exactly(study_dir: Path) -
     config = space.experiment(best.params)
     config = dataclasses.replace(config, kd=config.kd.without_kd())
     torch.set_num_threads(1)
-    result = train_student(prepare(kdata.load("builtin:d0.5"), config), config, None)
+    result = train_student(prepare(kdcore.load_data("builtin:d0.5"), config), config, None)
     by_seed = dict(zip(result.seeds, result.holdout_acc))
     np.testing.assert_allclose(ablation.holdout_acc.to_numpy(), [by_seed[s] for s in ablation.seed], atol=1e-9)
     assert sorted(ablation.seed) == sorted(config.seeds)

@@ -619,10 +619,10 @@ def test_report_and_plots_respect_the_umask_like_every_other_file(tmp_path: Path
 # ---------------------------------------------------------------------------------- tasks, classes, sizes
 
 def _task(space: str, n_classes: int, n_groups: int) -> dict[str, Any]:
-    from kdcore.task import resolve
+    from kdcore import resolve_task
 
     base = parse_space(_space_text(space)).base
-    return resolve(base.task, base.teacher, n_classes, n_groups).describe()
+    return resolve_task(base.task, base.teacher, n_classes, n_groups).describe()
 
 
 OVERLAP_PARAMS = {"baseline": 5178, "teacher": [19237, 19172, 19172], "student": 5178}

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from kdcore.models import parameter_count
+from kdcore import parameter_count
 from results.reader import read_metadata, read_table
 from results.schema import METADATA_KEY
 from search_spaces import load_space

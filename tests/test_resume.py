@@ -434,11 +434,11 @@ def test_progress_line_counts_nan_trials_as_errors(nan_study: dict[str, Any]) ->
 
 def test_trial_that_raises_ends_as_error_with_its_message(session: Session) -> None:
     """The data file vanishes after the driver read it (as on a node without the shared storage)."""
-    from kdcore import data as kdata
+    import kdcore
 
-    dataset = kdata.builtin("d0.5")
+    dataset = kdcore.builtin("d0.5")
     data = session.root / "data.pkl"
-    data.write_bytes(pickle.dumps({k: np.array(getattr(dataset, k)) for k in kdata.ARRAY_KEYS}))
+    data.write_bytes(pickle.dumps({k: np.array(getattr(dataset, k)) for k in kdcore.ARRAY_KEYS}))
     space = session.write("space.yaml", SPACE.format(low=20, high=40))
     err = session.root / "search.err"
     proc = session.start("search", "--space", str(space), "--data", str(data), "--name", "r", "--storage",

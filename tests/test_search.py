@@ -813,7 +813,7 @@ def test_asha_rungs_match_the_scheduler_s_own_and_leave_room_to_promote() -> Non
 def _evaluation(epoch: int, acc: float) -> Any:
     import numpy as np
 
-    from kdcore.train import EpochReport
+    from kdcore import EpochReport
 
     values = np.full(2, acc)
     return EpochReport(method="student", epoch=epoch, inner_acc=values, inner_loss=1 - values, holdout_acc=values,

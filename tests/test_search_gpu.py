@@ -48,13 +48,13 @@ def test_a_cnn_subset_experiment_runs_on_the_gpu_as_on_the_cpu() -> None:
     its accuracies close to the CPU's (the kernels differ, so not bit-identical)."""
     import time
 
-    from kdcore import data as kdata
-    from kdcore.train import run_experiment
+    import kdcore
+    from kdcore import run_experiment
     from search_spaces import load_space
 
     config = load_space("digits-subsets").base.with_overrides(
         {"seeds": [0, 1], "teacher.epochs": 5, "baseline.epochs": 5, "student.epochs": 5})
-    digits = kdata.load("builtin:digits")
+    digits = kdcore.load_data("builtin:digits")
     start = time.perf_counter()
     gpu = run_experiment(digits, config, device="cuda")
     seconds = time.perf_counter() - start

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from kdcore.config import ExperimentConfig
-from kdcore.errors import KDCoreError
+from kdcore import ExperimentConfig, KDCoreError
 from search_spaces import (
     CategoricalKnob,
     FloatKnob,

@@ -21,11 +21,11 @@ import optuna
 import pandas as pd
 import pytest
 from cli_errors import assert_one_line_error
-from study_runs import run_search
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+from study_runs import run_search
 
 from search_spaces import load_space
 from tune.cli import _print_outcome, main

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from kdcore.yaml_loader import safe_load
+from kdcore import safe_load
 from tune.errors import KDTuneError
 
 EXIT_USAGE = 2
@@ -68,7 +68,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
 
 
 def _train_config(args: argparse.Namespace) -> Any:
-    from kdcore.config import ExperimentConfig
+    from kdcore import ExperimentConfig
 
     config = ExperimentConfig.from_dict(_read_yaml(args.config)) if args.config else ExperimentConfig()
     overrides: dict[str, Any] = {}
@@ -102,8 +102,8 @@ def _format_method_table(result: dict[str, Any]) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from kdcore import data as kdata
-    from kdcore.train import EpochReport, run_experiment
+    import kdcore
+    from kdcore import EpochReport, run_experiment
     from tune.progress import ProgressLine
 
     if args.threads < 1:
@@ -121,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise KDTuneError(f"{flag} chooses a trial of a study, so it needs --from DIR/NAME, "
                               "but got no --from")
         config, data_spec = _train_config(args), args.data or DEFAULT_DATA
-    dataset = kdata.load(data_spec)
+    dataset = kdcore.load_data(data_spec)
     from tune.plan import check_task
 
     check_task(config, dataset, absolute=False)  # a bad layout or checkpoint: one line before any training
@@ -445,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from kdcore.errors import KDCoreError
+    from kdcore import KDCoreError
     from results.errors import ResultsError
     from tune import signals
 

@@ -121,11 +121,11 @@ def check_task(config: Any, dataset: Any, *, absolute: bool = True, methods: tup
     fit its architecture."""
     import numpy as np
 
-    from kdcore.task import check_coverage, check_method, resolve
+    from kdcore import check_coverage, check_method, resolve_task
 
     cells = np.stack([np.concatenate([dataset.y_train, dataset.y_valid]),
                       np.concatenate([dataset.d_train, dataset.d_valid])], axis=1)
-    task = resolve(config.task, config.teacher, dataset.n_classes, dataset.n_domains, cells)
+    task = resolve_task(config.task, config.teacher, dataset.n_classes, dataset.n_domains, cells)
     folds = config.n_folds if config.protocol == "honest" and config.inner == "folds" else 2
     check_coverage(task, dataset.y_train, dataset.d_train, dataset.y_valid, dataset.d_valid, folds)
     sampled = tuple(dict.fromkeys((config.kd.method, *methods)))
@@ -144,14 +144,14 @@ def check_task(config: Any, dataset: Any, *, absolute: bool = True, methods: tup
         if absolute and not Path(teacher.checkpoint).is_absolute():
             raise KDTuneError(f"{teacher.name}: checkpoint {teacher.checkpoint!r} must be an absolute path in a "
                               "search space (trials run in other folders and on other nodes)")
-        from kdcore.checkpoint import load_teacher
+        from kdcore import load_teacher
 
         load_teacher(teacher, tuple(dataset.x_train.shape[1:]), (0,))
 
 
 def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
     """Validate every input and describe the study; writes nothing (``run_study`` writes once Ray is up)."""
-    from kdcore import data as kdata
+    import kdcore
     from search_spaces import SpaceError, load_space
 
     paths = StudyPaths(settings.storage.expanduser().resolve() / settings.name)
@@ -168,13 +168,13 @@ def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
             raise KDTuneError(f"--tune-baseline {settings.tune_baseline}: the space without its kd.* knobs is no "
                               f"search space ({exc})") from None
     spec = settings.data if settings.data.startswith("builtin:") else str(Path(settings.data).resolve())
-    dataset = kdata.load(spec)
+    dataset = kdcore.load_data(spec)
     sampled = tuple(str(c) for k in space.knobs if k.path == "kd.method" for c in getattr(k, "choices", ()))
     check_task(space.base, dataset, methods=sampled)
-    from kdcore.task import resolve
+    from kdcore import resolve_task
 
     base = space.base
-    task = resolve(base.task, base.teacher, dataset.n_classes, dataset.n_domains).describe()
+    task = resolve_task(base.task, base.teacher, dataset.n_classes, dataset.n_domains).describe()
     max_t = settings.max_t or max_evaluations(space)
     meta = StudyMeta(
         name=settings.name, data=spec, data_source=dataset.source, fingerprint=dataset.fingerprint(),

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kdcore.errors import KDCoreError
+from kdcore import KDCoreError
 from results.schema import class_acc_cell
 from tune.errors import KDTuneError
 from tune.plan import RunOptions
@@ -29,9 +29,8 @@ def _job(study_dir: str, what: str, params: dict[str, Any] | None, threads: int,
 
     import torch
 
-    from kdcore import data as kdata
-    from kdcore.teacher_cache import TeacherCache
-    from kdcore.train import prepare, train_baseline, train_student
+    import kdcore
+    from kdcore import TeacherCache, prepare, train_baseline, train_student
     from search_spaces import parse_space
 
     torch.set_num_threads(max(1, threads))
@@ -40,7 +39,7 @@ def _job(study_dir: str, what: str, params: dict[str, Any] | None, threads: int,
     space = parse_space(meta.space_text, source=f"{paths.meta}:space")
     config = space.base if params is None else space.experiment(params)
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-    dataset = kdata.load(meta.data)
+    dataset = kdcore.load_data(meta.data)
     prep = prepare(dataset, config, device)
     start = time.perf_counter()
     if what == "baseline":

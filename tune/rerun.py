@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kdcore.config import ExperimentConfig
+from kdcore import ExperimentConfig
 from tune.errors import KDTuneError
 from tune.study import StudyMeta, StudyPaths, load_optuna_study
 

@@ -318,12 +318,11 @@ def _models(meta: StudyMeta, space: Any) -> dict[str, Any] | None:
     the data's input shape (results.schema, "models"); None for a study planned by an older kdtune."""
     if meta.task is None or meta.input_shape is None:
         return None
-    from kdcore.models import parameter_count
-    from kdcore.task import resolve
+    from kdcore import parameter_count, resolve_task
 
     base, shape = space.base, tuple(meta.input_shape)
     n_classes = int(meta.task["n_classes"])
-    task = resolve(base.task, base.teacher, n_classes, int(meta.task["n_groups"]))
+    task = resolve_task(base.task, base.teacher, n_classes, int(meta.task["n_groups"]))
     out: dict[str, Any] = {name: {**getattr(base, name).model_spec.to_dict(),
                                   "params": parameter_count(getattr(base, name).model_spec, shape, n_classes)}
                            for name in ("baseline", "student")}

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdcore.atomic_file import write_atomic
+from kdcore import write_atomic
 from tune.errors import KDTuneError
 
 STUDY_FILE = "study.json"

@@ -34,11 +34,17 @@ from typing import Any
 
 import torch
 
-from kdcore import data as kdata
-from kdcore.config import ExperimentConfig
-from kdcore.errors import TrainingError
-from kdcore.teacher_cache import TeacherCache
-from kdcore.train import EpochReport, Prepared, prepare, round_acc, train_student
+import kdcore
+from kdcore import (
+    EpochReport,
+    ExperimentConfig,
+    Prepared,
+    TeacherCache,
+    TrainingError,
+    prepare,
+    round_acc,
+    train_student,
+)
 from tune.searcher import AT_KEY, EVAL_KEY, EVALS_KEY, FINAL_KEY, METRICS, SCHEDULER_KEY, STARTED_KEY
 from tune.study import StudyMeta, StudyPaths
 from tune.trial_log import TrialLog
@@ -48,7 +54,7 @@ METRIC = "inner_acc"
 REPORT_EVERY_S = 0.5
 _EVAL_FIELDS = (EVAL_KEY, "epoch", AT_KEY, *METRICS)
 
-_DATA: dict[str, kdata.ClassificationData] = {}
+_DATA: dict[str, kdcore.ClassificationData] = {}
 _PREP: dict[tuple[Any, ...], Prepared] = {}
 
 
@@ -56,7 +62,7 @@ def _prepared(spec: str, config: ExperimentConfig, device: str) -> tuple[Prepare
     if spec not in _DATA:
         _DATA.clear()
         _PREP.clear()
-        _DATA[spec] = kdata.load(spec)
+        _DATA[spec] = kdcore.load_data(spec)
     data = _DATA[spec]
     key = (spec, config.protocol, config.inner, config.inner_fraction, config.fold_start, config.split_seed,
            config.seeds, device)

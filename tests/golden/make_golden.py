@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.golden.cases import STUDY_ARGS, TRAIN_CASES, analyse_json, study_tables, train_json  # noqa: E402
+from tests.golden.cases import STUDY_ARGS, TRAIN_CASES, analyse_json, study_tables, train_json
 
 
 def main() -> None:
