@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from kdcore import ModelSpec, models
+from kdcore import ModelSpec, batching, networks
 
 SEEDS = (0, 10, 1234, 99, 2021)
 
@@ -82,9 +82,9 @@ def _data(shape: tuple[int, ...], batch: int, n_classes: int) -> tuple[torch.Ten
 def mlp_rows(batch: int, repeat: int, steps: int) -> list[tuple[str, str, float]]:
     spec, shape, n_classes = ModelSpec("mlp", hidden=(20, 10)), (2,), 2
     x, y = _data(shape, batch, n_classes)
-    hand = models.batched(spec, shape, n_classes, SEEDS)
-    generic = models.StackedModel([models.build(spec, shape, n_classes, s) for s in SEEDS], SEEDS, shape)
-    singles = [models.build(spec, shape, n_classes, s) for s in SEEDS]
+    hand = batching.batched(spec, shape, n_classes, SEEDS)
+    generic = batching.StackedModel([networks.build(spec, shape, n_classes, s) for s in SEEDS], SEEDS, shape)
+    singles = [networks.build(spec, shape, n_classes, s) for s in SEEDS]
     return [
         ("BatchedFFNN", "batched", ms_per_step(batched_step(hand, x, y), repeat, steps)),
         ("generic vmap", "batched", ms_per_step(batched_step(generic, x, y), repeat, steps)),
@@ -96,8 +96,8 @@ def generic_rows(spec: ModelSpec, shape: tuple[int, ...], batch: int, repeat: in
                  steps: int) -> list[tuple[str, str, float]]:
     n_classes = 10
     x, y = _data(shape, batch, n_classes)
-    model = models.batched(spec, shape, n_classes, SEEDS)
-    singles = [models.build(spec, shape, n_classes, s) for s in SEEDS]
+    model = batching.batched(spec, shape, n_classes, SEEDS)
+    singles = [networks.build(spec, shape, n_classes, s) for s in SEEDS]
     return [
         ("generic vmap", "batched", ms_per_step(batched_step(model, x, y), repeat, steps)),
         (f"5 x {spec.name}", "sequential", ms_per_step(sequential_step(singles, x, y), repeat, steps)),
@@ -108,8 +108,8 @@ def mlp_identity(steps: int, batch_norm: bool) -> float:
     """Largest weight difference between BatchedFFNN and the generic MLP after ``steps`` Adam steps."""
     spec, shape = ModelSpec("mlp", hidden=(20, 10), batch_norm=batch_norm), (2,)
     x, y = _data(shape, 128, 2)
-    hand = models.batched(spec, shape, 2, SEEDS)
-    generic = models.StackedModel([models.build(spec, shape, 2, s) for s in SEEDS], SEEDS, shape)
+    hand = batching.batched(spec, shape, 2, SEEDS)
+    generic = batching.StackedModel([networks.build(spec, shape, 2, s) for s in SEEDS], SEEDS, shape)
     step_hand, step_generic = batched_step(hand, x, y), batched_step(generic, x, y)
     for _ in range(steps):
         step_hand()

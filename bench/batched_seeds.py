@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import kdcore
 from kdcore import ExperimentConfig, losses, prepare, task_of, teacher_targets, train_student, train_teachers
-from kdcore.models import FFNN
+from kdcore.networks import FFNN
 
 
 def best_of(repeat: int, fn: Callable[[], object]) -> float:

@@ -23,15 +23,17 @@ PUBLIC: dict[str, tuple[str, str]] = {
         "PUBLISHED_FIT", "MODEL_NAMES", "KD_METHODS", "OPTIMIZERS", "SCHEDULES", "PROTOCOLS", "INNER",
         "ROUTINGS", "knob_paths", "set_path")},
     # data
-    "load_data": ("kdcore.data", "load"),
-    **{name: ("kdcore.data", name) for name in (
-        "ClassificationData", "load_pickle", "builtin", "generate", "inner_split", "inner_folds",
-        "bayes_accuracy", "ARRAY_KEYS", "BUILTIN_NAMES", "validate_arrays")},
+    "load_data": ("kdcore.sources", "load"),
+    **{name: ("kdcore.sources", name) for name in ("load_pickle", "builtin", "BUILTIN_NAMES")},
+    **{name: ("kdcore.dataset", name) for name in ("ClassificationData", "ARRAY_KEYS", "validate_arrays")},
+    **{name: ("kdcore.generator", name) for name in ("generate", "bayes_accuracy")},
+    **{name: ("kdcore.splits", name) for name in ("inner_split", "inner_folds")},
     # the task: teachers, routing, the checks a method needs
     "resolve_task": ("kdcore.task", "resolve"),
     **{name: ("kdcore.task", name) for name in ("Task", "Teacher", "check_coverage", "check_method")},
     # networks
-    **{name: ("kdcore.models", name) for name in ("SeedModel", "parameter_count")},
+    "SeedModel": ("kdcore.batching", "SeedModel"),
+    "parameter_count": ("kdcore.networks", "parameter_count"),
     "load_teacher": ("kdcore.checkpoint", "load_teacher"),
     # training
     **{name: ("kdcore.train", name) for name in (
@@ -64,6 +66,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     # ruff: noqa: F401
     from kdcore.atomic_file import replacing, write_atomic
+    from kdcore.batching import SeedModel
     from kdcore.checkpoint import load_teacher
     from kdcore.config import (
         DEFAULT_SEEDS,
@@ -84,20 +87,12 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         knob_paths,
         set_path,
     )
-    from kdcore.data import (
-        ARRAY_KEYS,
-        BUILTIN_NAMES,
-        ClassificationData,
-        bayes_accuracy,
-        builtin,
-        generate,
-        inner_folds,
-        inner_split,
-        load_pickle,
-        validate_arrays,
-    )
-    from kdcore.data import load as load_data
-    from kdcore.models import SeedModel, parameter_count
+    from kdcore.dataset import ARRAY_KEYS, ClassificationData, validate_arrays
+    from kdcore.generator import bayes_accuracy, generate
+    from kdcore.networks import parameter_count
+    from kdcore.sources import BUILTIN_NAMES, builtin, load_pickle
+    from kdcore.sources import load as load_data
+    from kdcore.splits import inner_folds, inner_split
     from kdcore.task import Task, Teacher, check_coverage, check_method
     from kdcore.task import resolve as resolve_task
     from kdcore.teacher_cache import TeacherCache, teacher_key

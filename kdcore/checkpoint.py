@@ -1,7 +1,7 @@
 """Teachers trained elsewhere: state-dict files loaded with ``torch.load(weights_only=True)``.
 
 A checkpoint is one network's ``state_dict`` (``torch.save(model.state_dict(), path)``) of the teacher's
-architecture (``kdcore.models.build`` of its model spec) whose outputs are the teacher's classes in the
+architecture (``kdcore.networks.build`` of its model spec) whose outputs are the teacher's classes in the
 order its ``classes`` lists them. ``weights_only=True`` admits tensors and plain containers only, so a
 checkpoint cannot run code when loaded. Every seed of the student learns from the one loaded network.
 """
@@ -13,9 +13,8 @@ from pathlib import Path
 
 import torch
 
-from kdcore import models
+from kdcore.batching import SeedModel, from_states
 from kdcore.errors import ConfigError
-from kdcore.models import SeedModel
 from kdcore.task import Teacher
 
 
@@ -47,7 +46,7 @@ def load_teacher(teacher: Teacher, input_shape: tuple[int, ...], seeds: Sequence
     who = f"{teacher.name} (classes {list(teacher.classes)})"
     state = read_state(teacher.checkpoint, who)
     try:
-        model = models.from_states(teacher.fit.model_spec, input_shape, len(teacher.classes), [state] * len(seeds),
+        model = from_states(teacher.fit.model_spec, input_shape, len(teacher.classes), [state] * len(seeds),
                                    seeds)
     except ConfigError as exc:
         raise ConfigError(f"{who}: checkpoint {teacher.checkpoint} does not fit its architecture "

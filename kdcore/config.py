@@ -306,14 +306,14 @@ def _int_tuple(value: Any, name: str, *, allow_empty: bool = False) -> tuple[int
 
 
 def is_import_path(name: str) -> bool:
-    """``package.module:function``: a user's own model factory (resolved by ``kdcore.models.resolve_factory``)."""
+    """``package.module:function``: a user's own model factory (resolved by ``kdcore.networks.resolve_factory``)."""
     module, sep, attr = name.partition(":")
     return bool(sep) and all(p.isidentifier() for p in module.split(".")) and attr.isidentifier()
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One architecture by name with its settings (``kdcore.models.MODELS``), read off a ``FitConfig``.
+    """One architecture by name with its settings (``kdcore.networks.MODELS``), read off a ``FitConfig``.
 
     ``mlp``: ``hidden`` widths, optional ``batch_norm``. ``cnn``: one 3x3 conv stage per entry of ``channels``
     (times ``width``), each conv -> [BN] -> ReLU -> 2x2 max-pool, then global average pool and a linear head.

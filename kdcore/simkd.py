@@ -6,7 +6,7 @@ projected student features and the teacher's; the teacher's own classifier, froz
 projected features. Only the student's encoder and the projector train. Spatial sizes are aligned by
 adaptive average pooling of the larger map to the smaller, as the authors' code does.
 
-``SimKDStudent`` is one seed's network (student encoder + projectors + the reused head); ``kdcore.models``
+``SimKDStudent`` is one seed's network (student encoder + projectors + the reused head); ``kdcore.batching``
 batches it over seeds like any architecture. The losses are pure functions of tensors.
 """
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcore.errors import ConfigError
-from kdcore.models import BN_EPS, BN_MOMENTUM
+from kdcore.networks import BN_EPS, BN_MOMENTUM
 
 
 class Projector(nn.Module):

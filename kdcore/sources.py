@@ -1,9 +1,10 @@
-"""Where datasets come from, besides the 2-D built-ins and reference pickles of ``kdcore.data``.
+"""Where datasets come from: every form ``--data`` takes, each giving a ``ClassificationData``.
 
-Three sources, each giving a ``ClassificationData`` and reached through ``kdcore.data.load(spec)``:
-``builtin:digits`` (scikit-learn's 8x8 handwritten digits, no download), an ``.npz`` archive of named arrays,
-and a CIFAR-10 / CIFAR-100 "python version" folder. Every problem with a file is one ``DataError`` line.
-CIFAR's batch files are pickles, so they too are read only through the numpy-only unpickler.
+``load(spec)`` dispatches: ``builtin:d0.25`` .. ``builtin:d1.0`` (``kdcore.generator``), ``builtin:digits``
+(scikit-learn's 8x8 handwritten digits, no download), an ``.npz`` archive of named arrays, a CIFAR-10 /
+CIFAR-100 "python version" folder, or else a reference-format pickle. Every problem with a file is one
+``DataError`` line. Pickles (the reference files, CIFAR's batches) are read only through the numpy-only
+unpickler (``kdcore.pickles``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from kdcore.data import GROUP_KEYS, ClassificationData, read_pickle, validate_arrays, validate_keys
-from kdcore.errors import DataError
+from kdcore.dataset import GROUP_KEYS, REQUIRED_KEYS, ClassificationData, validate_arrays, validate_keys
+from kdcore.errors import DataError, one_line
+from kdcore.generator import BUILTIN_DISTANCES, BUILTIN_SEED, generate
+from kdcore.pickles import read_pickle
+
+BUILTIN_NAMES = tuple(f"d{d}" for d in BUILTIN_DISTANCES) + ("digits",)
+_FORMS = "an .npz file, a CIFAR-10/100 folder, builtin:NAME or a reference-format pickle"
 
 # builtin:digits keeps this share of every class for the holdout; the seed fixes which samples, for good.
 DIGITS_HOLDOUT_FRACTION = 0.3
@@ -31,6 +37,49 @@ _CIFAR_EXPECTED = ("data_batch_1 .. data_batch_5 and test_batch (CIFAR-10, as in
 _NPZ_LAYOUT = (f"numpy.savez(path, x_train=..., y_train=..., x_valid=..., y_valid=...), optionally with "
                f"{' and '.join(GROUP_KEYS)}")
 _ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members, an empty zip
+
+
+# ------------------------------------------------------------------------------------ the dispatcher
+
+def builtin(name: str) -> ClassificationData:
+    """``'d0.5'`` -> the built-in 2-D set at that centre distance (fixed seed, reference sizes);
+    ``'digits'`` -> scikit-learn's 8x8 handwritten digits with a fixed holdout (``digits``)."""
+    if name == "digits":
+        return digits()
+    try:
+        distance = float(name.removeprefix("d"))
+    except ValueError:
+        distance = -1.0
+    if not name.startswith("d") or distance not in BUILTIN_DISTANCES:
+        names = [f"builtin:{n}" for n in BUILTIN_NAMES]
+        raise DataError(f"unknown built-in dataset 'builtin:{name}'; choose one of {names}")
+    return generate(distance, seed=BUILTIN_SEED, source=f"builtin:d{distance}")
+
+
+def load(spec: str) -> ClassificationData:
+    """Every form ``--data`` takes: ``builtin:NAME``, a CIFAR-10/100 python-version folder, an ``.npz``
+    file, or else a reference-format pickle. Any problem is one DataError line."""
+    if spec.startswith("builtin:"):
+        return builtin(spec.removeprefix("builtin:"))
+    path = Path(spec)
+    if path.is_dir() or path.suffix.lower() == ".npz":
+        return load_cifar(path) if path.is_dir() else load_npz(path)
+    return load_pickle(path)
+
+
+def load_pickle(path: str | Path) -> ClassificationData:
+    """Load a reference-format pickle (a dict of numpy arrays, groups optional) safely and validate it."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"data file not found: {path} is a folder; give {_FORMS}")
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    obj = read_pickle(path, hint=f"; --data takes {_FORMS} (a pickle of a dict of numpy arrays "
+                                 f"{list(REQUIRED_KEYS)}, optionally with {list(GROUP_KEYS)})")
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a dict of numpy arrays, but the pickle holds {type(obj).__name__}")
+    validate_arrays(obj, str(path))
+    return ClassificationData.from_arrays(obj, source=str(path.resolve()))
 
 
 # ------------------------------------------------------------------------------------ builtin:digits
@@ -106,21 +155,16 @@ def load_npz(path: str | Path) -> ClassificationData:
             raise DataError(f"{path}: {key} holds an object array (pickled Python objects), which kdtune does "
                             "not load; save plain numeric arrays") from None
         raise DataError(f"{path}: not a readable NPZ archive: {key or 'the archive'} is damaged "
-                        f"({_one_line(exc)})") from None
+                        f"({one_line(exc)})") from None
     except zipfile.BadZipFile as exc:
         raise DataError(f"{path}: not a readable NPZ archive: the zip is damaged or truncated "
-                        f"({_one_line(exc)})") from None
+                        f"({one_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - zlib, EOF and header errors all mean a damaged or cut file
         where = f"{key} is" if key else "the archive is"
         raise DataError(f"{path}: not a readable NPZ archive: {where} damaged or truncated "
-                        f"({type(exc).__name__}: {_one_line(exc)})") from None
+                        f"({type(exc).__name__}: {one_line(exc)})") from None
     validate_arrays(arrays, str(path))
     return ClassificationData.from_arrays(arrays, source=str(path.resolve()))
-
-
-def _one_line(exc: BaseException) -> str:
-    """The exception's text on one line (the CLI prints errors as one line)."""
-    return " ".join(str(exc).split())
 
 
 # ---------------------------------------------------------------------------------------------- CIFAR

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from kdcore.atomic_file import write_atomic
+from kdcore.batching import SeedModel
 from kdcore.config import ExperimentConfig
-from kdcore.models import SeedModel
 from kdcore.train import FitResult, Prepared, new_model, task_of, train_teachers
 
 CACHE_FORMAT = 1

@@ -1,6 +1,6 @@
 """Training: the baseline, the teachers of a task and the distilled student, all seeds at once.
 
-Every method trains one seed-batched model (``kdcore.models.batched``) whose seed axis holds the runs of
+Every method trains one seed-batched model (``kdcore.batching.batched``) whose seed axis holds the runs of
 all seeds. The loss is the sum over seeds of each seed's batch-mean loss, and the optimizers act
 elementwise, so seed s receives exactly the updates it would receive alone (tests hold a batched run
 against standalone runs). The teachers and the routing come from the task (``kdcore.task``): each teacher
@@ -27,13 +27,15 @@ from typing import Any, SupportsFloat
 import numpy as np
 import torch
 
-from kdcore import losses, models
+from kdcore import losses
+from kdcore.batching import SeedModel, StackedModel, batched
 from kdcore.checkpoint import load_teacher
 from kdcore.config import ExperimentConfig, FitConfig, KDConfig
-from kdcore.data import ClassificationData, inner_folds, inner_split
+from kdcore.dataset import ClassificationData
 from kdcore.errors import ConfigError, DataError, TrainingError
-from kdcore.models import SeedModel
+from kdcore.networks import build
 from kdcore.schedules import annealing_phi, lr_at
+from kdcore.splits import inner_folds, inner_split
 from kdcore.task import Task, Teacher, check_method, resolve
 
 
@@ -511,7 +513,7 @@ def _run_fit(
 def new_model(prep: Prepared, fit: FitConfig, seeds: Sequence[int], n_out: int | None = None) -> SeedModel:
     """A fresh seed-batched network of ``fit``'s architecture for ``prep``'s inputs (``n_out`` classes)."""
     n_out = prep.n_classes if n_out is None else n_out
-    return models.batched(fit.model_spec, prep.input_shape, n_out, seeds).to(prep.device)
+    return batched(fit.model_spec, prep.input_shape, n_out, seeds).to(prep.device)
 
 
 def _ce_losses(train: Subset, select: Subset) -> tuple[BatchLoss, SelectLoss]:
@@ -717,14 +719,14 @@ def teacher_outputs(teacher: SeedModel, x: torch.Tensor, stages: int = 0) -> tup
         for part in x.split(EVAL_CHUNK, dim=axis):
             logits.append(teacher(part))
             if stages:
-                if not isinstance(teacher, models.StackedModel):
+                if not isinstance(teacher, StackedModel):
                     raise ConfigError(f"feature distillation needs a teacher with feature maps, but got "
                                       f"{type(teacher).__name__}")
                 maps.append(teacher.call("features", part)[-stages:])
     return torch.cat(logits, dim=1), [torch.cat([m[i] for m in maps], dim=1) for i in range(stages)]
 
 
-def simkd_model(prep: Prepared, config: ExperimentConfig, teacher: SeedModel) -> models.StackedModel:
+def simkd_model(prep: Prepared, config: ExperimentConfig, teacher: SeedModel) -> StackedModel:
     """Seed s's SimKD network: the student built for seed s, projectors initialised from seed s, and seed s's
     teacher classifier copied and frozen; batched over the seeds like any architecture."""
     from kdcore import simkd
@@ -732,14 +734,14 @@ def simkd_model(prep: Prepared, config: ExperimentConfig, teacher: SeedModel) ->
     teacher_spec = task_of(prep, config).teachers[0].fit.model_spec
     nets = []
     for i, seed in enumerate(config.seeds):
-        student = models.build(config.student.model_spec, prep.input_shape, prep.n_classes, seed)
-        frozen = models.build(teacher_spec, prep.input_shape, prep.n_classes, seed)
+        student = build(config.student.model_spec, prep.input_shape, prep.n_classes, seed)
+        frozen = build(teacher_spec, prep.input_shape, prep.n_classes, seed)
         frozen.load_state_dict(teacher.seed_state(i))
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(int(seed))
             nets.append(simkd.build_student(student, frozen, prep.input_shape, factor=config.kd.factor,
                                             placement=config.kd.placement))
-    return models.StackedModel(nets, config.seeds, prep.input_shape).to(prep.device)
+    return StackedModel(nets, config.seeds, prep.input_shape).to(prep.device)
 
 
 def _train_simkd(prep: Prepared, config: ExperimentConfig, teachers: Sequence[SeedModel],

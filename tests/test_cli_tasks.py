@@ -11,7 +11,7 @@ import pytest
 import torch
 from cli_errors import assert_one_line_error
 
-from kdcore import FitConfig, models
+from kdcore import FitConfig, networks
 from tune.cli import main
 
 
@@ -87,7 +87,7 @@ def test_a_bad_layout_is_refused_with_one_line(tmp_path: Path, capsys: pytest.Ca
 def test_a_checkpoint_that_does_not_fit_is_refused_with_one_line(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ckpt = tmp_path / "teacher.pt"
-    torch.save(models.build(FitConfig(model="cnn", channels=(8, 16)).model_spec, (1, 8, 8), 4, 0).state_dict(), ckpt)
+    torch.save(networks.build(FitConfig(model="cnn", channels=(8, 16)).model_spec, (1, 8, 8), 4, 0).state_dict(), ckpt)
     config = tmp_path / "ckpt.yaml"
     config.write_text(
         "teacher: {model: cnn, channels: [4, 8]}\n"  # not the saved network's widths

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from kdcore import models
+from kdcore import networks
 from kdcore.checkpoint import load_teacher
 from kdcore.config import ExperimentConfig, FitConfig, TaskConfig
-from kdcore.data import ClassificationData
+from kdcore.dataset import ClassificationData
 from kdcore.errors import ConfigError
 from kdcore.task import resolve
 from kdcore.train import run_experiment
@@ -22,7 +22,7 @@ CNN = FitConfig(model="cnn", channels=(4, 8), batch_norm=True)
 
 
 def _saved_teacher(path: Path, n_out: int, seed: int = 7) -> torch.nn.Module:
-    net = models.build(CNN.model_spec, SHAPE, n_out, seed)
+    net = networks.build(CNN.model_spec, SHAPE, n_out, seed)
     net.train()
     net(torch.randn(32, *SHAPE, generator=torch.Generator().manual_seed(1)))  # non-trivial running stats
     net.eval()

@@ -1,5 +1,5 @@
-"""kdcore.models: BatchedFFNN seed s is exactly the FFNN that torch.manual_seed(s) gives, in and out of BN;
-every registered architecture batched over seeds trains as its standalone networks do."""
+"""kdcore.networks and kdcore.batching: BatchedFFNN seed s is exactly the FFNN that torch.manual_seed(s)
+gives, in and out of BN; every registered architecture batched over seeds trains as its standalone networks do."""
 
 from __future__ import annotations
 
@@ -11,21 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from kdcore.batching import BatchedFFNN, SeedModel, StackedModel, batched, from_states
 from kdcore.config import MODEL_NAMES, ModelSpec
 from kdcore.errors import ConfigError, DataError
-from kdcore.models import (
-    FFNN,
-    MODELS,
-    BatchedFFNN,
-    ConvNet,
-    SeedModel,
-    StackedModel,
-    batched,
-    build,
-    from_states,
-    parameter_count,
-    resolve_factory,
-)
+from kdcore.networks import FFNN, MODELS, ConvNet, build, parameter_count, resolve_factory
 
 SEEDS = [0, 10, 1234, 99, 2021]
 
@@ -173,7 +162,7 @@ def test_batch_norm_matches_ffnn_in_train_and_eval_mode() -> None:
     assert torch.equal(model.seed_state(0)["net.1.running_mean"], before)
 
 
-# --- the registry and seed batching for any architecture (kdcore.models.build / batched / from_states) ------
+# --- the registry and seed batching for any architecture (kdcore.networks.build, kdcore.batching.batched / from_states) ------
 
 IMAGE_SHAPES = [(1, 8, 8), (3, 32, 32)]
 SMALL_RESNET = ModelSpec("resnet", depth=8, channels=(4, 4, 8, 8))

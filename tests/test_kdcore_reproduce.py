@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdcore import data as kdata
+from kdcore import sources
 from kdcore.config import PUBLISHED_FIT, ExperimentConfig
 from kdcore.train import run_experiment
 
@@ -19,7 +19,7 @@ EPOCHS = 2000
 
 @pytest.mark.slow
 def test_published_protocol_reaches_the_published_accuracy(reference_path: Callable[[str], Path]) -> None:
-    data = kdata.load_pickle(reference_path("1.0"))
+    data = sources.load_pickle(reference_path("1.0"))
     fit = {**PUBLISHED_FIT, "epochs": EPOCHS}
     config = ExperimentConfig.from_dict({
         "protocol": "seed", "eval_every": EPOCHS // 10,

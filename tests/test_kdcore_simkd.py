@@ -15,11 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdcore import data as kdata
-from kdcore import models, simkd
+from kdcore import batching, networks, simkd, sources
 from kdcore import train as ktrain
 from kdcore.config import ExperimentConfig, ModelSpec
-from kdcore.data import ClassificationData
+from kdcore.dataset import ClassificationData
 from kdcore.errors import ConfigError
 from kdcore.train import (
     FitResult,
@@ -42,7 +41,7 @@ RECIPE = {"epochs": 2, "batch_size": 64, "schedule": "constant", "lr": 1e-2}
 @pytest.fixture(scope="module")
 def digits() -> ClassificationData:
     """builtin:digits cut to 30 training and 10 holdout images per class (300 / 100): seconds to fit."""
-    full = kdata.load("builtin:digits")
+    full = sources.load("builtin:digits")
 
     def first(y: np.ndarray, n: int) -> np.ndarray:
         return np.sort(np.concatenate([np.flatnonzero(y == c)[:n] for c in range(10)]))
@@ -63,7 +62,7 @@ def _config(kd: dict[str, Any] | None = None, seeds: list[int] = SEEDS, student:
 
 def _net(spec: dict[str, Any], seed: int = 0, shape: tuple[int, ...] = IMAGE) -> nn.Module:
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k != "model"}
-    return models.build(ModelSpec(str(spec["model"]), **fields), shape, 10, seed)
+    return networks.build(ModelSpec(str(spec["model"]), **fields), shape, 10, seed)
 
 
 def _with_statistics(net: nn.Module, seed: int) -> nn.Module:
@@ -135,7 +134,7 @@ def test_projector_maps_the_student_shape_to_the_aligned_teacher_shape(case: str
 def test_projector_on_one_seed_of_the_batched_network_has_the_same_shapes(digits: ClassificationData) -> None:
     config = _config({"placement": "last_two", "factor": 4})
     prep = prepare(digits, config)
-    teacher = models.batched(config.teacher.model_spec, IMAGE, 10, config.seeds)
+    teacher = batching.batched(config.teacher.model_spec, IMAGE, 10, config.seeds)
     model = simkd_model(prep, config, teacher)
     logits, projected = model(prep.holdout.x[:7], features=True)
     assert logits.shape == (2, 7, 10)
@@ -191,7 +190,7 @@ def test_identity_projector_in_the_batched_simkd_network_reproduces_each_seeds_t
         digits: ClassificationData) -> None:
     config = _config({"factor": 1, "placement": "last_two"}, student=TEACHER)  # student architecture = teacher's
     prep = prepare(digits, config)
-    teacher = models.batched(config.teacher.model_spec, IMAGE, 10, config.seeds)
+    teacher = batching.batched(config.teacher.model_spec, IMAGE, 10, config.seeds)
     teacher.train()
     with torch.no_grad():
         teacher(prep.fit.x)  # per-seed running statistics
@@ -527,7 +526,7 @@ def test_simkd_refuses_more_than_one_teacher(digits: ClassificationData) -> None
                  {"teachers": [{"classes": every[:5]}, {"classes": every[5:]}], "routing": "label"}):
         config = _config(task=task)
         prep = prepare(digits, config)
-        teachers = [models.batched(config.teacher.model_spec, IMAGE, n, config.seeds)
+        teachers = [batching.batched(config.teacher.model_spec, IMAGE, n, config.seeds)
                     for n in (len(t["classes"]) for t in task["teachers"])]  # type: ignore[index]
         message = _one_line_config_error(functools.partial(train_student, prep, config, teachers))
         assert "simkd" in message and "2 teacher(s)" in message
@@ -535,7 +534,7 @@ def test_simkd_refuses_more_than_one_teacher(digits: ClassificationData) -> None
 
 def test_simkd_refuses_a_teacher_that_knows_only_some_classes(digits: ClassificationData) -> None:
     config = _config(task={"teachers": [{"classes": list(range(9))}], "routing": "label"})
-    teacher = models.batched(config.teacher.model_spec, IMAGE, 9, config.seeds)
+    teacher = batching.batched(config.teacher.model_spec, IMAGE, 9, config.seeds)
     message = _one_line_config_error(lambda: train_student(prepare(digits, config), config, [teacher]))
     assert "every class" in message
 
@@ -544,6 +543,6 @@ def test_simkd_refuses_a_teacher_that_knows_only_some_classes(digits: Classifica
 def test_simkd_refuses_an_mlp(digits: ClassificationData, role: str) -> None:
     mlp = {"model": "mlp", "hidden": [16]}
     config = _config(**{role: mlp})  # type: ignore[arg-type]
-    teacher = models.batched(config.teacher.model_spec, IMAGE, 10, config.seeds)
+    teacher = batching.batched(config.teacher.model_spec, IMAGE, 10, config.seeds)
     message = _one_line_config_error(lambda: train_student(prepare(digits, config), config, [teacher]))
     assert "simkd" in message and f"the {role} is an mlp" in message

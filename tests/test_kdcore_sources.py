@@ -1,4 +1,4 @@
-"""kdcore.sources through kdcore.data.load: NPZ archives, builtin:digits and CIFAR-10/100 folders.
+"""kdcore.sources through kdcore.load_data: NPZ archives, builtin:digits and CIFAR-10/100 folders.
 
 Everything is made here, small, in the real formats; nothing is downloaded.
 """
@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kdcore import data as kdata
-from kdcore import sources
+from kdcore import dataset, sources
 from kdcore.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _one_line_error(spec: str | Path, match: str) -> str:
     """Load ``spec`` and return the DataError's text, checking it matches and is one line."""
     with pytest.raises(DataError, match=match) as info:
-        kdata.load(str(spec))
+        sources.load(str(spec))
     text = str(info.value)
     assert "\n" not in text, text
     return text
@@ -48,7 +47,7 @@ class _RunsShell:
 
 
 def test_sources_import_neither_scikit_learn_nor_torch() -> None:
-    probe = ("import json, sys; import kdcore.data, kdcore.sources; "
+    probe = ("import json, sys; import kdcore.dataset, kdcore.sources; "
              "print(json.dumps([m for m in ('sklearn', 'torch') if m in sys.modules]))")
     proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           check=False)
@@ -83,7 +82,7 @@ def _npz(tmp_path: Path, arrays: dict[str, Any], name: str = "data.npz", compres
 def test_npz_without_groups_is_one_group(tmp_path: Path, compressed: bool) -> None:
     arrays = _table()
     path = _npz(tmp_path, arrays, compressed=compressed)
-    data = kdata.load(str(path))
+    data = sources.load(str(path))
     assert (data.n_classes, data.n_domains, data.feature_shape, data.n_features) == (4, 1, (5,), 5)
     assert data.d_train.shape == (40,) and data.d_valid.shape == (12,)
     assert (data.d_train == 0).all() and (data.d_valid == 0).all()
@@ -95,14 +94,14 @@ def test_npz_without_groups_is_one_group(tmp_path: Path, compressed: bool) -> No
 
 def test_npz_with_groups(tmp_path: Path) -> None:
     arrays = _table(groups=True)
-    data = kdata.load(str(_npz(tmp_path, arrays)))
+    data = sources.load(str(_npz(tmp_path, arrays)))
     assert data.n_domains == 2
     np.testing.assert_array_equal(data.d_train, arrays["d_train"])
     np.testing.assert_array_equal(data.d_valid, arrays["d_valid"])
     # the same arrays as a reference-format pickle are the same dataset
     pkl = tmp_path / "same.pkl"
     pkl.write_bytes(pickle.dumps(arrays, protocol=3))
-    assert kdata.load(str(pkl)).fingerprint() == data.fingerprint()
+    assert sources.load(str(pkl)).fingerprint() == data.fingerprint()
 
 
 def test_npz_of_images_with_integer_pixels(tmp_path: Path) -> None:
@@ -111,7 +110,7 @@ def test_npz_of_images_with_integer_pixels(tmp_path: Path) -> None:
         "x_train": rng.integers(0, 256, (30, 1, 8, 8), dtype=np.uint8), "y_train": np.arange(30) % 3,
         "x_valid": rng.integers(0, 256, (9, 1, 8, 8), dtype=np.uint8), "y_valid": np.arange(9, dtype=np.int32) % 3,
     }
-    data = kdata.load(str(_npz(tmp_path, arrays, name="IMAGES.NPZ")))
+    data = sources.load(str(_npz(tmp_path, arrays, name="IMAGES.NPZ")))
     assert data.feature_shape == (1, 8, 8) and data.n_features == 64 and data.x_train.shape == (30, 1, 8, 8)
     assert data.x_train.dtype == np.float32
     np.testing.assert_array_equal(data.x_train, arrays["x_train"].astype(np.float32))  # as given, unscaled
@@ -226,11 +225,11 @@ DIGITS_FINGERPRINT = "99666230c93ab68ced79efd93c7bef15f91e06505ee84dd85a405ec206
 
 
 @pytest.fixture(scope="module")
-def digits() -> kdata.ClassificationData:
-    return kdata.load("builtin:digits")
+def digits() -> dataset.ClassificationData:
+    return sources.load("builtin:digits")
 
 
-def test_digits_shapes_and_values(digits: kdata.ClassificationData) -> None:
+def test_digits_shapes_and_values(digits: dataset.ClassificationData) -> None:
     assert digits.x_train.shape == (1258, 1, 8, 8) and digits.x_valid.shape == (539, 1, 8, 8)
     assert digits.y_train.size + digits.y_valid.size == 1797
     assert (digits.feature_shape, digits.n_features, digits.n_classes, digits.n_domains) == ((1, 8, 8), 64, 10, 1)
@@ -241,7 +240,7 @@ def test_digits_shapes_and_values(digits: kdata.ClassificationData) -> None:
     assert digits.source == "builtin:digits"
 
 
-def test_digits_are_scikit_learns_images(digits: kdata.ClassificationData) -> None:
+def test_digits_are_scikit_learns_images(digits: dataset.ClassificationData) -> None:
     from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 
     bunch = load_digits()
@@ -253,7 +252,7 @@ def test_digits_are_scikit_learns_images(digits: kdata.ClassificationData) -> No
     assert np.array_equal(mine[np.lexsort(mine.T[::-1])], theirs[np.lexsort(theirs.T[::-1])])
 
 
-def test_digits_holdout_is_stratified(digits: kdata.ClassificationData) -> None:
+def test_digits_holdout_is_stratified(digits: dataset.ClassificationData) -> None:
     train = np.bincount(digits.y_train, minlength=10)
     valid = np.bincount(digits.y_valid, minlength=10)
     assert (train > 0).all() and (valid > 0).all()
@@ -262,9 +261,9 @@ def test_digits_holdout_is_stratified(digits: kdata.ClassificationData) -> None:
     assert np.abs(valid / total - 0.3).max() < 0.005
 
 
-def test_digits_are_the_same_on_every_call(digits: kdata.ClassificationData) -> None:
-    again = kdata.builtin("digits")
-    for key in kdata.ARRAY_KEYS:
+def test_digits_are_the_same_on_every_call(digits: dataset.ClassificationData) -> None:
+    again = sources.builtin("digits")
+    for key in dataset.ARRAY_KEYS:
         assert np.array_equal(getattr(again, key), getattr(digits, key))
     assert again.fingerprint() == digits.fingerprint() == DIGITS_FINGERPRINT
 
@@ -362,7 +361,7 @@ def _expected_images(raw: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.n
     return out
 
 
-def _check_cifar(data: kdata.ClassificationData, batches: dict[str, dict[bytes, Any]],
+def _check_cifar(data: dataset.ClassificationData, batches: dict[str, dict[bytes, Any]],
                  train: tuple[str, ...], test: tuple[str, ...], label_key: bytes) -> None:
     raw_train = np.concatenate([batches[n][b"data"] for n in train])
     raw_test = np.concatenate([batches[n][b"data"] for n in test])
@@ -385,18 +384,18 @@ def _check_cifar(data: kdata.ClassificationData, batches: dict[str, dict[bytes, 
 def test_cifar10_folder(tmp_path: Path, python2: bool) -> None:
     folder = tmp_path / "cifar-10-batches-py"
     batches = _write_cifar10(folder, python2)
-    data = kdata.load(str(folder))
+    data = sources.load(str(folder))
     _check_cifar(data, batches, sources.CIFAR10_TRAIN, sources.CIFAR10_TEST, b"labels")
     assert data.n_classes == 10 and data.x_train.shape[0] == 30 and data.x_valid.shape[0] == 6
     assert data.source == str(folder.resolve())
-    assert kdata.load(str(folder)).fingerprint() == data.fingerprint()
+    assert sources.load(str(folder)).fingerprint() == data.fingerprint()
 
 
 @pytest.mark.parametrize("python2", [True, False])
 def test_cifar100_folder_uses_fine_labels(tmp_path: Path, python2: bool) -> None:
     folder = tmp_path / "cifar-100-python"
     batches = _write_cifar100(folder, python2)
-    data = kdata.load(str(folder))
+    data = sources.load(str(folder))
     _check_cifar(data, batches, sources.CIFAR100_TRAIN, sources.CIFAR100_TEST, b"fine_labels")
     assert data.y_valid.tolist() == [3, 1, 4, 1, 5]  # fine labels, not the coarse ones
     assert data.n_classes == 10
@@ -410,7 +409,7 @@ def test_pixel_lands_where_the_format_says(tmp_path: Path) -> None:
     first[b"data"] = np.zeros_like(first[b"data"])
     first[b"data"][0, 1 * 1024 + 3 * 32 + 7] = 255
     (folder / "data_batch_1").write_bytes(_pickle_batch(first, python2=True))
-    data = kdata.load(str(folder))
+    data = sources.load(str(folder))
     image = data.x_train[0]
     assert np.unravel_index(image.argmax(), image.shape) == (1, 3, 7)
     assert (np.delete(image[1].ravel(), 3 * 32 + 7) == image[1].min()).all()
@@ -502,5 +501,5 @@ def test_cifar_files_resaved_with_str_keys_load(tmp_path: Path) -> None:
     batches = _write_cifar100(folder)
     for name in ("train", "test"):
         _rewrite(folder, name, lambda b: {k.decode(): v for k, v in b.items()})
-    data = kdata.load(str(folder))
+    data = sources.load(str(folder))
     assert data.y_valid.tolist() == batches["test"][b"fine_labels"]

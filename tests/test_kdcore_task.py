@@ -206,12 +206,12 @@ def test_a_group_without_a_teacher_is_refused() -> None:
 
 
 def test_teacher_targets_hold_each_routed_teachers_logits_in_its_class_slots() -> None:
-    from kdcore import models
+    from kdcore import batching
     from kdcore.train import Subset, teacher_targets
 
     t = task(OVERLAP)
     spec = FitConfig(model="cnn", channels=(4,)).model_spec
-    nets = [models.batched(spec, (1, 8, 8), len(k.classes), [0, 1]) for k in t.teachers]
+    nets = [batching.batched(spec, (1, 8, 8), len(k.classes), [0, 1]) for k in t.teachers]
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(20, 1, 8, 8, generator=gen)
     y = torch.arange(10).repeat(2)
@@ -231,7 +231,7 @@ def test_teacher_targets_hold_each_routed_teachers_logits_in_its_class_slots() -
 def test_a_subset_experiment_with_cnns_trains_each_seed_as_it_trains_alone() -> None:
     """Class-subset teachers routed by label over shared classes, CNNs with batch norm: two seeds batched
     equal each seed run alone on its own fold (teachers, baseline and student)."""
-    from kdcore import data as kdata
+    from kdcore import sources
     from kdcore.config import ExperimentConfig
     from kdcore.train import run_experiment
 
@@ -239,7 +239,7 @@ def test_a_subset_experiment_with_cnns_trains_each_seed_as_it_trains_alone() -> 
     config = ExperimentConfig.from_dict({"seeds": [0, 10], "teacher": fit, "baseline": fit, "student": fit,
                                          "kd": {"alpha": 0.5, "temperature": 2.0},
                                          "task": {"teachers": OVERLAP, "routing": "label"}})
-    digits = kdata.load("builtin:digits")
+    digits = sources.load("builtin:digits")
     together = run_experiment(digits, config)
     assert list(together.methods) == ["baseline", "teacher_0", "teacher_1", "teacher_2", "student"]
     for i, seed in enumerate(config.seeds):

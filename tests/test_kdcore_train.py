@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcore import losses
+from kdcore.batching import BatchedFFNN
 from kdcore.config import ExperimentConfig, TaskConfig
 from kdcore.config import FitConfig as _FitConfig
-from kdcore.data import ClassificationData, generate, inner_split
+from kdcore.dataset import ClassificationData
 from kdcore.errors import DataError, KDCoreError, TrainingError
-from kdcore.models import BatchedFFNN
+from kdcore.generator import generate
+from kdcore.splits import inner_split
 from kdcore.task import resolve
 from kdcore.train import (
     EpochReport,
@@ -433,7 +435,7 @@ def test_folds_give_every_training_point_to_exactly_one_seed_to_select_on(small:
 
 
 def test_folds_are_stratified_balanced_and_deterministic(small: ClassificationData) -> None:
-    from kdcore.data import inner_folds
+    from kdcore.splits import inner_folds
 
     folds = inner_folds(small, 5, seed=0)
     np.testing.assert_array_equal(folds, inner_folds(small, 5, seed=0))

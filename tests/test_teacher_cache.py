@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from kdcore import data as kdata
+from kdcore import sources
 from kdcore.config import ExperimentConfig
 from kdcore.teacher_cache import TeacherCache, teacher_key
 from kdcore.train import prepare, train_student
@@ -21,14 +21,14 @@ def _config(**overrides: object) -> ExperimentConfig:
 
 def _get(root: Path, config: ExperimentConfig) -> tuple[bool, list[float]]:
     torch.set_num_threads(1)
-    data = kdata.load("builtin:d0.5")
+    data = sources.load("builtin:d0.5")
     cached = TeacherCache(root).get_or_train(prepare(data, config), config, data.fingerprint())
     return cached.hit, [s["holdout_acc_mean"] for s in cached.summaries]
 
 
 def test_second_get_hits_and_gives_the_same_teachers(tmp_path: Path) -> None:
     config = _config()
-    data = kdata.load("builtin:d0.5")
+    data = sources.load("builtin:d0.5")
     prep = prepare(data, config)
     cache = TeacherCache(tmp_path)
     first = cache.get_or_train(prep, config, data.fingerprint())
@@ -66,7 +66,7 @@ def test_concurrent_getters_train_once(tmp_path: Path) -> None:
 
 def test_damaged_entry_is_trained_again_and_replaced(tmp_path: Path) -> None:
     config = _config()
-    data = kdata.load("builtin:d0.5")
+    data = sources.load("builtin:d0.5")
     prep = prepare(data, config)
     cache = TeacherCache(tmp_path)
     first = cache.get_or_train(prep, config, data.fingerprint())

@@ -132,11 +132,11 @@ def check_task(config: Any, dataset: Any, *, absolute: bool = True, methods: tup
     for method in sampled:
         check_method(task, method, config.student.model)
     if "simkd" in sampled:  # the models must have feature maps: build one of each (imports torch)
-        from kdcore import models, simkd
+        from kdcore import networks, simkd
 
         shape = tuple(dataset.x_train.shape[1:])
-        simkd.build_student(models.build(config.student.model_spec, shape, dataset.n_classes, 0),
-                            models.build(task.teachers[0].fit.model_spec, shape, dataset.n_classes, 0), shape,
+        simkd.build_student(networks.build(config.student.model_spec, shape, dataset.n_classes, 0),
+                            networks.build(task.teachers[0].fit.model_spec, shape, dataset.n_classes, 0), shape,
                             factor=config.kd.factor, placement=config.kd.placement)
     for teacher in task.teachers:
         if teacher.checkpoint is None:

@@ -1,10 +1,8 @@
-"""The networks kdtune trains, by name, and the same networks batched over seeds.
+"""The networks of ``kdcore.networks`` batched over seeds: one model that trains every seed at once.
 
-``MODELS`` maps each built-in name of ``kdcore.config.MODEL_NAMES`` to a factory
-``(spec, input_shape, n_classes) -> nn.Module``; any other name is a user's ``package.module:function``
-(``resolve_factory``). ``build`` makes the standalone network of one seed, ``batched`` all seeds as one
-``SeedModel`` whose seed s holds exactly ``build(..., seed=s)``'s weights and trains as it would, to float
-rounding: one forward, one backward and one optimizer step serve every seed, and no gradient mixes seeds.
+``batched`` makes all seeds as one ``SeedModel`` whose seed s holds exactly ``networks.build(..., seed=s)``'s
+weights and trains as it would, to float rounding: one forward, one backward and one optimizer step serve
+every seed, and no gradient mixes seeds.
 
 Two ``SeedModel`` kinds:
 
@@ -21,268 +19,20 @@ Two ``SeedModel`` kinds:
   numbers. Its state dict keeps its own layout (``weights.i`` stored (S, in, out), ...), so teachers cached
   by older versions still load; ``seed_state`` gives ``FFNN``'s layout.
 """
-
 from __future__ import annotations
 
 import abc
 import copy
-import importlib
-import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from kdcore.config import MODEL_NAMES, ModelSpec, is_import_path
+from kdcore.config import ModelSpec
 from kdcore.errors import ConfigError, DataError
-
-BN_EPS = 1e-5
-BN_MOMENTUM = 0.1
-CNN_CHANNELS = (16, 32)
-RESNET_CHANNELS = (16, 16, 32, 64)
-
-Factory = Callable[[ModelSpec, tuple[int, ...], int], nn.Module]
-UserFactory = Callable[[tuple[int, ...], int], nn.Module]
-
-
-# --- the architectures ----------------------------------------------------------------------------------
-
-
-def _init_linear_(layer: nn.Linear, generator: torch.Generator) -> None:
-    """``nn.Linear.reset_parameters`` with an explicit generator (same draws, same order)."""
-    nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
-    bound = 1 / math.sqrt(layer.in_features) if layer.in_features > 0 else 0.0
-    nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
-
-
-class FFNN(nn.Module):
-    """Plain feed-forward net: Linear -> [BatchNorm1d] -> ReLU per hidden layer, then Linear to logits.
-
-    Input (B, *shape) is flattened to (B, n_in) first. With ``generator`` the weights are drawn from it (the
-    global generator untouched); ``FFNN(..., generator=torch.Generator().manual_seed(s))`` equals
-    ``torch.manual_seed(s); FFNN(...)`` with ``generator=None``, which equals the ``nn.Sequential`` anyone
-    would write after ``torch.manual_seed(s)``.
-    """
-
-    def __init__(
-        self,
-        n_in: int,
-        hidden: Sequence[int],
-        n_out: int,
-        *,
-        batch_norm: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        widths = [n_in, *hidden]
-        with torch.random.fork_rng(devices=[], enabled=generator is not None):
-            # nn.Linear() first draws from the global generator; with a generator we redraw from it
-            for a, b in itertools.pairwise(widths):
-                linear = nn.Linear(a, b)
-                if generator is not None:
-                    _init_linear_(linear, generator)
-                layers.append(linear)
-                if batch_norm:
-                    layers.append(nn.BatchNorm1d(b, eps=BN_EPS, momentum=BN_MOMENTUM))
-                layers.append(nn.ReLU())
-            head = nn.Linear(widths[-1], n_out)
-            if generator is not None:
-                _init_linear_(head, generator)
-            layers.append(head)
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, *shape) -> (B, n_out) logits."""
-        return self.net(x.flatten(1))
-
-
-def _pooled_head(n_features: int, n_classes: int) -> tuple[nn.Module, nn.Linear]:
-    """Global average pool (B, C, H, W) -> (B, C) and the linear classifier, kept apart for feature KD."""
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), nn.Linear(n_features, n_classes)
-
-
-class ConvNet(nn.Module):
-    """The ``cnn``: per stage 3x3 conv -> [BatchNorm2d] -> ReLU -> 2x2 max-pool, then average pool and linear.
-
-    The pool is left out once the feature map is 1 pixel across (deep stacks on 8x8 digits). Convs have no
-    bias under batch norm: BN's shift replaces it, and a bias before BN gets only rounding noise as gradient,
-    which Adam would blow up to lr-sized steps.
-    """
-
-    def __init__(self, input_shape: tuple[int, ...], channels: Sequence[int], n_classes: int, *,
-                 batch_norm: bool) -> None:
-        super().__init__()
-        c_in, height, width = input_shape
-        stages: list[nn.Module] = []
-        for c_out in channels:
-            layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)]
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM))
-            layers.append(nn.ReLU())
-            if min(height, width) > 1:
-                layers.append(nn.MaxPool2d(2))
-                height, width = height // 2, width // 2
-            stages.append(nn.Sequential(*layers))
-            c_in = c_out
-        self.stages = nn.ModuleList(stages)
-        self.pool, self.fc = _pooled_head(c_in, n_classes)
-
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, C, H, W) -> each stage's output, (B, channels[i], H_i, W_i)."""
-        out = []
-        for stage in self.stages:
-            x = stage(x)
-            out.append(x)
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, n_classes) logits."""
-        return self.fc(self.pool(self.features(x)[-1]))
-
-
-class BasicBlock(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN plus a shortcut (1x1 conv + BN where the shape changes), ReLU after the add."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class ResNet(nn.Module):
-    """The CIFAR-style BasicBlock ResNet of the KD literature (RepDistiller's resnet8 ... resnet32x4).
-
-    3x3 conv stem -> BN -> ReLU, three stages of (depth - 2) / 6 blocks at strides 1, 2, 2, global average
-    pool, linear head. ``features`` gives the stem's and each stage's output, and ``pool`` and ``fc`` are
-    separate, so feature distillation (SimKD) can take the last feature map and reuse the classifier. Convs
-    are initialised as RepDistiller does (Kaiming normal, fan-out); batch norm is always on.
-    """
-
-    def __init__(self, input_shape: tuple[int, ...], depth: int, channels: Sequence[int], n_classes: int) -> None:
-        super().__init__()
-        c_stem, *c_stages = channels
-        n_blocks = (depth - 2) // 6
-        self.stem = nn.Sequential(nn.Conv2d(input_shape[0], c_stem, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(c_stem, eps=BN_EPS, momentum=BN_MOMENTUM), nn.ReLU())
-        stages = []
-        c_in = c_stem
-        for c_out, stride in zip(c_stages, (1, 2, 2)):
-            blocks = [BasicBlock(c_in if i == 0 else c_out, c_out, stride if i == 0 else 1) for i in range(n_blocks)]
-            stages.append(nn.Sequential(*blocks))
-            c_in = c_out
-        self.stages = nn.ModuleList(stages)
-        self.pool, self.fc = _pooled_head(c_in, n_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, C, H, W) -> [stem, stage 1, stage 2, stage 3] outputs, (B, channels[i], H_i, W_i)."""
-        out = [self.stem(x)]
-        for stage in self.stages:
-            out.append(stage(out[-1]))
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, n_classes) logits."""
-        return self.fc(self.pool(self.features(x)[-1]))
-
-
-# --- the registry -----------------------------------------------------------------------------------------
-
-
-def _image_shape(spec: ModelSpec, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    if len(input_shape) != 3 or min(input_shape) < 1:
-        raise ConfigError(f"model {spec.name!r} needs images, input_shape (channels, height, width), but got "
-                          f"{input_shape}")
-    return input_shape[0], input_shape[1], input_shape[2]
-
-
-def _mlp(spec: ModelSpec, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    return FFNN(math.prod(input_shape), spec.hidden, n_classes, batch_norm=spec.batch_norm)
-
-
-def _cnn(spec: ModelSpec, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    channels = tuple(c * spec.width for c in (spec.channels or CNN_CHANNELS))
-    return ConvNet(_image_shape(spec, input_shape), channels, n_classes, batch_norm=spec.batch_norm)
-
-
-def _resnet(spec: ModelSpec, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    channels = spec.channels or RESNET_CHANNELS
-    if len(channels) != 4:
-        raise ConfigError(f"resnet channels must be 4 numbers (stem, stage 1, stage 2, stage 3), but got "
-                          f"{list(channels)}")
-    if spec.depth < 8 or (spec.depth - 2) % 6:
-        raise ConfigError(f"resnet depth must be 6n + 2 (8, 14, 20, 32, 44, 56, 110), but got {spec.depth}")
-    return ResNet(_image_shape(spec, input_shape), spec.depth, tuple(c * spec.width for c in channels), n_classes)
-
-
-MODELS: dict[str, Factory] = {"mlp": _mlp, "cnn": _cnn, "resnet": _resnet}
-
-
-def resolve_factory(name: str) -> UserFactory:
-    """The user's model factory ``package.module:function``, called as ``function(input_shape, n_classes)``."""
-    if not isinstance(name, str) or not is_import_path(name):
-        raise ConfigError(f"model must be one of {list(MODEL_NAMES)} or an import path 'package.module:function', "
-                          f"but got {name!r}")
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - any failure to import (missing, broken) is the same user error
-        reason = (str(exc).splitlines() or [""])[0]
-        raise ConfigError(f"model {name!r}: cannot import module {module_name!r} ({type(exc).__name__}: {reason}); "
-                          "is its package installed or on PYTHONPATH?") from None
-    if not hasattr(module, attr):
-        raise ConfigError(f"model {name!r}: module {module_name!r} has no attribute {attr!r}")
-    factory = getattr(module, attr)
-    if not callable(factory):
-        raise ConfigError(f"model {name!r}: {attr!r} must be callable as {attr}(input_shape, n_classes), but it is "
-                          f"a {type(factory).__name__}")
-    return factory  # type: ignore[no-any-return]
-
-
-def _make(spec: ModelSpec, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    """The registry's (or the user's) network, drawn from the global generator."""
-    if spec.name in MODELS:
-        return MODELS[spec.name](spec, input_shape, n_classes)
-    model = resolve_factory(spec.name)(input_shape, n_classes)
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model {spec.name!r} must return an nn.Module, but returned a {type(model).__name__}")
-    return model
-
-
-def _check_shape_args(input_shape: tuple[int, ...], n_classes: int) -> tuple[int, ...]:
-    shape = tuple(input_shape)
-    if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
-        raise ConfigError(f"input_shape must be a non-empty tuple of positive sizes, but got {input_shape!r}")
-    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
-        raise ConfigError(f"n_classes must be an integer >= 1, but got {n_classes!r}")
-    return shape
-
-
-def build(spec: ModelSpec, input_shape: tuple[int, ...], n_classes: int, seed: int) -> nn.Module:
-    """The standalone network of ``seed``: what ``torch.manual_seed(seed)`` then the factory gives.
-
-    Only the CPU generator is seeded, inside ``fork_rng``: the caller's random state is left as it was.
-    """
-    shape = _check_shape_args(input_shape, n_classes)
-    with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(int(seed))  # torch.manual_seed would reseed CUDA too
-        return _make(spec, shape, n_classes)
-
+from kdcore.networks import BN_EPS, BN_MOMENTUM, FFNN, build, check_shape_args
 
 # --- seed batching ----------------------------------------------------------------------------------------
 
@@ -539,7 +289,7 @@ class BatchedFFNN(SeedModel):
 
 def batched(spec: ModelSpec, input_shape: tuple[int, ...], n_classes: int, seeds: Sequence[int]) -> SeedModel:
     """All seeds as one model; seed s's weights equal ``build(spec, input_shape, n_classes, seed=s)``'s."""
-    shape = _check_shape_args(input_shape, n_classes)
+    shape = check_shape_args(input_shape, n_classes)
     if spec.name == "mlp":
         return BatchedFFNN(math.prod(shape), spec.hidden, n_classes, seeds, batch_norm=spec.batch_norm,
                            input_shape=shape)
@@ -557,9 +307,3 @@ def from_states(spec: ModelSpec, input_shape: tuple[int, ...], n_classes: int,
     for i, state in enumerate(states):
         model.load_seed_state(i, state)
     return model
-
-
-def parameter_count(spec: ModelSpec, input_shape: tuple[int, ...], n_classes: int) -> int:
-    """Trainable parameters of one network of this architecture."""
-    net = build(spec, input_shape, n_classes, seed=0)
-    return sum(p.numel() for p in net.parameters() if p.requires_grad)
