@@ -340,7 +340,7 @@ def test_batched_trains_as_standalone(spec: ModelSpec, optimizer: str) -> None:
         torch.testing.assert_close(out[i], fresh(x), atol=1e-5, rtol=1e-5)
     if spec.batch_norm or spec.name == "resnet":
         assert model.seed_state(0)["stages.0.1.num_batches_tracked" if spec.name == "cnn"
-                                   else "stem.1.num_batches_tracked"] == 3
+                                   else "bn1.num_batches_tracked"] == 3
     # eval mode leaves the running statistics alone
     before = model.state_dict()
     model(x)
@@ -352,7 +352,7 @@ def test_every_state_tensor_is_seed_first_and_survives_a_masked_reload() -> None
     model = batched(SMALL_RESNET, (1, 8, 8), 4, [0, 1, 2])
     state = model.state_dict()
     assert state and all(v.shape[0] == 3 for v in state.values())
-    assert state["net.stem.1.num_batches_tracked"].shape == (3,)
+    assert state["net.bn1.num_batches_tracked"].shape == (3,)
     old = {k: v.clone() for k, v in state.items()}
     model.train()
     model(torch.randn(3, 5, 1, 8, 8))  # moves the running statistics of every seed
@@ -360,9 +360,9 @@ def test_every_state_tensor_is_seed_first_and_survives_a_masked_reload() -> None
     kept = {k: torch.where(mask.view(3, *[1] * (v.dim() - 1)), v, old[k]) for k, v in model.state_dict().items()}
     new_0 = model.seed_state(0)
     model.load_state_dict(kept)
-    assert torch.equal(model.seed_state(0)["stem.1.running_mean"], new_0["stem.1.running_mean"])
-    assert torch.equal(model.seed_state(1)["stem.1.running_mean"], old["net.stem.1.running_mean"][1])
-    assert model.seed_state(1)["stem.1.num_batches_tracked"] == 0
+    assert torch.equal(model.seed_state(0)["bn1.running_mean"], new_0["bn1.running_mean"])
+    assert torch.equal(model.seed_state(1)["bn1.running_mean"], old["net.bn1.running_mean"][1])
+    assert model.seed_state(1)["bn1.num_batches_tracked"] == 0
 
 
 @pytest.mark.parametrize("spec", [ModelSpec("cnn", batch_norm=True), ModelSpec("mlp", batch_norm=True)],
@@ -439,3 +439,16 @@ def test_stacked_model_keeps_tied_weights_tied() -> None:
         net(x).sum().backward()
         assert stacked.grad is not None and net.a.weight.grad is not None
         torch.testing.assert_close(stacked.grad[i], net.a.weight.grad)
+
+
+@pytest.mark.parametrize("depth, keys, params", [(8, 62, 1_233_540), (32, 206, 7_433_860)])
+def test_resnets_carry_the_literature_s_module_names(depth: int, keys: int, params: int) -> None:
+    """ResNet-8x4 and ResNet-32x4 on CIFAR-100 have RepDistiller's state-dict keys and parameter counts, so the
+    toolboxes' teacher files load strictly."""
+    net = build(ModelSpec("resnet", depth=depth, channels=(8, 16, 32, 64), width=4), (3, 32, 32), 100, seed=0)
+    state = net.state_dict()
+    assert len(state) == keys and sum(p.numel() for p in net.parameters()) == params
+    assert list(state)[:2] == ["conv1.weight", "bn1.weight"]
+    assert {"layer1.0.conv1.weight", "layer2.0.downsample.0.weight", "layer3.0.downsample.1.running_var",
+            "fc.weight", "fc.bias"} <= state.keys()
+    assert not any(k.startswith(("stem", "stages")) or "shortcut" in k for k in state)

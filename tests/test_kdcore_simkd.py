@@ -281,7 +281,7 @@ def test_encoder_and_projectors_did_train(trained: dict[str, Any]) -> None:
     for i in range(result.model.n_seeds):
         start, end = initial.seed_state(i), result.model.seed_state(i)
         assert start.keys() == end.keys()
-        for prefix in ("encoder.stem.", "encoder.stages.2.", "projectors.0.", "projectors.1."):
+        for prefix in ("encoder.conv1.", "encoder.layer3.", "projectors.0.", "projectors.1."):
             moved = [k for k in start if k.startswith(prefix) and k.endswith("weight")
                      and not torch.equal(start[k], end[k])]
             assert moved, (i, prefix)
