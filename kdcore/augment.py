@@ -1,0 +1,72 @@
+"""Training-time image augmentation on the device, for all seeds at once, each seed from its own generator.
+
+``crop_flip`` is the CIFAR standard of the KD literature (RepDistiller, SimKD and mdistiller agree):
+RandomCrop(32, padding=4) then RandomHorizontalFlip(0.5). ``shift`` is a small translation without flips,
+for 8x8 digits (a flipped digit is another digit): pad 1, crop back. ``none`` leaves the batch alone.
+
+The toolboxes pad *raw* pixels with 0 and normalise after; kdtune's images are normalised when loaded, so
+the padding is the normalised value of a black pixel, ``fill`` (per channel: ``-mean / std``). Every seed
+draws its crops and flips from its own ``torch.Generator``, so what seed s sees depends on s alone, not on
+which other seeds train beside it, and a re-run draws the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from kdcore.errors import ConfigError
+
+# name -> (padding in pixels, horizontal flips)
+AUGMENTATIONS: dict[str, tuple[int, bool]] = {"none": (0, False), "crop_flip": (4, True), "shift": (1, False)}
+
+
+def draw(kind: str, generators: Sequence[torch.Generator], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each seed's crop offsets (S, B, 2) in 0..2*padding (row, column) and flips (S, B), on the CPU."""
+    padding, flips = _settings(kind)
+    offsets, flipped = [], []
+    for g in generators:  # one seed's draws from its own generator: offsets first, then flips
+        offsets.append(torch.randint(0, 2 * padding + 1, (batch, 2), generator=g))
+        flipped.append(torch.rand(batch, generator=g) < 0.5 if flips else torch.zeros(batch, dtype=torch.bool))
+    return torch.stack(offsets), torch.stack(flipped)
+
+
+def crop_and_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int,
+                  fill: torch.Tensor) -> torch.Tensor:
+    """Pad (S, B, C, H, W) images by ``padding`` with ``fill`` (C,), cut each back to H x W at its offset
+    (S, B, 2), mirror those whose flip (S, B) is set. Pure: the same inputs give the same pixels."""
+    s, b, c, h, w = x.shape
+    if padding == 0 and not bool(flips.any()):
+        return x
+    padded = fill.to(x.dtype).view(1, 1, c, 1, 1).expand(s, b, c, h + 2 * padding, w + 2 * padding).clone()
+    padded[..., padding:padding + h, padding:padding + w] = x
+    rows = offsets[..., 0, None].to(x.device) + torch.arange(h, device=x.device)  # (S, B, H)
+    cols = offsets[..., 1, None].to(x.device) + torch.arange(w, device=x.device)  # (S, B, W)
+    cols = torch.where(flips.to(x.device)[..., None], cols.flip(-1), cols)  # a flip reads the columns backwards
+    flat = padded.reshape(s * b, c, h + 2 * padding, w + 2 * padding)
+    sample = torch.arange(s * b, device=x.device)[:, None, None]
+    out = flat[sample, :, rows.reshape(s * b, h, 1), cols.reshape(s * b, 1, w)]  # (S*B, H, W, C)
+    return out.permute(0, 3, 1, 2).reshape(s, b, c, h, w)
+
+
+def augment(x: torch.Tensor, kind: str, generators: Sequence[torch.Generator], fill: torch.Tensor,
+            n_seeds: int) -> torch.Tensor:
+    """The augmented batch (S, B, C, H, W) of ``x``: (S, B, C, H, W) per seed or (B, C, H, W) shared by every
+    seed (then each seed still draws its own crops and flips); ``x`` itself when ``kind`` is ``none``."""
+    padding, _ = _settings(kind)
+    if kind == "none":
+        return x
+    if x.dim() == 4:
+        x = x.unsqueeze(0).expand(n_seeds, *x.shape)
+    if x.dim() != 5 or x.shape[0] != n_seeds or len(generators) != n_seeds:
+        raise ConfigError(f"augmentation {kind!r} needs images (S={n_seeds}, B, C, H, W) or (B, C, H, W) and one "
+                          f"generator per seed, but got shape {tuple(x.shape)} and {len(generators)} generator(s)")
+    offsets, flips = draw(kind, generators, x.shape[1])
+    return crop_and_flip(x, offsets, flips, padding, fill)
+
+
+def _settings(kind: str) -> tuple[int, bool]:
+    if kind not in AUGMENTATIONS:
+        raise ConfigError(f"augment must be one of {list(AUGMENTATIONS)}, but got {kind!r}")
+    return AUGMENTATIONS[kind]
