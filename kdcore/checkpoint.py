@@ -1,6 +1,8 @@
 """Teachers trained elsewhere: state-dict files loaded with ``torch.load(weights_only=True)``.
 
-A checkpoint is one network's ``state_dict`` (``torch.save(model.state_dict(), path)``) of the teacher's
+A checkpoint is one network's ``state_dict`` (``torch.save(model.state_dict(), path)``), bare or wrapped as
+the toolboxes save them (RepDistiller, SimKD, mdistiller: ``{"epoch", "model": state_dict, "accuracy", ...}``;
+``{"state_dict": ...}``; keys prefixed ``module.`` by DataParallel), of the teacher's
 architecture (``kdcore.networks.build`` of its model spec) whose outputs are the teacher's classes in the
 order its ``classes`` lists them. ``weights_only=True`` admits tensors and plain containers only, so a
 checkpoint cannot run code when loaded. Every seed of the student learns from the one loaded network.
@@ -14,7 +16,7 @@ from pathlib import Path
 import torch
 
 from kdcore.batching import SeedModel, from_states
-from kdcore.errors import ConfigError
+from kdcore.errors import ConfigError, one_line
 from kdcore.task import Teacher
 
 
@@ -26,15 +28,32 @@ def read_state(path: str | Path, who: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a foreign or damaged file fails in many ways
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"{who}: checkpoint {path} is not a state-dict file that torch.load(weights_only=True) "
-                          f"reads ({first[:200]})") from None
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]  # the common {"state_dict": ..., "epoch": ...} wrapper
+                          f"reads ({one_line(exc)[:200]})") from None
+    state = unwrap_state(state)
     if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{who}: checkpoint {path} must hold a state dict (names -> tensors), but holds "
                           f"{type(state).__name__}")
     return {str(k): v for k, v in state.items()}
+
+
+WRAPPER_KEYS = ("model", "state_dict")  # {"model": ...}: RepDistiller, SimKD, mdistiller; {"state_dict": ...}
+DATA_PARALLEL_PREFIX = "module."
+
+
+def unwrap_state(obj: object) -> object:
+    """The state dict inside a toolbox's checkpoint: ``obj["model"]`` or ``obj["state_dict"]`` when ``obj`` is
+    such a wrapper, with DataParallel's ``module.`` prefix taken off when every key carries it; anything else
+    as it came (the caller refuses what is not a state dict)."""
+    if isinstance(obj, Mapping):
+        for key in WRAPPER_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if isinstance(obj, Mapping) and obj and all(str(k).startswith(DATA_PARALLEL_PREFIX) for k in obj):
+        obj = {str(k)[len(DATA_PARALLEL_PREFIX):]: v for k, v in obj.items()}
+    return obj
 
 
 def load_teacher(teacher: Teacher, input_shape: tuple[int, ...], seeds: Sequence[int],
