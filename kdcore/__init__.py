@@ -27,17 +27,21 @@ PUBLIC: dict[str, tuple[str, str]] = {
     **{name: ("kdcore.data", name) for name in (
         "ClassificationData", "load_pickle", "builtin", "generate", "inner_split", "inner_folds",
         "bayes_accuracy", "ARRAY_KEYS", "BUILTIN_NAMES", "validate_arrays")},
-    # the task: teachers, routing, the checks a method needs
+    # the task: teachers, routing
     "resolve_task": ("kdcore.task", "resolve"),
-    **{name: ("kdcore.task", name) for name in ("Task", "Teacher", "check_coverage", "check_method")},
+    **{name: ("kdcore.task", name) for name in ("Task", "Teacher", "check_coverage")},
+    # the KD methods: what each needs of a task, its phases, its epochs
+    **{name: ("kdcore.methods", name) for name in ("METHODS", "Method", "check_method")},
     # networks
     **{name: ("kdcore.models", name) for name in ("SeedModel", "parameter_count")},
     "load_teacher": ("kdcore.checkpoint", "load_teacher"),
     # training
-    **{name: ("kdcore.train", name) for name in (
-        "run_experiment", "ExperimentResult", "prepare", "Prepared", "Subset", "train_baseline",
-        "train_teachers", "train_student", "teacher_targets", "task_of", "EpochReport", "FitResult",
-        "round_acc")},
+    "run_experiment": ("kdcore.experiment", "run_experiment"),
+    **{name: ("kdcore.prepared", name) for name in ("prepare", "Prepared", "Subset", "task_of")},
+    **{name: ("kdcore.result", name) for name in ("ExperimentResult", "EpochReport", "FitResult", "round_acc")},
+    "train_baseline": ("kdcore.supervised", "train_baseline"),
+    **{name: ("kdcore.teachers", name) for name in ("train_teachers", "teacher_targets")},
+    "train_student": ("kdcore.student", "train_student"),
     **{name: ("kdcore.teacher_cache", name) for name in ("TeacherCache", "teacher_key")},
     # files
     **{name: ("kdcore.atomic_file", name) for name in ("write_atomic", "replacing")},
@@ -97,23 +101,15 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         validate_arrays,
     )
     from kdcore.data import load as load_data
+    from kdcore.experiment import run_experiment
+    from kdcore.methods import METHODS, Method, check_method
     from kdcore.models import SeedModel, parameter_count
-    from kdcore.task import Task, Teacher, check_coverage, check_method
+    from kdcore.prepared import Prepared, Subset, prepare, task_of
+    from kdcore.result import EpochReport, ExperimentResult, FitResult, round_acc
+    from kdcore.student import train_student
+    from kdcore.supervised import train_baseline
+    from kdcore.task import Task, Teacher, check_coverage
     from kdcore.task import resolve as resolve_task
     from kdcore.teacher_cache import TeacherCache, teacher_key
-    from kdcore.train import (
-        EpochReport,
-        ExperimentResult,
-        FitResult,
-        Prepared,
-        Subset,
-        prepare,
-        round_acc,
-        run_experiment,
-        task_of,
-        teacher_targets,
-        train_baseline,
-        train_student,
-        train_teachers,
-    )
+    from kdcore.teachers import teacher_targets, train_teachers
     from kdcore.yaml_loader import safe_load

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kdcore.errors import ConfigError
+from kdcore.methods import METHODS
 
 DEFAULT_SEEDS: tuple[int, ...] = (0, 10, 1234, 99, 2021)
 # "adam_coupled" is Adam with coupled weight decay (L2 added to the gradient: torch.optim.Adam(weight_decay=...)),
@@ -24,7 +25,7 @@ DECAYING_OPTIMIZERS = ("adamw", "adam_coupled", "sgd")
 SCHEDULES = ("constant", "step", "multistep", "cyclic", "onecycle")
 MODEL_NAMES = ("mlp", "cnn", "resnet")
 ROUTINGS = ("group", "label", "all")
-KD_METHODS = ("hinton", "annealing", "simkd", "none")
+KD_METHODS = tuple(METHODS)  # the registry's names (kdcore.methods), in its order
 PLACEMENTS = ("last", "last_two")
 FEATURE_LOSSES = ("mse", "cosine")
 PROTOCOLS = ("honest", "seed")
@@ -245,7 +246,7 @@ class KDConfig:
     logit_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        _choice(self.method, "kd.method", KD_METHODS)
+        _choice(self.method, "kd.method", tuple(METHODS))  # the live registry: a test may add an entry
         _choice(self.placement, "kd.placement", PLACEMENTS)
         _choice(self.feature_loss, "kd.feature_loss", FEATURE_LOSSES)
         alpha = _number(self.alpha, "alpha")
@@ -260,11 +261,9 @@ class KDConfig:
         anneal_epochs = _number(self.anneal_epochs, "anneal_epochs", integer=True)
         if anneal_epochs < 1:
             raise ConfigError(f"anneal_epochs must be >= 1, but got {anneal_epochs}")
-        if self.method == "annealing" and anneal_epochs < tau_max:
-            raise ConfigError(
-                f"anneal_epochs >= tau_max must hold (one epoch per annealing step at least), "
-                f"but got anneal_epochs={anneal_epochs}, tau_max={tau_max}"
-            )
+        object.__setattr__(self, "tau_max", tau_max)
+        object.__setattr__(self, "anneal_epochs", anneal_epochs)
+        METHODS[self.method].check_config(self)  # the method's own rules (annealing: anneal_epochs >= tau_max)
         factor = _number(self.factor, "kd.factor", integer=True)
         if factor < 1:
             raise ConfigError(f"kd.factor must be >= 1, but got {factor}")
@@ -277,18 +276,16 @@ class KDConfig:
             raise ConfigError(f"kd.use_labels must be true or false, but got {self.use_labels!r}")
         object.__setattr__(self, "alpha", alpha)
         object.__setattr__(self, "temperature", temperature)
-        object.__setattr__(self, "tau_max", tau_max)
-        object.__setattr__(self, "anneal_epochs", anneal_epochs)
         object.__setattr__(self, "factor", factor)
 
     @property
     def uses_teachers(self) -> bool:
         """False without a distillation term (``none``, or Hinton KD with alpha = 0): hard labels only."""
-        return self.method not in ("none", "hinton") or (self.method == "hinton" and self.alpha > 0)
+        return METHODS[self.method].uses_teachers(self)
 
     def without_kd(self) -> KDConfig:
         """The ablation of this configuration: no distillation term, everything else unchanged."""
-        return KDConfig(method="hinton", alpha=0.0, temperature=self.temperature)
+        return KDConfig(**METHODS[self.method].ablation(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "kd") -> KDConfig:

@@ -6,8 +6,9 @@ projected student features and the teacher's; the teacher's own classifier, froz
 projected features. Only the student's encoder and the projector train. Spatial sizes are aligned by
 adaptive average pooling of the larger map to the smaller, as the authors' code does.
 
-``SimKDStudent`` is one seed's network (student encoder + projectors + the reused head); ``kdcore.models``
-batches it over seeds like any architecture. The losses are pure functions of tensors.
+``SimKDStudent`` is one seed's network (student encoder + projectors + the reused head); ``simkd_model``
+batches it over seeds like any architecture. The losses are pure functions of tensors. How the student
+trains is the ``simkd`` entry of ``kdcore.methods``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdcore import models
+from kdcore.config import ExperimentConfig
 from kdcore.errors import ConfigError
-from kdcore.models import BN_EPS, BN_MOMENTUM
+from kdcore.models import BN_EPS, BN_MOMENTUM, SeedModel
+from kdcore.prepared import Prepared, task_of
 
 
 class Projector(nn.Module):
@@ -106,6 +110,22 @@ def build_student(student: nn.Module, teacher: nn.Module, input_shape: tuple[int
                   placement: str) -> SimKDStudent:
     """The SimKD network of ``student`` distilled from ``teacher`` (its classifier copied and frozen)."""
     return SimKDStudent(student, teacher, input_shape, factor=factor, stages=2 if placement == "last_two" else 1)
+
+
+def simkd_model(prep: Prepared, config: ExperimentConfig, teacher: SeedModel) -> models.StackedModel:
+    """Seed s's SimKD network: the student built for seed s, projectors initialised from seed s, and seed s's
+    teacher classifier copied and frozen; batched over the seeds like any architecture."""
+    teacher_spec = task_of(prep, config).teachers[0].fit.model_spec
+    nets = []
+    for i, seed in enumerate(config.seeds):
+        student = models.build(config.student.model_spec, prep.input_shape, prep.n_classes, seed)
+        frozen = models.build(teacher_spec, prep.input_shape, prep.n_classes, seed)
+        frozen.load_state_dict(teacher.seed_state(i))
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(int(seed))
+            nets.append(build_student(student, frozen, prep.input_shape, factor=config.kd.factor,
+                                      placement=config.kd.placement))
+    return models.StackedModel(nets, config.seeds, prep.input_shape).to(prep.device)
 
 
 def feature_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str,

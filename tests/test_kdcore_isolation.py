@@ -14,7 +14,7 @@ import json, logging, os, sys
 env_before = dict(os.environ)
 handlers_before = list(logging.getLogger().handlers)
 import kdcore, kdcore.config, kdcore.data, kdcore.errors, kdcore.losses, kdcore.models
-import kdcore.schedules, kdcore.train
+import kdcore.schedules, kdcore.experiment, kdcore.methods
 print(json.dumps({
     "heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("ray", "optuna")),
     "torch": "torch" in sys.modules,
