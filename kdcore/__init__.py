@@ -19,9 +19,9 @@ __version__ = "0.1.0"
 PUBLIC: dict[str, tuple[str, str]] = {
     # settings
     **{name: ("kdcore.config", name) for name in (
-        "ExperimentConfig", "FitConfig", "KDConfig", "TaskConfig", "TeacherSpec", "ModelSpec", "DEFAULT_SEEDS",
-        "PUBLISHED_FIT", "MODEL_NAMES", "KD_METHODS", "OPTIMIZERS", "SCHEDULES", "PROTOCOLS", "INNER",
-        "ROUTINGS", "knob_paths", "set_path")},
+        "ExperimentConfig", "FitConfig", "KDConfig", "ModelSpec", "DEFAULT_SEEDS", "PUBLISHED_FIT", "MODEL_NAMES",
+        "KD_METHODS", "OPTIMIZERS", "SCHEDULES", "PROTOCOLS", "INNER", "knob_paths", "set_path")},
+    **{name: ("kdcore.task_config", name) for name in ("TaskConfig", "TeacherSpec", "ROUTINGS")},
     # data
     "load_data": ("kdcore.data", "load"),
     **{name: ("kdcore.data", name) for name in (
@@ -77,14 +77,11 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         OPTIMIZERS,
         PROTOCOLS,
         PUBLISHED_FIT,
-        ROUTINGS,
         SCHEDULES,
         ExperimentConfig,
         FitConfig,
         KDConfig,
         ModelSpec,
-        TaskConfig,
-        TeacherSpec,
         knob_paths,
         set_path,
     )
@@ -110,6 +107,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from kdcore.supervised import train_baseline
     from kdcore.task import Task, Teacher, check_coverage
     from kdcore.task import resolve as resolve_task
+    from kdcore.task_config import ROUTINGS, TaskConfig, TeacherSpec
     from kdcore.teacher_cache import TeacherCache, teacher_key
     from kdcore.teachers import teacher_targets, train_teachers
     from kdcore.yaml_loader import safe_load

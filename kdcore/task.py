@@ -1,7 +1,7 @@
 """A KD task resolved against its data: the teachers (what each is trained on, which classes it knows) and
 the routing (which teachers give each sample its target). DESIGN.md, "The tasks it serves".
 
-``TaskConfig`` (kdcore.config) says what the user asked for; ``resolve`` checks it against the data's
+``TaskConfig`` (kdcore.task_config) says what the user asked for; ``resolve`` checks it against the data's
 classes and groups and returns a ``Task``. The multi-domain task is the default configuration: one teacher
 per group, each knowing every class, routed by group. Class-subset teachers are the same path with
 ``classes`` set and routing by label. Numpy only (the CLI resolves a task before it imports torch). What a
@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from kdcore.config import PER_GROUP, FitConfig, TaskConfig, TeacherSpec
+from kdcore.config import FitConfig
 from kdcore.errors import ConfigError
+from kdcore.task_config import PER_GROUP, TaskConfig, TeacherSpec
 
 
 @dataclass(frozen=True)
