@@ -8,14 +8,14 @@ phases from (as mdistiller keeps one trainer and swaps the distiller).
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kdcore.config import ExperimentConfig, FitConfig, KDConfig
 from kdcore.errors import TrainingError
 from kdcore.loop import BatchLoss, Phase, SelectLoss, run_phase
-from kdcore.methods import METHODS, Method
+from kdcore.methods import METHODS
 from kdcore.models import SeedModel
 from kdcore.prepared import Prepared, Subset, rows_of, task_of
 from kdcore.result import FitResult, ReportFn, joined
@@ -82,15 +82,14 @@ def train_student(
     config: ExperimentConfig,
     teachers: Sequence[SeedModel] | None,
     on_epoch: ReportFn | None = None,
-    methods: Mapping[str, Method] = METHODS,
 ) -> FitResult:
-    """The student distilled from the task's teachers by ``config.kd.method`` (an entry of ``methods``).
+    """The student distilled from the task's teachers by ``config.kd.method`` (its entry of ``METHODS``).
 
     A configuration without a KD term (``none``, or Hinton with alpha = 0) trains on hard labels alone, and
     ``teachers`` may then be None.
     """
     kd = config.kd
-    method = methods[kd.method]
+    method = METHODS[kd.method]
     run = StudentRun(prep, config, () if teachers is None else tuple(teachers), on_epoch)
     if method.uses_teachers(kd):
         if teachers is None:
