@@ -163,9 +163,9 @@ class SimKD(Method):
                      n_classes: int) -> None:
         from kdcore import models, simkd
 
-        shape = input_shape
-        simkd.build_student(models.build(config.student.model_spec, shape, n_classes, 0),
-                            models.build(task.teachers[0].fit.model_spec, shape, n_classes, 0), shape,
+        # The networks must have feature maps: build one of each.
+        simkd.build_student(models.build(config.student.model_spec, input_shape, n_classes, 0),
+                            models.build(task.teachers[0].fit.model_spec, input_shape, n_classes, 0), input_shape,
                             factor=config.kd.factor, placement=config.kd.placement)
 
     def train(self, run: StudentRun) -> FitResult:
