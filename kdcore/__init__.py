@@ -19,27 +19,31 @@ __version__ = "0.1.0"
 PUBLIC: dict[str, tuple[str, str]] = {
     # settings
     **{name: ("kdcore.config", name) for name in (
-        "ExperimentConfig", "FitConfig", "KDConfig", "TaskConfig", "TeacherSpec", "ModelSpec", "DEFAULT_SEEDS",
-        "PUBLISHED_FIT", "MODEL_NAMES", "KD_METHODS", "OPTIMIZERS", "SCHEDULES", "PROTOCOLS", "INNER",
-        "ROUTINGS", "knob_paths", "set_path")},
+        "ExperimentConfig", "FitConfig", "KDConfig", "ModelSpec", "DEFAULT_SEEDS", "PUBLISHED_FIT", "MODEL_NAMES",
+        "KD_METHODS", "OPTIMIZERS", "SCHEDULES", "PROTOCOLS", "INNER", "knob_paths", "set_path")},
+    **{name: ("kdcore.task_config", name) for name in ("TaskConfig", "TeacherSpec", "ROUTINGS")},
     # data
     "load_data": ("kdcore.sources", "load"),
     **{name: ("kdcore.sources", name) for name in ("load_pickle", "builtin", "BUILTIN_NAMES")},
     **{name: ("kdcore.dataset", name) for name in ("ClassificationData", "ARRAY_KEYS", "validate_arrays")},
     **{name: ("kdcore.generator", name) for name in ("generate", "bayes_accuracy")},
     **{name: ("kdcore.splits", name) for name in ("inner_split", "inner_folds")},
-    # the task: teachers, routing, the checks a method needs
+    # the task: teachers, routing
     "resolve_task": ("kdcore.task", "resolve"),
-    **{name: ("kdcore.task", name) for name in ("Task", "Teacher", "check_coverage", "check_method")},
+    **{name: ("kdcore.task", name) for name in ("Task", "Teacher", "check_coverage")},
+    # the KD methods: what each needs of a task, its phases, its epochs
+    **{name: ("kdcore.methods", name) for name in ("METHODS", "Method", "check_method")},
     # networks
     "SeedModel": ("kdcore.batching", "SeedModel"),
     "parameter_count": ("kdcore.networks", "parameter_count"),
     "load_teacher": ("kdcore.checkpoint", "load_teacher"),
     # training
-    **{name: ("kdcore.train", name) for name in (
-        "run_experiment", "ExperimentResult", "prepare", "Prepared", "Subset", "train_baseline",
-        "train_teachers", "train_student", "teacher_targets", "task_of", "EpochReport", "FitResult",
-        "round_acc")},
+    "run_experiment": ("kdcore.experiment", "run_experiment"),
+    **{name: ("kdcore.prepared", name) for name in ("prepare", "Prepared", "Subset", "task_of")},
+    **{name: ("kdcore.result", name) for name in ("ExperimentResult", "EpochReport", "FitResult", "round_acc")},
+    "train_baseline": ("kdcore.supervised", "train_baseline"),
+    **{name: ("kdcore.teachers", name) for name in ("train_teachers", "teacher_targets")},
+    "train_student": ("kdcore.student", "train_student"),
     **{name: ("kdcore.teacher_cache", name) for name in ("TeacherCache", "teacher_key")},
     # files
     **{name: ("kdcore.atomic_file", name) for name in ("write_atomic", "replacing")},
@@ -76,39 +80,29 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         OPTIMIZERS,
         PROTOCOLS,
         PUBLISHED_FIT,
-        ROUTINGS,
         SCHEDULES,
         ExperimentConfig,
         FitConfig,
         KDConfig,
         ModelSpec,
-        TaskConfig,
-        TeacherSpec,
         knob_paths,
         set_path,
     )
     from kdcore.dataset import ARRAY_KEYS, ClassificationData, validate_arrays
+    from kdcore.experiment import run_experiment
     from kdcore.generator import bayes_accuracy, generate
+    from kdcore.methods import METHODS, Method, check_method
     from kdcore.networks import parameter_count
+    from kdcore.prepared import Prepared, Subset, prepare, task_of
+    from kdcore.result import EpochReport, ExperimentResult, FitResult, round_acc
     from kdcore.sources import BUILTIN_NAMES, builtin, load_pickle
     from kdcore.sources import load as load_data
     from kdcore.splits import inner_folds, inner_split
-    from kdcore.task import Task, Teacher, check_coverage, check_method
+    from kdcore.student import train_student
+    from kdcore.supervised import train_baseline
+    from kdcore.task import Task, Teacher, check_coverage
     from kdcore.task import resolve as resolve_task
+    from kdcore.task_config import ROUTINGS, TaskConfig, TeacherSpec
     from kdcore.teacher_cache import TeacherCache, teacher_key
-    from kdcore.train import (
-        EpochReport,
-        ExperimentResult,
-        FitResult,
-        Prepared,
-        Subset,
-        prepare,
-        round_acc,
-        run_experiment,
-        task_of,
-        teacher_targets,
-        train_baseline,
-        train_student,
-        train_teachers,
-    )
+    from kdcore.teachers import teacher_targets, train_teachers
     from kdcore.yaml_loader import safe_load

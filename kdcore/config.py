@@ -1,4 +1,5 @@
-"""Typed, frozen settings for one experiment: how each network is fitted and how the student distils.
+"""Typed, frozen settings for one experiment: how each network is fitted and how the student distils (the
+task's own settings, who teaches, are ``kdcore.task_config``).
 
 Every dataclass has ``from_dict`` that rejects unknown keys (naming the valid ones) and validates eagerly,
 and ``to_dict`` that round-trips. ``ExperimentConfig.with_overrides`` takes dotted paths
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from kdcore.errors import ConfigError
+from kdcore.fields import check_keys, choice, int_tuple, number
+from kdcore.methods import METHODS
+from kdcore.task_config import TaskConfig
 
 DEFAULT_SEEDS: tuple[int, ...] = (0, 10, 1234, 99, 2021)
 # "adam_coupled" is Adam with coupled weight decay (L2 added to the gradient: torch.optim.Adam(weight_decay=...)),
@@ -23,40 +26,11 @@ OPTIMIZERS = ("adam", "adamw", "adam_coupled", "sgd")
 DECAYING_OPTIMIZERS = ("adamw", "adam_coupled", "sgd")
 SCHEDULES = ("constant", "step", "multistep", "cyclic", "onecycle")
 MODEL_NAMES = ("mlp", "cnn", "resnet")
-ROUTINGS = ("group", "label", "all")
-KD_METHODS = ("hinton", "annealing", "simkd", "none")
+KD_METHODS = tuple(METHODS)  # the registry's names (kdcore.methods), in its order
 PLACEMENTS = ("last", "last_two")
 FEATURE_LOSSES = ("mse", "cosine")
 PROTOCOLS = ("honest", "seed")
 INNER = ("folds", "split")
-
-
-def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where} must be a mapping, but got {type(data).__name__}: {data!r}")
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted((str(k) for k in data if k not in valid), key=str)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys are {valid}")
-
-
-def _number(value: Any, name: str, *, integer: bool = False) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{name} must be {kind}, but got {value!r}")
-    if integer:
-        if isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{name} must be an integer, but got {value!r}")
-        return int(value)
-    if not math.isfinite(value):
-        raise ConfigError(f"{name} must be finite, but got {value!r}")
-    return float(value)
-
-
-def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {list(choices)}, but got {value!r}")
-    return str(value)
 
 
 @dataclass(frozen=True)
@@ -107,7 +81,7 @@ class FitConfig:
         hidden = self.hidden
         if isinstance(hidden, int) or not isinstance(hidden, (list, tuple)) or not hidden:
             raise ConfigError(f"{where}: hidden must be a non-empty list of widths, but got {hidden!r}")
-        widths = tuple(_number(h, "hidden width", integer=True) for h in hidden)
+        widths = tuple(number(h, "hidden width", integer=True) for h in hidden)
         if min(widths) < 1:
             raise ConfigError(f"{where}: every hidden width must be >= 1, but got {list(widths)}")
         object.__setattr__(self, "hidden", widths)
@@ -115,7 +89,7 @@ class FitConfig:
             raise ConfigError(f"model must be one of {list(MODEL_NAMES)} or an import path 'package.module:function', "
                               f"but got {self.model!r}")
         if self.channels is not None:
-            channels = _int_tuple(self.channels, "channels")
+            channels = int_tuple(self.channels, "channels")
             if min(channels) < 1:
                 raise ConfigError(f"every entry of channels must be >= 1, but got {list(channels)}")
             if self.model == "resnet" and len(channels) != 4:
@@ -123,7 +97,7 @@ class FitConfig:
                                   f"{list(channels)}")
             object.__setattr__(self, "channels", channels)
         for name in ("width", "depth"):
-            value = _number(getattr(self, name), name, integer=True)
+            value = number(getattr(self, name), name, integer=True)
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, but got {value}")
             object.__setattr__(self, name, value)
@@ -131,7 +105,7 @@ class FitConfig:
             raise ConfigError(f"resnet depth must be 6n + 2 (8, 14, 20, 32, 44, 56, 110), but got {self.depth}")
         if not isinstance(self.nesterov, bool):
             raise ConfigError(f"{where}: nesterov must be true or false, but got {self.nesterov!r}")
-        milestones = _int_tuple(self.milestones, "milestones", allow_empty=True)
+        milestones = int_tuple(self.milestones, "milestones", allow_empty=True)
         if any(b <= a for a, b in itertools.pairwise(milestones)) or (milestones and milestones[0] < 1):
             raise ConfigError(f"milestones must be increasing epochs >= 1, but got {list(milestones)}")
         object.__setattr__(self, "milestones", milestones)
@@ -141,12 +115,12 @@ class FitConfig:
             raise ConfigError(f"{where}: batch_norm must be true or false, but got {self.batch_norm!r}")
         if not isinstance(self.restore_best, bool):
             raise ConfigError(f"{where}: restore_best must be true or false, but got {self.restore_best!r}")
-        _choice(self.optimizer, "optimizer", OPTIMIZERS)
-        _choice(self.schedule, "schedule", SCHEDULES)
+        choice(self.optimizer, "optimizer", OPTIMIZERS)
+        choice(self.schedule, "schedule", SCHEDULES)
         for name in ("lr", "weight_decay", "momentum", "gamma", "max_lr", "pct_start"):
-            object.__setattr__(self, name, _number(getattr(self, name), name))
+            object.__setattr__(self, name, number(getattr(self, name), name))
         for name in ("epochs", "step_size", "cycle_epochs"):
-            value = _number(getattr(self, name), name, integer=True)
+            value = number(getattr(self, name), name, integer=True)
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, but got {value}")
             object.__setattr__(self, name, value)
@@ -174,14 +148,14 @@ class FitConfig:
         for name in ("batch_size", "patience"):
             value = getattr(self, name)
             if value is not None:
-                value = _number(value, name, integer=True)
+                value = number(value, name, integer=True)
                 if value < 1:
                     raise ConfigError(f"{name} must be >= 1 or null, but got {value}")
                 object.__setattr__(self, name, value)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "fit settings") -> FitConfig:
-        _check_keys(cls, data, where)
+        check_keys(cls, data, where)
         try:
             return cls(**dict(data))
         except ConfigError as exc:
@@ -245,31 +219,29 @@ class KDConfig:
     logit_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        _choice(self.method, "kd.method", KD_METHODS)
-        _choice(self.placement, "kd.placement", PLACEMENTS)
-        _choice(self.feature_loss, "kd.feature_loss", FEATURE_LOSSES)
-        alpha = _number(self.alpha, "alpha")
+        choice(self.method, "kd.method", tuple(METHODS))  # the live registry: a test may add an entry
+        choice(self.placement, "kd.placement", PLACEMENTS)
+        choice(self.feature_loss, "kd.feature_loss", FEATURE_LOSSES)
+        alpha = number(self.alpha, "alpha")
         if not 0 <= alpha <= 1:
             raise ConfigError(f"0 <= alpha <= 1 must hold, but got alpha={alpha}")
-        temperature = _number(self.temperature, "temperature")
+        temperature = number(self.temperature, "temperature")
         if temperature <= 0:
             raise ConfigError(f"temperature must be > 0, but got {temperature}")
-        tau_max = _number(self.tau_max, "tau_max", integer=True)
+        tau_max = number(self.tau_max, "tau_max", integer=True)
         if tau_max < 1:
             raise ConfigError(f"tau_max must be >= 1, but got {tau_max}")
-        anneal_epochs = _number(self.anneal_epochs, "anneal_epochs", integer=True)
+        anneal_epochs = number(self.anneal_epochs, "anneal_epochs", integer=True)
         if anneal_epochs < 1:
             raise ConfigError(f"anneal_epochs must be >= 1, but got {anneal_epochs}")
-        if self.method == "annealing" and anneal_epochs < tau_max:
-            raise ConfigError(
-                f"anneal_epochs >= tau_max must hold (one epoch per annealing step at least), "
-                f"but got anneal_epochs={anneal_epochs}, tau_max={tau_max}"
-            )
-        factor = _number(self.factor, "kd.factor", integer=True)
+        object.__setattr__(self, "tau_max", tau_max)
+        object.__setattr__(self, "anneal_epochs", anneal_epochs)
+        METHODS[self.method].check_config(self)  # the method's own rules (annealing: anneal_epochs >= tau_max)
+        factor = number(self.factor, "kd.factor", integer=True)
         if factor < 1:
             raise ConfigError(f"kd.factor must be >= 1, but got {factor}")
         for name in ("prev_weight", "ce_weight", "logit_weight"):
-            value = _number(getattr(self, name), f"kd.{name}")
+            value = number(getattr(self, name), f"kd.{name}")
             if value < 0:
                 raise ConfigError(f"kd.{name} must be >= 0, but got {value}")
             object.__setattr__(self, name, value)
@@ -277,32 +249,24 @@ class KDConfig:
             raise ConfigError(f"kd.use_labels must be true or false, but got {self.use_labels!r}")
         object.__setattr__(self, "alpha", alpha)
         object.__setattr__(self, "temperature", temperature)
-        object.__setattr__(self, "tau_max", tau_max)
-        object.__setattr__(self, "anneal_epochs", anneal_epochs)
         object.__setattr__(self, "factor", factor)
 
     @property
     def uses_teachers(self) -> bool:
         """False without a distillation term (``none``, or Hinton KD with alpha = 0): hard labels only."""
-        return self.method not in ("none", "hinton") or (self.method == "hinton" and self.alpha > 0)
+        return METHODS[self.method].uses_teachers(self)
 
     def without_kd(self) -> KDConfig:
         """The ablation of this configuration: no distillation term, everything else unchanged."""
-        return KDConfig(method="hinton", alpha=0.0, temperature=self.temperature)
+        return KDConfig(**METHODS[self.method].ablation(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "kd") -> KDConfig:
-        _check_keys(cls, data, where)
+        check_keys(cls, data, where)
         return cls(**dict(data))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _int_tuple(value: Any, name: str, *, allow_empty: bool = False) -> tuple[int, ...]:
-    if isinstance(value, (int, str)) or not isinstance(value, (list, tuple)) or (not value and not allow_empty):
-        raise ConfigError(f"{name} must be a {'' if allow_empty else 'non-empty '}list of integers, but got {value!r}")
-    return tuple(_number(v, name, integer=True) for v in value)
 
 
 def is_import_path(name: str) -> bool:
@@ -336,113 +300,8 @@ class ModelSpec:
                 "depth": self.depth}
 
 
-MODEL_FIELDS = ("model", "hidden", "batch_norm", "channels", "width", "depth")
-
-
 def _default_fit() -> FitConfig:
     return FitConfig()
-
-
-@dataclass(frozen=True)
-class TeacherSpec:
-    """One teacher of a task: what it is trained on, which classes it knows, or the checkpoint it is.
-
-    ``classes`` (S_k, in the order of the teacher's own outputs; None: every class) and ``group`` (trained
-    on that group's samples only; None: every group) choose its training samples, relabelled 0..|S_k|-1 in
-    the order of ``classes``. ``checkpoint`` is a state-dict file (``torch.save(model.state_dict())``) of
-    one network of the teacher's architecture (``teacher`` fit settings, with ``model`` overrides of its
-    ``MODEL_FIELDS``), loaded with ``torch.load(weights_only=True)`` instead of training; every seed of
-    the student then learns from that one network.
-    """
-
-    classes: tuple[int, ...] | None = None
-    group: int | None = None
-    checkpoint: str | None = None
-    model: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.classes is not None:
-            classes = _int_tuple(self.classes, "a teacher's classes")
-            twice = sorted({c for c in classes if classes.count(c) > 1})
-            if twice:
-                raise ConfigError(f"a teacher names class(es) {twice} twice in its classes {list(classes)}; "
-                                  "list each class once")
-            if min(classes) < 0:
-                raise ConfigError(f"a teacher's classes must be >= 0, but got {list(classes)}")
-            object.__setattr__(self, "classes", classes)
-        if self.group is not None:
-            group = _number(self.group, "a teacher's group", integer=True)
-            if group < 0:
-                raise ConfigError(f"a teacher's group must be >= 0, but got {group}")
-            object.__setattr__(self, "group", group)
-        if self.checkpoint is not None and (not isinstance(self.checkpoint, str) or not self.checkpoint):
-            raise ConfigError(f"a teacher's checkpoint must be a file path, but got {self.checkpoint!r}")
-        if not isinstance(self.model, Mapping):
-            raise ConfigError(f"a teacher's model must be a mapping of {list(MODEL_FIELDS)}, but got {self.model!r}")
-        unknown = sorted(str(k) for k in self.model if k not in MODEL_FIELDS)
-        if unknown:
-            raise ConfigError(f"unknown key(s) {unknown} in a teacher's model; valid keys are {list(MODEL_FIELDS)}")
-        object.__setattr__(self, "model", dict(self.model))
-
-    def fit(self, base: FitConfig) -> FitConfig:
-        """The teacher's fit settings: ``base`` with this teacher's model overrides."""
-        return dataclasses.replace(base, **self.model) if self.model else base
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "a teacher") -> TeacherSpec:
-        _check_keys(cls, data, where)
-        return cls(**dict(data))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"classes": None if self.classes is None else list(self.classes), "group": self.group,
-                "checkpoint": self.checkpoint, "model": dict(self.model)}
-
-
-PER_GROUP = "per_group"
-
-
-@dataclass(frozen=True)
-class TaskConfig:
-    """Who teaches, and which teachers give each sample its target (DESIGN.md, "The tasks it serves").
-
-    ``teachers``: ``"per_group"`` (one teacher per group of the data, each trained on its group and knowing
-    every class: the multi-domain task) or a list of ``TeacherSpec``. ``routing``: ``group`` (the teachers
-    of the sample's group), ``label`` (the teachers whose classes hold the sample's label) or ``all``.
-    Checked against the data by ``kdcore.task.resolve``.
-    """
-
-    teachers: str | tuple[TeacherSpec, ...] = PER_GROUP
-    routing: str = "group"
-
-    def __post_init__(self) -> None:
-        _choice(self.routing, "task.routing", ROUTINGS)
-        teachers = self.teachers
-        if isinstance(teachers, str):
-            if teachers != PER_GROUP:
-                raise ConfigError(f"task.teachers must be {PER_GROUP!r} or a list of teachers, but got {teachers!r}")
-            return
-        if not isinstance(teachers, (list, tuple)) or not teachers:
-            raise ConfigError(f"task.teachers must be {PER_GROUP!r} or a non-empty list of teachers, "
-                              f"but got {teachers!r}")
-        specs = tuple(t if isinstance(t, TeacherSpec) else TeacherSpec.from_dict(t, f"task.teachers[{i}]")
-                      for i, t in enumerate(teachers))
-        if self.routing == "group" and any(t.group is None for t in specs):
-            raise ConfigError("task.routing 'group' needs a group on every teacher; give each teacher a group, "
-                              "or route by 'label' or to 'all'")
-        object.__setattr__(self, "teachers", specs)
-
-    @property
-    def is_default(self) -> bool:
-        return self == TaskConfig()
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "task") -> TaskConfig:
-        _check_keys(cls, data, where)
-        return cls(**dict(data))  # its messages name task.routing / task.teachers[k] already
-
-    def to_dict(self) -> dict[str, Any]:
-        teachers = self.teachers if isinstance(self.teachers, str) else [t.to_dict() for t in self.teachers]
-        return {"teachers": teachers, "routing": self.routing}
 
 
 # The published recipe (2-20-10-2 ReLU FFNN, Adam 1e-3, full batch, final weights), for comparisons.
@@ -483,29 +342,29 @@ class ExperimentConfig:
         seeds = self.seeds
         if isinstance(seeds, int) or not isinstance(seeds, (list, tuple)) or not seeds:
             raise ConfigError(f"seeds must be a non-empty list of integers, but got {seeds!r}")
-        seeds = tuple(_number(s, "seed", integer=True) for s in seeds)
+        seeds = tuple(number(s, "seed", integer=True) for s in seeds)
         if min(seeds) < 0:
             raise ConfigError(f"seeds must be >= 0, but got {list(seeds)}")
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"seeds must be distinct, but got {list(seeds)}")
         object.__setattr__(self, "seeds", seeds)
-        _choice(self.protocol, "protocol", PROTOCOLS)
-        frac = _number(self.inner_fraction, "inner_fraction")
+        choice(self.protocol, "protocol", PROTOCOLS)
+        frac = number(self.inner_fraction, "inner_fraction")
         if not 0 < frac < 1:
             raise ConfigError(f"0 < inner_fraction < 1 must hold, but got inner_fraction={frac}")
         object.__setattr__(self, "inner_fraction", frac)
-        _choice(self.inner, "inner", INNER)
+        choice(self.inner, "inner", INNER)
         if self.inner == "folds" and self.n_folds < 2:
             raise ConfigError(
                 f"inner 'folds' needs at least 2 folds (round(1 / inner_fraction) >= 2), but inner_fraction="
                 f"{frac} gives {self.n_folds}; use inner_fraction <= 0.5 or inner 'split'"
             )
-        object.__setattr__(self, "split_seed", _number(self.split_seed, "split_seed", integer=True))
-        fold_start = _number(self.fold_start, "fold_start", integer=True)
+        object.__setattr__(self, "split_seed", number(self.split_seed, "split_seed", integer=True))
+        fold_start = number(self.fold_start, "fold_start", integer=True)
         if fold_start < 0:
             raise ConfigError(f"fold_start must be >= 0, but got {fold_start}")
         object.__setattr__(self, "fold_start", fold_start)
-        every = _number(self.eval_every, "eval_every", integer=True)
+        every = number(self.eval_every, "eval_every", integer=True)
         if every < 1:
             raise ConfigError(f"eval_every must be >= 1, but got {every}")
         object.__setattr__(self, "eval_every", every)
@@ -525,7 +384,7 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExperimentConfig:
-        _check_keys(cls, data, "experiment settings")
+        check_keys(cls, data, "experiment settings")
         kwargs: dict[str, Any] = dict(data)
         for name in ("baseline", "teacher", "student"):
             if name in kwargs:

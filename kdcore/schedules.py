@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from kdcore.config import FitConfig
 from kdcore.errors import ConfigError
+
+if TYPE_CHECKING:
+    from kdcore.config import FitConfig
 
 
 def constant_lr(lr: float, step: int) -> float:

@@ -6,8 +6,9 @@ projected student features and the teacher's; the teacher's own classifier, froz
 projected features. Only the student's encoder and the projector train. Spatial sizes are aligned by
 adaptive average pooling of the larger map to the smaller, as the authors' code does.
 
-``SimKDStudent`` is one seed's network (student encoder + projectors + the reused head); ``kdcore.batching``
-batches it over seeds like any architecture. The losses are pure functions of tensors.
+``SimKDStudent`` is one seed's network (student encoder + projectors + the reused head); ``simkd_model``
+batches it over seeds like any architecture. The losses are pure functions of tensors. How the student
+trains is the ``simkd`` entry of ``kdcore.methods``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdcore import batching, losses, networks
+from kdcore.batching import SeedModel
+from kdcore.config import ExperimentConfig
 from kdcore.errors import ConfigError
 from kdcore.networks import BN_EPS, BN_MOMENTUM
+from kdcore.prepared import Prepared, task_of
 
 
 class Projector(nn.Module):
@@ -108,6 +113,22 @@ def build_student(student: nn.Module, teacher: nn.Module, input_shape: tuple[int
     return SimKDStudent(student, teacher, input_shape, factor=factor, stages=2 if placement == "last_two" else 1)
 
 
+def simkd_model(prep: Prepared, config: ExperimentConfig, teacher: SeedModel) -> batching.StackedModel:
+    """Seed s's SimKD network: the student built for seed s, projectors initialised from seed s, and seed s's
+    teacher classifier copied and frozen; batched over the seeds like any architecture."""
+    teacher_spec = task_of(prep, config).teachers[0].fit.model_spec
+    nets = []
+    for i, seed in enumerate(config.seeds):
+        student = networks.build(config.student.model_spec, prep.input_shape, prep.n_classes, seed)
+        frozen = networks.build(teacher_spec, prep.input_shape, prep.n_classes, seed)
+        frozen.load_state_dict(teacher.seed_state(i))
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(int(seed))
+            nets.append(build_student(student, frozen, prep.input_shape, factor=config.kd.factor,
+                                      placement=config.kd.placement))
+    return batching.StackedModel(nets, config.seeds, prep.input_shape).to(prep.device)
+
+
 def feature_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str,
                  weight: torch.Tensor | None = None) -> torch.Tensor:
     """Distance between projected student maps and teacher maps (..., B, C, H, W), mean over samples -> (...).
@@ -139,8 +160,6 @@ def simkd_loss(logits: torch.Tensor, projected: Sequence[torch.Tensor], teacher_
     """The SimKD objective per seed (...,): feature loss on the last stage (+ ``prev_weight`` times the
     previous stage's), over the samples the teacher gets right when ``use_labels``; plus ``ce_weight`` * CE
     and ``logit_weight`` * T^2 * KL(teacher || reused head) on the reused-classifier logits."""
-    from kdcore import losses
-
     if labels.dim() < logits.dim() - 1:
         labels = labels.expand(logits.shape[:-1])
     weight = label_mask(teacher_logits, labels) if use_labels else None

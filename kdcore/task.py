@@ -1,10 +1,11 @@
 """A KD task resolved against its data: the teachers (what each is trained on, which classes it knows) and
 the routing (which teachers give each sample its target). DESIGN.md, "The tasks it serves".
 
-``TaskConfig`` (kdcore.config) says what the user asked for; ``resolve`` checks it against the data's
+``TaskConfig`` (kdcore.task_config) says what the user asked for; ``resolve`` checks it against the data's
 classes and groups and returns a ``Task``. The multi-domain task is the default configuration: one teacher
 per group, each knowing every class, routed by group. Class-subset teachers are the same path with
-``classes`` set and routing by label. Numpy only (the CLI resolves a task before it imports torch).
+``classes`` set and routing by label. Numpy only (the CLI resolves a task before it imports torch). What a
+KD method needs of a task, each method checks itself (``kdcore.methods``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from kdcore.config import PER_GROUP, FitConfig, TaskConfig, TeacherSpec
+from kdcore.config import FitConfig
 from kdcore.errors import ConfigError
+from kdcore.task_config import PER_GROUP, TaskConfig, TeacherSpec
 
 
 @dataclass(frozen=True)
@@ -105,27 +107,6 @@ class Task:
         """What the tables record about the task."""
         return {"routing": self.routing, "n_classes": self.n_classes, "n_groups": self.n_groups,
                 "shared_classes": list(self.shared_classes), "teachers": [t.describe() for t in self.teachers]}
-
-
-FEATURE_MODELS = ("cnn", "resnet")  # registry models with feature maps (``features``, ``pool``, ``fc``)
-
-
-def check_method(task: Task, method: str, student_model: str) -> None:
-    """ConfigError (one line) when a KD method cannot distil this task: annealing KD needs teachers that know
-    every class, one routed to each sample; SimKD one teacher that knows every class, and image models with
-    feature maps (cnn, resnet, or a factory of the user's that has ``features``, ``pool`` and ``fc``)."""
-    if method == "annealing" and not (task.full_classes and task.one_teacher_each):
-        raise ConfigError("kd.method 'annealing' regresses on one teacher's logits over every class: it needs "
-                          "teachers that know every class, one routed to each sample; use kd.method 'hinton'")
-    if method != "simkd":
-        return
-    if len(task.teachers) != 1 or not task.full_classes:
-        raise ConfigError(f"kd.method 'simkd' distils one teacher that knows every class, but the task has "
-                          f"{len(task.teachers)} teacher(s) knowing {[list(t.classes) for t in task.teachers]}")
-    for role, name in (("student", student_model), ("teacher", task.teachers[0].fit.model)):
-        if name == "mlp":
-            raise ConfigError(f"kd.method 'simkd' needs feature maps, but the {role} is an mlp; use one of "
-                              f"{list(FEATURE_MODELS)} or a factory whose model has features, pool and fc")
 
 
 def check_coverage(task: Task, y_train: np.ndarray, d_train: np.ndarray, y_valid: np.ndarray,

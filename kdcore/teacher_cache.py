@@ -22,7 +22,10 @@ import torch
 from kdcore.atomic_file import write_atomic
 from kdcore.batching import SeedModel
 from kdcore.config import ExperimentConfig
-from kdcore.train import FitResult, Prepared, new_model, task_of, train_teachers
+from kdcore.prepared import Prepared, task_of
+from kdcore.result import FitResult
+from kdcore.supervised import new_model
+from kdcore.teachers import train_teachers
 
 CACHE_FORMAT = 1
 

@@ -150,7 +150,7 @@ def fixed_schema(table: str) -> pa.Schema:
 
 def class_acc_cell(values: Iterable[Any] | None) -> list[float | None] | None:
     """A ``holdout_class_acc`` cell from a summary's per-class list: floats, None (or NaN) elements null; the
-    whole cell null when nothing was measured (``kdcore.train.FitResult.summary`` gives an empty list then)."""
+    whole cell null when nothing was measured (``kdcore.result.FitResult.summary`` gives an empty list then)."""
     if values is None:
         return None
     cell = [None if v is None or math.isnan(v) else float(v) for v in values]

@@ -14,8 +14,8 @@ from kdcore.checkpoint import load_teacher
 from kdcore.config import ExperimentConfig, FitConfig, TaskConfig
 from kdcore.dataset import ClassificationData
 from kdcore.errors import ConfigError
+from kdcore.experiment import run_experiment
 from kdcore.task import resolve
-from kdcore.train import run_experiment
 
 SHAPE = (1, 8, 8)
 CNN = FitConfig(model="cnn", channels=(4, 8), batch_norm=True)

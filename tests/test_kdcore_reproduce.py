@@ -10,7 +10,7 @@ import pytest
 
 from kdcore import sources
 from kdcore.config import PUBLISHED_FIT, ExperimentConfig
-from kdcore.train import run_experiment
+from kdcore.experiment import run_experiment
 
 # The published runs used 30,000 full-batch epochs. 1,500 leave the student at about 98.5 % on this machine
 # (the baseline is ahead of it), right at the bar, so 2,000 epochs: about 40 s on one CPU thread.

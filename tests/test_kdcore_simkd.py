@@ -15,20 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdcore import batching, networks, simkd, sources
-from kdcore import train as ktrain
+from kdcore import batching, loop, networks, simkd, sources
 from kdcore.config import ExperimentConfig, ModelSpec
 from kdcore.dataset import ClassificationData
 from kdcore.errors import ConfigError
-from kdcore.train import (
-    FitResult,
-    prepare,
-    run_experiment,
-    simkd_model,
-    teacher_outputs,
-    train_student,
-    train_teachers,
-)
+from kdcore.experiment import run_experiment
+from kdcore.prepared import prepare
+from kdcore.result import FitResult
+from kdcore.simkd import simkd_model
+from kdcore.student import train_student
+from kdcore.teachers import teacher_outputs, train_teachers
 
 SEEDS = [0, 10]
 IMAGE = (1, 8, 8)
@@ -233,14 +229,14 @@ def trained(digits: ClassificationData) -> dict[str, Any]:
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     initial = simkd_model(prep, config, teacher)
     optimizers: list[torch.optim.Optimizer] = []
-    make = ktrain._make_optimizer
+    make = loop.make_optimizer
 
     def recording(model: nn.Module, fit: Any) -> torch.optim.Optimizer:
         optimizers.append(make(model, fit))
         return optimizers[-1]
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ktrain, "_make_optimizer", recording)
+        mp.setattr(loop, "make_optimizer", recording)
         result = train_student(prep, config, [teacher])
     return {"config": config, "prep": prep, "teacher": teacher, "teacher_before": before, "initial": initial,
             "result": result, "optimizers": optimizers}

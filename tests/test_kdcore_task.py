@@ -22,7 +22,7 @@ def task(teachers: object, routing: str = "label", n_classes: int = 10, n_groups
 
 
 def targets_for(layout: list[dict[str, list[int]]], y: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Random teacher logits for labels y routed by label: (logits, mask, weight) as kdcore.train builds them."""
+    """Random teacher logits for labels y routed by label: (logits, mask, weight) as kdcore.teachers builds them."""
     t = task(layout)
     route = torch.as_tensor(t.route(y.numpy(), np.zeros_like(y.numpy())))  # (N, K)
     n_slots = int(route.sum(-1).max())
@@ -207,7 +207,8 @@ def test_a_group_without_a_teacher_is_refused() -> None:
 
 def test_teacher_targets_hold_each_routed_teachers_logits_in_its_class_slots() -> None:
     from kdcore import batching
-    from kdcore.train import Subset, teacher_targets
+    from kdcore.prepared import Subset
+    from kdcore.teachers import teacher_targets
 
     t = task(OVERLAP)
     spec = FitConfig(model="cnn", channels=(4,)).model_spec
@@ -233,7 +234,7 @@ def test_a_subset_experiment_with_cnns_trains_each_seed_as_it_trains_alone() -> 
     equal each seed run alone on its own fold (teachers, baseline and student)."""
     from kdcore import sources
     from kdcore.config import ExperimentConfig
-    from kdcore.train import run_experiment
+    from kdcore.experiment import run_experiment
 
     fit = {"model": "cnn", "channels": [4, 8], "batch_norm": True, "epochs": 2, "batch_size": 64}
     config = ExperimentConfig.from_dict({"seeds": [0, 10], "teacher": fit, "baseline": fit, "student": fit,

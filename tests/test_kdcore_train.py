@@ -1,4 +1,5 @@
-"""kdcore.train: routing, batched seeds vs standalone runs and a hand-written loop, selection, protocols."""
+"""kdcore training (prepared data, loop, teachers, student): routing, batched seeds vs standalone runs and a
+hand-written loop, selection, protocols."""
 
 from __future__ import annotations
 
@@ -16,19 +17,14 @@ from kdcore.config import ExperimentConfig, TaskConfig
 from kdcore.config import FitConfig as _FitConfig
 from kdcore.dataset import ClassificationData
 from kdcore.errors import DataError, KDCoreError, TrainingError
+from kdcore.experiment import run_experiment
 from kdcore.generator import generate
+from kdcore.prepared import Subset, prepare
+from kdcore.result import EpochReport, ExperimentResult, FitResult
 from kdcore.splits import inner_split
+from kdcore.supervised import train_supervised
 from kdcore.task import resolve
-from kdcore.train import (
-    EpochReport,
-    ExperimentResult,
-    FitResult,
-    Subset,
-    prepare,
-    run_experiment,
-    teacher_targets,
-    train_supervised,
-)
+from kdcore.teachers import teacher_targets
 
 SEEDS = [0, 10, 1234, 99, 2021]
 

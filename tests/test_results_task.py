@@ -86,7 +86,7 @@ def test_the_table_metadata_names_the_task_and_each_model_with_its_size(tmp_path
 
 
 def _summary(classes: list[int], per_class: list[list[float | None]], params: int) -> dict[str, Any]:
-    """What ``kdcore.train.FitResult.summary`` gives (the keys the rows read)."""
+    """What ``kdcore.result.FitResult.summary`` gives (the keys the rows read)."""
     return {"classes": classes, "params": params, "per_seed": [
         {"seed": s, "inner_acc": 0.9, "holdout_acc": 0.8, "inner_loss": 0.3, "holdout_loss": 0.4, "best_epoch": 7,
          "holdout_class_acc": accs} for s, accs in zip((0, 10), per_class)]}

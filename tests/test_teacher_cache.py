@@ -9,8 +9,9 @@ import torch
 
 from kdcore import sources
 from kdcore.config import ExperimentConfig
+from kdcore.prepared import prepare
+from kdcore.student import train_student
 from kdcore.teacher_cache import TeacherCache, teacher_key
-from kdcore.train import prepare, train_student
 
 FIT = {"epochs": 3, "batch_size": 256}
 

@@ -132,8 +132,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(_describe_origin(origin), flush=True)
     torch.set_num_threads(args.threads)
     progress = ProgressLine(enabled=not args.quiet)
-    totals = {"baseline": config.baseline.epochs, "student": config.student.epochs
-              + (config.kd.anneal_epochs if config.kd.method == "annealing" else 0)}
+    totals = {"baseline": config.baseline.epochs,
+              "student": sum(kdcore.METHODS[config.kd.method].phase_epochs(config.kd, config.student.epochs))}
 
     def on_epoch(report: EpochReport) -> None:
         total = totals.get(report.method, config.teacher.epochs)
@@ -370,7 +370,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kdcore import __version__
+    from kdcore import KD_METHODS, __version__
 
     # No prefix matching: `--num-sample 5` must not silently mean --num-samples (nor a future flag).
     parser = argparse.ArgumentParser(prog="kdtune", description=__doc__.splitlines()[0], allow_abbrev=False)
@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_parse_seeds, help="comma-separated, default 0,10,1234,99,2021")
     p.add_argument("--alpha", type=float)
     p.add_argument("--temperature", type=float)
-    p.add_argument("--kd-method", choices=["hinton", "annealing", "simkd", "none"])
+    p.add_argument("--kd-method", choices=list(KD_METHODS))
     p.add_argument("--epochs", type=int, help="epochs for baseline, teachers and student")
     p.add_argument("--lr", type=float, help="learning rate for baseline, teachers and student")
     p.add_argument("--optimizer", choices=["adam", "adamw", "adam_coupled", "sgd"])

@@ -72,26 +72,33 @@ class SearchSettings:
 
 
 def max_evaluations(space: Any) -> int:
-    """The most evaluations (reports) any trial of ``space`` can make: ASHA's ``max_t``."""
+    """The most evaluations (reports) any trial of ``space`` can make: ASHA's ``max_t``. Each KD method the
+    space may run says how many epochs each of its phases lasts at most (``kdcore.METHODS``)."""
+    from types import SimpleNamespace
+
+    from kdcore import METHODS
+
     base = space.base
     knobs = {knob.path: knob for knob in space.knobs}
     epochs = max(base.student.epochs, int(max(knobs["student.epochs"].extremes())) if "student.epochs" in knobs else 0)
-    method = knobs.get("kd.method")
-    may_anneal = base.kd.method == "annealing" or (method is not None and "annealing" in method.choices)
-    anneal = 0
-    if may_anneal:
-        # Phase 1 lasts kd.anneal_epochs: the knob's top when it is sampled, the fixed value when it is not.
-        # A knob sampled whenever the method is annealing (no condition, or only that one) always replaces
-        # the fixed value; under any other condition both can occur.
-        knob = knobs.get("kd.anneal_epochs")
-        if knob is None:
-            anneal = base.kd.anneal_epochs
-        elif all(c.path == "kd.method" and "annealing" in c.values for c in knob.when):
-            anneal = int(max(knob.extremes()))
-        else:
-            anneal = max(int(max(knob.extremes())), base.kd.anneal_epochs)
+    method_knob = knobs.get("kd.method")
+    methods = dict.fromkeys((base.kd.method, *(method_knob.choices if method_knob is not None else ())))
+
+    def most(method: str, name: str, fixed: Any) -> Any:
+        # A kd setting's top when it is sampled, its fixed value when it is not. A knob sampled whenever
+        # this method runs (no condition, or only that one) always replaces the fixed value; under any other
+        # condition both can occur.
+        knob = knobs.get(f"kd.{name}")
+        if knob is None or not all(isinstance(v, int) and not isinstance(v, bool) for v in knob.extremes()):
+            return fixed
+        if all(c.path == "kd.method" and method in c.values for c in knob.when):
+            return int(max(knob.extremes()))
+        return max(int(max(knob.extremes())), fixed)
+
     every = base.eval_every
-    return math.ceil(epochs / every) + (math.ceil(anneal / every) if anneal else 0) + 2
+    phases = [METHODS[m].phase_epochs(SimpleNamespace(**{k: most(m, k, v) for k, v in base.kd.to_dict().items()}),
+                                      epochs) for m in methods]
+    return max(sum(math.ceil(e / every) for e in p) for p in phases) + 2
 
 
 def default_grace(space: Any) -> int:
@@ -121,7 +128,7 @@ def check_task(config: Any, dataset: Any, *, absolute: bool = True, methods: tup
     fit its architecture."""
     import numpy as np
 
-    from kdcore import check_coverage, check_method, resolve_task
+    from kdcore import METHODS, check_coverage, check_method, resolve_task
 
     cells = np.stack([np.concatenate([dataset.y_train, dataset.y_valid]),
                       np.concatenate([dataset.d_train, dataset.d_valid])], axis=1)
@@ -131,13 +138,8 @@ def check_task(config: Any, dataset: Any, *, absolute: bool = True, methods: tup
     sampled = tuple(dict.fromkeys((config.kd.method, *methods)))
     for method in sampled:
         check_method(task, method, config.student.model)
-    if "simkd" in sampled:  # the models must have feature maps: build one of each (imports torch)
-        from kdcore import networks, simkd
-
-        shape = tuple(dataset.x_train.shape[1:])
-        simkd.build_student(networks.build(config.student.model_spec, shape, dataset.n_classes, 0),
-                            networks.build(task.teachers[0].fit.model_spec, shape, dataset.n_classes, 0), shape,
-                            factor=config.kd.factor, placement=config.kd.placement)
+    for method in sampled:  # e.g. SimKD's networks must have feature maps: it builds one of each (imports torch)
+        METHODS[method].check_models(config, task, tuple(dataset.x_train.shape[1:]), dataset.n_classes)
     for teacher in task.teachers:
         if teacher.checkpoint is None:
             continue
