@@ -15,29 +15,22 @@ from typing import Any
 import pandas as pd
 
 from kdcore import write_atomic
-from results.analysis import (
-    METHOD_KNOB,
-    Importance,
-    StudyData,
-    accuracy_vs_params,
+from results.asha import iterations_reached, rung_survivors
+from results.classes import class_accuracy, parameter_counts, study_task, teacher_summary
+from results.errors import ResultsError
+from results.importance import Importance, param_importance
+from results.methods import METHOD_KNOB, method_comparison
+from results.schema import param_column
+from results.sizes import accuracy_vs_params
+from results.study_data import StudyData, load_study
+from results.summaries import (
     baseline_summary,
-    class_accuracy,
-    iterations_reached,
-    load_study,
-    method_comparison,
-    param_importance,
-    parameter_counts,
     ranked_complete,
     reference_comparisons,
     reference_summary,
-    rung_survivors,
     status_counts,
-    study_task,
-    teacher_summary,
     top_configurations,
 )
-from results.errors import ResultsError
-from results.schema import param_column
 
 REPORT_FILE = "report.md"
 _SIGNATURE = "by `kdtune analyse` from its Parquet tables alone"

@@ -21,21 +21,17 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from results.analysis import (
+from results.errors import ResultsError
+from results.importance import (
     MIN_IMPORTANCE_TRIALS,
-    StudyData,
     compare_rankings,
-    paired_test,
     param_importance,
-    sign_flip_p_value,
-    spearman,
-    t_cdf,
-    t_quantile,
     variance_explained,
 )
-from results.errors import ResultsError
 from results.report import PLOT_FILES, analyse
 from results.schema import TABLES, param_column, param_type
+from results.stats import paired_test, sign_flip_p_value, spearman, t_interval
+from results.study_data import StudyData
 from results.writer import StudyTables
 from search_spaces import parse_space
 
@@ -140,12 +136,15 @@ def rich(tmp_path_factory: pytest.TempPathFactory) -> tuple[FakeStudy, dict[str,
 
 # ---------------------------------------------------------------------------------------------- statistics
 
-def test_t_distribution_matches_published_quantiles() -> None:
+def test_t_interval_uses_the_published_quantiles() -> None:
     for df, q in ((1, 12.706204736), (4, 2.776445105), (10, 2.228138852), (30, 2.042272456)):
-        assert t_quantile(0.975, df) == pytest.approx(q, rel=1e-8)
-    assert t_cdf(0.0, 5) == pytest.approx(0.5)
-    assert t_cdf(2.0, 1) == pytest.approx(0.5 + math.atan(2.0) / math.pi, rel=1e-10)  # Cauchy
-    assert t_quantile(0.025, 4) == pytest.approx(-2.776445105, rel=1e-8)
+        d = np.linspace(0.0, 0.01, df + 1) ** 2  # any spread: the half-width is q * sd / sqrt(n)
+        lo, hi = t_interval(d)
+        assert (lo + hi) / 2 == pytest.approx(d.mean(), abs=1e-15)  # symmetric about the mean
+        assert (hi - lo) / 2 == pytest.approx(q * d.std(ddof=1) / math.sqrt(d.size), rel=1e-8)
+    lo, hi = t_interval([0.0, 1.0])  # df 1 is Cauchy: its 0.975 quantile is tan(0.475 pi)
+    assert (hi - lo) / 2 == pytest.approx(math.tan(0.475 * math.pi) * math.sqrt(0.5) / math.sqrt(2), rel=1e-10)
+    assert t_interval([0.5]) is None
 
 
 def test_sign_flip_p_values_are_the_hand_counted_ones() -> None:
@@ -367,7 +366,8 @@ def test_pandas_and_pyarrow_dataset_read_the_same_rows(rich: tuple[FakeStudy, di
 
 
 def test_importing_the_analysis_leaves_ray_out() -> None:
-    probe = ("import json, sys\nimport results.report, results.analysis, results.plots\n"
+    probe = ("import importlib, json, pkgutil, sys\nimport results\n"
+             "for m in pkgutil.iter_modules(results.__path__):\n    importlib.import_module('results.' + m.name)\n"
              "heavy = {'ray', 'matplotlib', 'optuna', 'tune'}\n"
              "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & heavy)))")
     proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
@@ -804,7 +804,8 @@ def _methods_study(root: Path, *, searched: tuple[str, ...] = ("simkd", "hinton"
 
 def _ci(diffs: list[float]) -> tuple[float, float]:
     d = np.array(diffs)
-    half = t_quantile(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)
+    assert d.size == 5  # Student t's 0.975 quantile at df 4
+    half = 2.776445105 * d.std(ddof=1) / math.sqrt(d.size)
     return d.mean() - half, d.mean() + half
 
 
