@@ -4,7 +4,7 @@ the best student's accuracy per class beside the references', and the parameters
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -12,8 +12,53 @@ import pandas as pd
 from results.cells import first_int, first_list, list_cell
 from results.stats import mean_std
 from results.study_data import StudyData
+from results.summaries import TopTrial
 
 TEACHER_PREFIX = "teacher_"  # reference method teacher_K: teacher K of the task (kdcore.task.Teacher.name)
+CLASS_METHODS = ("baseline", "ablation", "tuned_baseline")  # shown per class beside the best student
+
+
+@dataclass(frozen=True)
+class TeacherStats:
+    """A teacher: what it knows, its size, and its accuracy over seeds on the samples of its own classes."""
+
+    method: str
+    index: int
+    classes: list[int] | None
+    group: int | None
+    checkpoint: Any
+    knows: str
+    params: int | None
+    n_seeds: int
+    inner_acc_mean: float | None
+    inner_acc_std: float | None
+    holdout_acc_mean: float | None
+    holdout_acc_std: float | None
+    holdout_class_acc_mean: list[float | None] | None  # in the order of ``classes``
+
+
+@dataclass(frozen=True)
+class ClassAccuracy:
+    """The best trial's holdout accuracy per class (seed means) beside the references', by method."""
+
+    trial_number: int | None
+    trial_id: Any
+    classes: list[int]
+    shared_classes: list[int] | None
+    accuracy: dict[str, list[float | None]]  # method -> one value per class (None: no seed measured it)
+    n_seeds: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    """Trainable parameters of one network of each kind; None where not recorded."""
+
+    student: int | None
+    projector: int | None
+    head: str | None
+    baseline: int | None
+    fixed_student: int | None
+    teachers: dict[str, int | None]
 
 
 def study_task(study: StudyData) -> dict[str, Any] | None:
@@ -55,7 +100,7 @@ def per_class_means(rows: pd.DataFrame, n_classes: int | None = None) -> tuple[l
     return [sums[c] / counts[c] if c in counts else None for c in range(size)], seeds
 
 
-def teacher_summary(study: StudyData) -> list[dict[str, Any]]:
+def teacher_summary(study: StudyData) -> list[TeacherStats]:
     """Each teacher's accuracy on the samples of its own classes (and group), with what it knows.
 
     One entry per teacher of the metadata's task (and any other ``teacher_K`` of the reference table), in
@@ -85,15 +130,13 @@ def teacher_summary(study: StudyData) -> list[dict[str, Any]]:
         inner_mean, inner_std = mean_std(rows["inner_acc"])
         holdout_mean, holdout_std = mean_std(rows["holdout_acc"])
         per_class = per_class_means(rows) if classes is not None else None
-        out.append({
-            "method": name, "index": index, "classes": classes,
-            "group": None if group is None else int(group), "checkpoint": info.get("checkpoint"),
-            "knows": knows_text(classes, group), "params": params, "n_seeds": int(rows["seed"].nunique()),
-            "inner_acc_mean": inner_mean, "inner_acc_std": inner_std,
-            "holdout_acc_mean": holdout_mean, "holdout_acc_std": holdout_std,
-            "holdout_class_acc_mean": None if per_class is None or classes is None else
-            [per_class[0][c] for c in classes],
-        })
+        out.append(TeacherStats(
+            method=name, index=index, classes=classes, group=None if group is None else int(group),
+            checkpoint=info.get("checkpoint"), knows=knows_text(classes, group), params=params,
+            n_seeds=int(rows["seed"].nunique()), inner_acc_mean=inner_mean, inner_acc_std=inner_std,
+            holdout_acc_mean=holdout_mean, holdout_acc_std=holdout_std,
+            holdout_class_acc_mean=None if per_class is None or classes is None else
+            [per_class[0][c] for c in classes]))
     return out
 
 
@@ -115,10 +158,7 @@ def _teacher_index(name: str) -> int:
     return int(tail) if tail.isdigit() else 1 << 30
 
 
-CLASS_METHODS = ("baseline", "ablation", "tuned_baseline")  # shown per class beside the best student
-
-
-def class_accuracy(study: StudyData, best: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def class_accuracy(study: StudyData, best: TopTrial | None) -> ClassAccuracy | None:
     """The best trial's holdout accuracy per class (seed mean), beside the baseline's, the ablation's (of this
     very trial) and the tuned baseline's where recorded, with the task's shared classes.
 
@@ -128,7 +168,7 @@ def class_accuracy(study: StudyData, best: Mapping[str, Any] | None) -> dict[str
         return None
     task = study_task(study)
     n_classes = int(task["n_classes"]) if task and isinstance(task.get("n_classes"), int) else None
-    student = per_class_means(study.seeds[study.seeds["trial_id"] == best["trial_id"]], n_classes)
+    student = per_class_means(study.seeds[study.seeds["trial_id"] == best.trial_id], n_classes)
     if student is None:
         return None
     n_classes = len(student[0])
@@ -137,16 +177,15 @@ def class_accuracy(study: StudyData, best: Mapping[str, Any] | None) -> dict[str
     for method in CLASS_METHODS:
         rows = study.reference[study.reference["method"] == method]
         if method == "ablation":
-            rows = rows[pd.to_numeric(rows["trial_number"], errors="coerce") == best.get("number")]
+            rows = rows[pd.to_numeric(rows["trial_number"], errors="coerce") == best.number]
         means = per_class_means(rows, n_classes)
         if means is not None:
             methods[method], seeds[method] = means
-    return {"trial_number": best.get("number"), "trial_id": best.get("trial_id"),
-            "classes": list(range(n_classes)), "shared_classes": shared_classes(study),
-            "accuracy": methods, "n_seeds": seeds}
+    return ClassAccuracy(trial_number=best.number, trial_id=best.trial_id, classes=list(range(n_classes)),
+                         shared_classes=shared_classes(study), accuracy=methods, n_seeds=seeds)
 
 
-def parameter_counts(study: StudyData, best: Mapping[str, Any] | None) -> dict[str, Any]:
+def parameter_counts(study: StudyData, best: TopTrial | None) -> ParameterCounts:
     """Trainable parameters of one network: the best trial's student (trials ``student_params``: all it
     trains, SimKD's projector included, that part in ``projector``, and the ``head`` it predicts through), the
     baseline (its reference rows, else the metadata's ``models``) and each teacher; None where not recorded.
@@ -156,9 +195,8 @@ def parameter_counts(study: StudyData, best: Mapping[str, Any] | None) -> dict[s
         return int(value) if isinstance(value, int) else None
 
     baseline = first_int(study.reference.loc[study.reference["method"] == "baseline", "params"])
-    return {"student": best.get("student_params") if best else None,
-            "projector": best.get("projector_params") if best else None,
-            "head": best.get("head") if best else None,
-            "baseline": baseline if baseline is not None else fixed("baseline"),
-            "fixed_student": fixed("student"),
-            "teachers": {t["method"]: t["params"] for t in teacher_summary(study)}}
+    return ParameterCounts(student=best.student_params if best else None,
+                           projector=best.projector_params if best else None, head=best.head if best else None,
+                           baseline=baseline if baseline is not None else fixed("baseline"),
+                           fixed_student=fixed("student"),
+                           teachers={t.method: t.params for t in teacher_summary(study)})

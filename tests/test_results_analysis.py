@@ -28,7 +28,8 @@ from results.importance import (
     param_importance,
     variance_explained,
 )
-from results.report import PLOT_FILES, analyse
+from results.plots import PLOT_FILES
+from results.report import analyse
 from results.schema import TABLES, param_column, param_type
 from results.stats import paired_test, sign_flip_p_value, spearman, t_interval
 from results.study_data import StudyData
@@ -893,9 +894,9 @@ def test_accuracy_against_trainable_parameters_lists_every_complete_trial_and_th
     assert "| teacher_0 | 20,000 | 5 | 97.00 ± 1.58 % |" in section
     assert f"![Holdout accuracy against trainable parameters]({PLOT_FILES['params']})" in text
 
-    from results import report
+    from results import markdown
 
-    monkeypatch.setattr(report, "MAX_SIZE_ROWS", 2)  # a large study: one row per method and size
+    monkeypatch.setattr(markdown, "MAX_SIZE_ROWS", 2)  # a large study: one row per method and size
     text = Path(analyse(tmp_path / "sizes")["report"]).read_text()
     section = text[text.index("## Holdout accuracy against trainable parameters"):text.index("## Reference:")]
     assert "5 COMPLETE trials, grouped by method and size" in section
