@@ -1,7 +1,9 @@
 """``results.report.analyse``: the numbers, report and plots of a study, from its Parquet tables alone.
 
 Studies are built here from synthetic rows written with ``results.writer.StudyTables`` (real search-space
-text in the metadata); one slow test runs a real ``kdtune search`` and analyses it.
+text in the metadata); one slow test runs a real ``kdtune search`` and analyses it. The figures are computed
+and their files written as always, but matplotlib draws nothing (``_sketches``): one test,
+``test_every_plot_is_drawn_as_a_png``, draws every plot.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
+from results import plots
 from results.errors import ResultsError
 from results.importance import (
     MIN_IMPORTANCE_TRIALS,
@@ -31,7 +34,7 @@ from results.importance import (
 from results.plots import PLOT_FILES
 from results.report import analyse
 from results.schema import TABLES, param_column, param_type
-from results.stats import paired_test, sign_flip_p_value, spearman, t_interval
+from results.stats import paired_test, sample_std, sign_flip_p_value, spearman, t_interval
 from results.study_data import StudyData
 from results.writer import StudyTables
 from search_spaces import parse_space
@@ -40,6 +43,39 @@ ROOT = Path(__file__).resolve().parents[1]
 SEEDS = [0, 10, 1234, 99, 2021]
 BASELINE = {0: 0.90, 10: 0.91, 1234: 0.92, 99: 0.93, 2021: 0.94}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------------------- drawing stubbed out
+
+class _Sketch:
+    """Stands in for a matplotlib figure: ``savefig`` writes a PNG signature and nothing else."""
+
+    def savefig(self, path: Path, format: str) -> None:
+        Path(path).write_bytes(PNG_MAGIC)
+
+
+def _sketch(*args: Any, path: Path, **kwargs: Any) -> Path:
+    return plots._save(_Sketch(), path)  # written as a figure is: atomically, with the umask's permissions
+
+
+DRAWERS = [name for name in dir(plots) if name.startswith("plot_")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _sketches() -> Any:
+    """Every ``plots.plot_*`` replaced by ``_sketch`` for this module (drawing is most of an analysis's time);
+    yields the real functions, which ``real_plots`` puts back for one test."""
+    real = {name: getattr(plots, name) for name in DRAWERS}
+    with pytest.MonkeyPatch.context() as mp:
+        for name in DRAWERS:
+            mp.setattr(plots, name, _sketch)
+        yield real
+
+
+@pytest.fixture
+def real_plots(_sketches: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, function in _sketches.items():
+        monkeypatch.setattr(plots, name, function)
 
 
 # ------------------------------------------------------------------------------------------ a synthetic study
@@ -181,6 +217,27 @@ def test_paired_test_pairs_by_seed_and_reports_t_interval() -> None:
     assert single is not None and single.ci95 is None and single.p_value == 1.0
 
 
+def test_one_seed_has_no_spread() -> None:
+    assert sample_std([0.9, 0.8, 1.0]) == pytest.approx(0.1)  # ddof 1
+    assert sample_std([0.9]) is None and sample_std([]) is None
+    assert sample_std([0.9, float("nan")]) is None  # only finite values count
+
+
+def test_a_one_seed_study_says_so_instead_of_a_zero_spread(tmp_path: Path) -> None:
+    study = FakeStudy(tmp_path / "oneseed", extra_metadata={"seeds": [0]})
+    study.reference({0: 0.9})
+    for n in range(2):  # the trials table holds a spread for one seed, as tune's recorder writes 0.0 there
+        study.trial(n, "COMPLETE", {"kd.alpha": 0.1 * n, "kd.temperature": 2.0, "student.optimizer": "adam"},
+                    {0: 0.9 + 0.01 * n})
+    result = analyse(study.root)
+    assert result["baseline"]["holdout_acc_std"] is None and result["best"]["n_seeds"] == 1
+    text = Path(result["report"]).read_text()
+    assert "- holdout accuracy 91.00 % (one seed: no spread), mixed baseline 90.00 % (one seed: no spread)" in text
+    assert "| baseline | 1 | not recorded | 91.00 % (one seed: no spread) | 90.00 % (one seed: no spread) |" in text
+    assert "±" not in text.split("## Top configurations")[1].split("## Data and versions")[0].replace(
+        "seed means ± sample sd", "")
+
+
 # -------------------------------------------------------------------------------------------------- analyse
 
 def test_top_k_is_ranked_by_the_objective(rich: tuple[FakeStudy, dict[str, Any]]) -> None:
@@ -248,7 +305,7 @@ def test_importance_is_not_ranked_on_too_few_complete_trials(rich: tuple[FakeStu
     assert not (study.root / "analysis" / "importance.png").exists()
 
 
-def test_plots_are_valid_pngs(rich: tuple[FakeStudy, dict[str, Any]]) -> None:
+def test_plots_are_the_ones_the_data_supports(rich: tuple[FakeStudy, dict[str, Any]]) -> None:
     study, result = rich
     out = study.root / "analysis"
     # every plot but importance (8 COMPLETE trials are too few to rank knobs) and accuracy against size (one
@@ -256,10 +313,43 @@ def test_plots_are_valid_pngs(rich: tuple[FakeStudy, dict[str, Any]]) -> None:
     assert sorted(Path(p).name for p in result["plots"]) == sorted(
         name for key, name in PLOT_FILES.items() if key not in ("importance", "params"))
     for path in result["plots"]:
-        data = Path(path).read_bytes()
+        assert Path(path).read_bytes()[:8] == PNG_MAGIC, path
+        assert Path(path).parent == out
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left behind
+
+
+def _every_plot_study(root: Path) -> FakeStudy:
+    """Smoke space, ASHA, 24 COMPLETE trials of two sizes whose objective grows with kd.alpha, 3 PRUNED."""
+    study = FakeStudy(root)
+    study.reference()
+    rng = np.random.default_rng(2)
+    for n in range(27):
+        status = "PRUNED" if n % 9 == 4 else "COMPLETE"
+        alpha = float(rng.uniform(0, 1))
+        params = {"kd.alpha": alpha, "kd.temperature": float(np.exp(rng.uniform(0, np.log(20)))),
+                  "student.optimizer": "adam" if n % 2 else "adamw"}
+        study.trial(n, status, params, _shifted([0.01 * alpha] * 5), inner=0.5 + 0.4 * alpha,
+                    iterations=10 if status == "COMPLETE" else 2, student_params=1000 + 500 * (n % 2))
+    return study
+
+
+def test_every_plot_is_drawn_as_a_png(tmp_path: Path, real_plots: None) -> None:
+    from matplotlib.image import imread
+
+    study = _every_plot_study(tmp_path / "every")
+    result = analyse(study.root, top_k=3)
+    out = study.root / "analysis"
+    assert sorted(Path(p).name for p in result["plots"]) == sorted(PLOT_FILES.values())
+    text = Path(result["report"]).read_text()
+    for path in map(Path, result["plots"]):
+        data = path.read_bytes()
         assert data[:8] == PNG_MAGIC, path
         assert len(data) > 5000, path
-        assert Path(path).parent == out
+        assert path.parent == out
+        image = imread(path)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100, path
+        assert float(image[..., :3].std()) > 0.01, path  # not a blank canvas
+        assert f"]({path.name})" in text
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left behind
 
 
