@@ -62,10 +62,10 @@ def render_report(study: StudyData, summary: Summary, plots: dict[str, Path]) ->
 def _headline(summary: Summary) -> list[str]:
     best, base = summary.best, summary.baseline
     if best is None:
-        counts = summary.trials
-        if counts["total"] == 0:
+        trials = summary.trials
+        if trials["total"] == 0:
             return ["No trials recorded yet: there is no best configuration to report."]
-        return [(f"No COMPLETE trial yet ({counts['total']} recorded: {counts_in_words(counts)}): "
+        return [(f"No COMPLETE trial yet ({trials['total']} recorded: {counts_in_words(trials)}): "
                  "there is no best configuration to report.")]
     objective = summary.objective
     value = _objective_text(best.objective, objective.column)

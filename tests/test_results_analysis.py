@@ -176,10 +176,14 @@ def rich(tmp_path_factory: pytest.TempPathFactory) -> tuple[FakeStudy, dict[str,
 def test_t_interval_uses_the_published_quantiles() -> None:
     for df, q in ((1, 12.706204736), (4, 2.776445105), (10, 2.228138852), (30, 2.042272456)):
         d = np.linspace(0.0, 0.01, df + 1) ** 2  # any spread: the half-width is q * sd / sqrt(n)
-        lo, hi = t_interval(d)
+        interval = t_interval(d)
+        assert interval is not None
+        lo, hi = interval
         assert (lo + hi) / 2 == pytest.approx(d.mean(), abs=1e-15)  # symmetric about the mean
         assert (hi - lo) / 2 == pytest.approx(q * d.std(ddof=1) / math.sqrt(d.size), rel=1e-8)
-    lo, hi = t_interval([0.0, 1.0])  # df 1 is Cauchy: its 0.975 quantile is tan(0.475 pi)
+    cauchy = t_interval([0.0, 1.0])  # df 1 is Cauchy: its 0.975 quantile is tan(0.475 pi)
+    assert cauchy is not None
+    lo, hi = cauchy
     assert (hi - lo) / 2 == pytest.approx(math.tan(0.475 * math.pi) * math.sqrt(0.5) / math.sqrt(2), rel=1e-10)
     assert t_interval([0.5]) is None
 
@@ -467,6 +471,16 @@ def test_importing_the_analysis_leaves_ray_out() -> None:
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
 
 
+def test_asha_rungs_import_nothing_heavy() -> None:
+    # tune.scheduler and tune.trainable import results.asha in every Ray worker
+    probe = ("import json, sys\nfrom results.asha import asha_rungs\n"
+             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'pandas', 'numpy', 'scipy'})))")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
 # ------------------------------------------------------------------------------------------------ importance
 
 def _sample(space: Any, rng: np.random.Generator) -> dict[str, Any]:
@@ -716,7 +730,7 @@ def _task(space: str, n_classes: int, n_groups: int) -> dict[str, Any]:
     return resolve_task(base.task, base.teacher, n_classes, n_groups).describe()
 
 
-OVERLAP_PARAMS = {"baseline": 5178, "teacher": [19237, 19172, 19172], "student": 5178}
+OVERLAP_PARAMS: dict[str, Any] = {"baseline": 5178, "teacher": [19237, 19172, 19172], "student": 5178}
 
 
 def _per_class(c: int, i: int) -> float:
