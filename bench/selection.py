@@ -31,7 +31,7 @@ import torch
 
 import kdcore
 from kdcore import TeacherCache, prepare, train_student
-from results.analysis import asha_rungs
+from results.asha import asha_rungs
 from search_spaces import load_space
 
 MODES = ("split", "folds")
@@ -126,7 +126,7 @@ def replay_asha(curves: list[list[float]], order: list[int], *, grace: int, rf: 
     """Trials Ray's asynchronous successive halving would stop, trials reporting one after another, and
     the evaluations run in all. With ``groups``, trials are compared only within their own group (one
     bracket per group). ``ray_layout``: Ray's own rungs (``grace * rf**k`` up to ``max_t``) instead of
-    kdtune's (``results.analysis.asha_rungs``)."""
+    kdtune's (``results.asha.asha_rungs``)."""
     if ray_layout:
         rungs = [grace * rf**k for k in range(int(math.log(max_t / grace) / math.log(rf) + 1))]
     else:

@@ -1,6 +1,7 @@
 """The figures of a study's analysis, as PNG files (matplotlib, imported only when a figure is drawn).
 
-Each function draws one figure from plain data and writes it atomically. Figures are built on an explicit
+``plan`` says which figures a study's data supports and ``draw`` draws them from the typed summary; each
+``plot_*`` function draws one figure from plain data and writes it atomically. Figures are built on an explicit
 Agg canvas rather than through ``pyplot``, so drawing one neither needs a display nor changes the
 process-wide matplotlib backend of a caller (a notebook, say). Accuracies are drawn in percent.
 """
@@ -9,12 +10,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from kdcore import replacing
+from results.asha import iterations_reached, rung_survivors
+from results.schema import param_column
+from results.summaries import ranked_complete
+
+if TYPE_CHECKING:
+    from results.sizes import SizedReference, SizedTrial
+    from results.study_data import StudyData
+    from results.summary import Summary
+
+PLOT_FILES = {
+    "history": "history.png",
+    "importance": "importance.png",
+    "curves": "curves.png",
+    "alpha": "acc_vs_alpha.png",
+    "temperature": "acc_vs_temperature.png",
+    "rungs": "asha_rungs.png",
+    "params": "acc_vs_params.png",
+}
+_KNOB_PLOTS = (("alpha", "kd.alpha", False), ("temperature", "kd.temperature", True))  # key, knob, log x
 
 _COMPLETE, _PRUNED, _BEST, _BASE = "#1f77b4", "#ff7f0e", "#2ca02c", "#7f7f7f"
 
@@ -205,39 +225,40 @@ def plot_iterations_histogram(reached: pd.DataFrame, *, path: Path) -> Path:
 _METHOD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
 
 
-def plot_accuracy_vs_params(points: Sequence[dict[str, Any]], references: Sequence[dict[str, Any]], *,
+def plot_accuracy_vs_params(points: Sequence[SizedTrial], references: Sequence[SizedReference], *,
                             methods: Sequence[str], path: Path) -> Path:
     """COMPLETE trials' holdout accuracy (seed mean) against their trainable parameters, one marker per
-    ``kd.method``, and the references (``{method, params, holdout_acc_mean, own_classes}``) as labelled stars.
+    ``kd.method``, and the references (``method``, ``params``, ``holdout_acc_mean``, ``own_classes``) as
+    labelled stars.
 
-    ``points`` hold ``method``, ``trainable["total"]`` and ``holdout_acc_mean``. The x axis is logarithmic when
+    ``points`` hold ``method``, ``trainable.total`` and ``holdout_acc_mean``. The x axis is logarithmic when
     the sizes span more than a factor of 10.
     """
     fig = _figure()
     ax = fig.add_subplot()
-    order = list(methods) + sorted({str(p["method"]) for p in points} - set(methods))
+    order = list(methods) + sorted({str(p.method) for p in points} - set(methods))
     for i, method in enumerate(order):
-        mine = [p for p in points if str(p["method"]) == method and p["holdout_acc_mean"] is not None]
+        mine = [p for p in points if str(p.method) == method and p.holdout_acc_mean is not None]
         if not mine:
             continue
-        x = [p["trainable"]["total"] for p in mine]
-        ax.scatter(x, _percent([p["holdout_acc_mean"] for p in mine]), marker=_METHOD_MARKERS[i % 9], s=32,
+        x = [p.trainable.total for p in mine]
+        ax.scatter(x, _percent([p.holdout_acc_mean for p in mine]), marker=_METHOD_MARKERS[i % 9], s=32,
                    alpha=0.8, zorder=3, label=f"{method} ({len(mine)} COMPLETE)")
     for ref in references:
-        own = " (own classes)" if ref.get("own_classes") else ""
-        y = 100 * float(ref["holdout_acc_mean"])
-        ax.scatter([ref["params"]], [y], marker="*", s=110, color=_BASE, edgecolors="black", linewidths=0.5,
+        own = " (own classes)" if ref.own_classes else ""
+        y = 100 * float(ref.holdout_acc_mean)
+        ax.scatter([ref.params], [y], marker="*", s=110, color=_BASE, edgecolors="black", linewidths=0.5,
                    zorder=4)
-        ax.annotate(f"{ref['method']}{own}", (ref["params"], y), textcoords="offset points", xytext=(5, 4),
+        ax.annotate(f"{ref.method}{own}", (ref.params, y), textcoords="offset points", xytext=(5, 4),
                     fontsize=7, color="#333333")
     if references:
         ax.scatter([], [], marker="*", s=110, color=_BASE, edgecolors="black", linewidths=0.5,
                    label="references (seed mean)")
-    sizes = [float(p["trainable"]["total"]) for p in points] + [float(r["params"]) for r in references]
+    sizes = [float(p.trainable.total or 0) for p in points] + [float(r.params) for r in references]
     if sizes and min(sizes) > 0 and max(sizes) / min(sizes) > 10:
         ax.set_xscale("log")
     ax.margins(x=0.1)  # room for the references' labels at the edges
-    n = sum(1 for p in points if p["holdout_acc_mean"] is not None)
+    n = sum(1 for p in points if p.holdout_acc_mean is not None)
     ax.set(xlabel="trainable parameters (one network; SimKD: student + projector)",
            ylabel="holdout accuracy, seed mean (%)",
            title=f"Holdout accuracy against trainable parameters ({n} COMPLETE trials)")
@@ -247,3 +268,75 @@ def plot_accuracy_vs_params(points: Sequence[dict[str, Any]], references: Sequen
     else:
         ax.text(0.5, 0.5, "no sized COMPLETE trial yet", ha="center", va="center", transform=ax.transAxes)
     return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------- which and all
+
+def plan(study: StudyData, summary: Summary, out: Path) -> dict[str, Path]:
+    """The figures the study's data supports, by key of ``PLOT_FILES``, at their paths in ``out``."""
+    keys = []
+    if len(study.trials):
+        keys.append("history")
+    importance = summary.importance
+    if importance.values and any(v > 0 for v in importance.values.values()):
+        keys.append("importance")
+    curves = [t.trial_id for t in summary.top if t.trial_id is not None]
+    if curves and study.epochs["trial_id"].isin(curves).any():
+        keys.append("curves")
+    ranked = ranked_complete(study)
+    for key, knob, _ in _KNOB_PLOTS:
+        column = param_column(knob)
+        if column in ranked.columns and ranked[column].notna().any():
+            keys.append(key)
+    if len(study.trials):
+        keys.append("rungs")
+    if summary.shows_sizes:
+        keys.append("params")
+    return {key: out / PLOT_FILES[key] for key in keys}
+
+
+def draw(study: StudyData, summary: Summary, out: Path) -> dict[str, Path]:
+    """Draw every figure of ``plan`` into ``out``; returns them as ``plan`` does."""
+    path = plan(study, summary, out)
+    column = study.objective_column
+    base = summary.baseline
+    base_inner = base.inner_acc_mean if base else None
+    base_holdout = base.holdout_acc_mean if base else None
+    drawn: dict[str, Path] = {}
+    if "history" in path:
+        drawn["history"] = plot_history(
+            study.trials, column, maximize=study.maximize, path=path["history"],
+            label=column.removesuffix("_mean").replace("_", " "),
+            baseline=base_inner if column == "inner_acc_mean" else None)
+    if "importance" in path:
+        importance = summary.importance
+        resamples = importance.resamples
+        spread = f"\n90 % bootstrap intervals over {resamples} resamples" if resamples else ""
+        drawn["importance"] = plot_importance(
+            importance.values or {}, path=path["importance"], labels={k.path: k.label() for k in importance.knobs},
+            intervals={k.path: (k.low, k.high) for k in importance.knobs
+                       if k.low is not None and k.high is not None},
+            title=f"Parameter importance (PED-ANOVA, {importance.n_trials} COMPLETE trials){spread}")
+    if "curves" in path:
+        curves = [(t.trial_id, f"#{t.number} (rank {t.rank})") for t in summary.top if t.trial_id is not None]
+        drawn["curves"] = plot_curves(study.epochs, curves, path=path["curves"], baseline=base_inner)
+    ranked = ranked_complete(study)
+    for key, knob, log_x in _KNOB_PLOTS:
+        if key in path:
+            drawn[key] = plot_accuracy_vs(ranked, param_column(knob), path=path[key], knob=knob, log_x=log_x,
+                                          baseline_holdout=base_holdout)
+    if "rungs" in path:
+        survivors = rung_survivors(study)
+        if survivors is not None and study.asha is not None:
+            a = study.asha
+            complete = int((study.trials["status"] == "COMPLETE").sum())
+            drawn["rungs"] = plot_rungs(survivors, complete=complete, path=path["rungs"], subtitle=(
+                f"grace {a.grace_period}, reduction factor {a.reduction_factor}, max_t {a.max_t}"))
+        else:
+            drawn["rungs"] = plot_iterations_histogram(iterations_reached(study), path=path["rungs"])
+    if "params" in path:
+        sizes = summary.accuracy_vs_params
+        methods = [m.method for m in summary.methods.methods] if summary.methods else []
+        drawn["params"] = plot_accuracy_vs_params(sizes.trials, sizes.references, methods=methods,
+                                                  path=path["params"])
+    return drawn

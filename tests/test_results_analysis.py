@@ -1,7 +1,9 @@
 """``results.report.analyse``: the numbers, report and plots of a study, from its Parquet tables alone.
 
 Studies are built here from synthetic rows written with ``results.writer.StudyTables`` (real search-space
-text in the metadata); one slow test runs a real ``kdtune search`` and analyses it.
+text in the metadata); one slow test runs a real ``kdtune search`` and analyses it. The figures are computed
+and their files written as always, but matplotlib draws nothing (``_sketches``): one test,
+``test_every_plot_is_drawn_as_a_png``, draws every plot.
 """
 
 from __future__ import annotations
@@ -21,21 +23,19 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from results.analysis import (
+from results import plots
+from results.errors import ResultsError
+from results.importance import (
     MIN_IMPORTANCE_TRIALS,
-    StudyData,
     compare_rankings,
-    paired_test,
     param_importance,
-    sign_flip_p_value,
-    spearman,
-    t_cdf,
-    t_quantile,
     variance_explained,
 )
-from results.errors import ResultsError
-from results.report import PLOT_FILES, analyse
+from results.plots import PLOT_FILES
+from results.report import analyse
 from results.schema import TABLES, param_column, param_type
+from results.stats import paired_test, sample_std, sign_flip_p_value, spearman, t_interval
+from results.study_data import StudyData
 from results.writer import StudyTables
 from search_spaces import parse_space
 
@@ -43,6 +43,39 @@ ROOT = Path(__file__).resolve().parents[1]
 SEEDS = [0, 10, 1234, 99, 2021]
 BASELINE = {0: 0.90, 10: 0.91, 1234: 0.92, 99: 0.93, 2021: 0.94}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------------------- drawing stubbed out
+
+class _Sketch:
+    """Stands in for a matplotlib figure: ``savefig`` writes a PNG signature and nothing else."""
+
+    def savefig(self, path: Path, format: str) -> None:
+        Path(path).write_bytes(PNG_MAGIC)
+
+
+def _sketch(*args: Any, path: Path, **kwargs: Any) -> Path:
+    return plots._save(_Sketch(), path)  # written as a figure is: atomically, with the umask's permissions
+
+
+DRAWERS = [name for name in dir(plots) if name.startswith("plot_")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _sketches() -> Any:
+    """Every ``plots.plot_*`` replaced by ``_sketch`` for this module (drawing is most of an analysis's time);
+    yields the real functions, which ``real_plots`` puts back for one test."""
+    real = {name: getattr(plots, name) for name in DRAWERS}
+    with pytest.MonkeyPatch.context() as mp:
+        for name in DRAWERS:
+            mp.setattr(plots, name, _sketch)
+        yield real
+
+
+@pytest.fixture
+def real_plots(_sketches: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, function in _sketches.items():
+        monkeypatch.setattr(plots, name, function)
 
 
 # ------------------------------------------------------------------------------------------ a synthetic study
@@ -140,12 +173,19 @@ def rich(tmp_path_factory: pytest.TempPathFactory) -> tuple[FakeStudy, dict[str,
 
 # ---------------------------------------------------------------------------------------------- statistics
 
-def test_t_distribution_matches_published_quantiles() -> None:
+def test_t_interval_uses_the_published_quantiles() -> None:
     for df, q in ((1, 12.706204736), (4, 2.776445105), (10, 2.228138852), (30, 2.042272456)):
-        assert t_quantile(0.975, df) == pytest.approx(q, rel=1e-8)
-    assert t_cdf(0.0, 5) == pytest.approx(0.5)
-    assert t_cdf(2.0, 1) == pytest.approx(0.5 + math.atan(2.0) / math.pi, rel=1e-10)  # Cauchy
-    assert t_quantile(0.025, 4) == pytest.approx(-2.776445105, rel=1e-8)
+        d = np.linspace(0.0, 0.01, df + 1) ** 2  # any spread: the half-width is q * sd / sqrt(n)
+        interval = t_interval(d)
+        assert interval is not None
+        lo, hi = interval
+        assert (lo + hi) / 2 == pytest.approx(d.mean(), abs=1e-15)  # symmetric about the mean
+        assert (hi - lo) / 2 == pytest.approx(q * d.std(ddof=1) / math.sqrt(d.size), rel=1e-8)
+    cauchy = t_interval([0.0, 1.0])  # df 1 is Cauchy: its 0.975 quantile is tan(0.475 pi)
+    assert cauchy is not None
+    lo, hi = cauchy
+    assert (hi - lo) / 2 == pytest.approx(math.tan(0.475 * math.pi) * math.sqrt(0.5) / math.sqrt(2), rel=1e-10)
+    assert t_interval([0.5]) is None
 
 
 def test_sign_flip_p_values_are_the_hand_counted_ones() -> None:
@@ -179,6 +219,27 @@ def test_paired_test_pairs_by_seed_and_reports_t_interval() -> None:
     assert paired_test({1: 0.5}, BASELINE) is None
     single = paired_test({0: 0.95}, BASELINE)
     assert single is not None and single.ci95 is None and single.p_value == 1.0
+
+
+def test_one_seed_has_no_spread() -> None:
+    assert sample_std([0.9, 0.8, 1.0]) == pytest.approx(0.1)  # ddof 1
+    assert sample_std([0.9]) is None and sample_std([]) is None
+    assert sample_std([0.9, float("nan")]) is None  # only finite values count
+
+
+def test_a_one_seed_study_says_so_instead_of_a_zero_spread(tmp_path: Path) -> None:
+    study = FakeStudy(tmp_path / "oneseed", extra_metadata={"seeds": [0]})
+    study.reference({0: 0.9})
+    for n in range(2):  # the trials table holds a spread for one seed, as tune's recorder writes 0.0 there
+        study.trial(n, "COMPLETE", {"kd.alpha": 0.1 * n, "kd.temperature": 2.0, "student.optimizer": "adam"},
+                    {0: 0.9 + 0.01 * n})
+    result = analyse(study.root)
+    assert result["baseline"]["holdout_acc_std"] is None and result["best"]["n_seeds"] == 1
+    text = Path(result["report"]).read_text()
+    assert "- holdout accuracy 91.00 % (one seed: no spread), mixed baseline 90.00 % (one seed: no spread)" in text
+    assert "| baseline | 1 | not recorded | 91.00 % (one seed: no spread) | 90.00 % (one seed: no spread) |" in text
+    assert "±" not in text.split("## Top configurations")[1].split("## Data and versions")[0].replace(
+        "seed means ± sample sd", "")
 
 
 # -------------------------------------------------------------------------------------------------- analyse
@@ -248,7 +309,7 @@ def test_importance_is_not_ranked_on_too_few_complete_trials(rich: tuple[FakeStu
     assert not (study.root / "analysis" / "importance.png").exists()
 
 
-def test_plots_are_valid_pngs(rich: tuple[FakeStudy, dict[str, Any]]) -> None:
+def test_plots_are_the_ones_the_data_supports(rich: tuple[FakeStudy, dict[str, Any]]) -> None:
     study, result = rich
     out = study.root / "analysis"
     # every plot but importance (8 COMPLETE trials are too few to rank knobs) and accuracy against size (one
@@ -256,10 +317,43 @@ def test_plots_are_valid_pngs(rich: tuple[FakeStudy, dict[str, Any]]) -> None:
     assert sorted(Path(p).name for p in result["plots"]) == sorted(
         name for key, name in PLOT_FILES.items() if key not in ("importance", "params"))
     for path in result["plots"]:
-        data = Path(path).read_bytes()
+        assert Path(path).read_bytes()[:8] == PNG_MAGIC, path
+        assert Path(path).parent == out
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left behind
+
+
+def _every_plot_study(root: Path) -> FakeStudy:
+    """Smoke space, ASHA, 24 COMPLETE trials of two sizes whose objective grows with kd.alpha, 3 PRUNED."""
+    study = FakeStudy(root)
+    study.reference()
+    rng = np.random.default_rng(2)
+    for n in range(27):
+        status = "PRUNED" if n % 9 == 4 else "COMPLETE"
+        alpha = float(rng.uniform(0, 1))
+        params = {"kd.alpha": alpha, "kd.temperature": float(np.exp(rng.uniform(0, np.log(20)))),
+                  "student.optimizer": "adam" if n % 2 else "adamw"}
+        study.trial(n, status, params, _shifted([0.01 * alpha] * 5), inner=0.5 + 0.4 * alpha,
+                    iterations=10 if status == "COMPLETE" else 2, student_params=1000 + 500 * (n % 2))
+    return study
+
+
+def test_every_plot_is_drawn_as_a_png(tmp_path: Path, real_plots: None) -> None:
+    from matplotlib.image import imread
+
+    study = _every_plot_study(tmp_path / "every")
+    result = analyse(study.root, top_k=3)
+    out = study.root / "analysis"
+    assert sorted(Path(p).name for p in result["plots"]) == sorted(PLOT_FILES.values())
+    text = Path(result["report"]).read_text()
+    for path in map(Path, result["plots"]):
+        data = path.read_bytes()
         assert data[:8] == PNG_MAGIC, path
         assert len(data) > 5000, path
-        assert Path(path).parent == out
+        assert path.parent == out
+        image = imread(path)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100, path
+        assert float(image[..., :3].std()) > 0.01, path  # not a blank canvas
+        assert f"]({path.name})" in text
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left behind
 
 
@@ -367,9 +461,20 @@ def test_pandas_and_pyarrow_dataset_read_the_same_rows(rich: tuple[FakeStudy, di
 
 
 def test_importing_the_analysis_leaves_ray_out() -> None:
-    probe = ("import json, sys\nimport results.report, results.analysis, results.plots\n"
+    probe = ("import importlib, json, pkgutil, sys\nimport results\n"
+             "for m in pkgutil.iter_modules(results.__path__):\n    importlib.import_module('results.' + m.name)\n"
              "heavy = {'ray', 'matplotlib', 'optuna', 'tune'}\n"
              "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & heavy)))")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_asha_rungs_import_nothing_heavy() -> None:
+    # tune.scheduler and tune.trainable import results.asha in every Ray worker
+    probe = ("import json, sys\nfrom results.asha import asha_rungs\n"
+             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'pandas', 'numpy', 'scipy'})))")
     proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -625,7 +730,7 @@ def _task(space: str, n_classes: int, n_groups: int) -> dict[str, Any]:
     return resolve_task(base.task, base.teacher, n_classes, n_groups).describe()
 
 
-OVERLAP_PARAMS = {"baseline": 5178, "teacher": [19237, 19172, 19172], "student": 5178}
+OVERLAP_PARAMS: dict[str, Any] = {"baseline": 5178, "teacher": [19237, 19172, 19172], "student": 5178}
 
 
 def _per_class(c: int, i: int) -> float:
@@ -804,7 +909,8 @@ def _methods_study(root: Path, *, searched: tuple[str, ...] = ("simkd", "hinton"
 
 def _ci(diffs: list[float]) -> tuple[float, float]:
     d = np.array(diffs)
-    half = t_quantile(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)
+    assert d.size == 5  # Student t's 0.975 quantile at df 4
+    half = 2.776445105 * d.std(ddof=1) / math.sqrt(d.size)
     return d.mean() - half, d.mean() + half
 
 
@@ -892,9 +998,9 @@ def test_accuracy_against_trainable_parameters_lists_every_complete_trial_and_th
     assert "| teacher_0 | 20,000 | 5 | 97.00 ± 1.58 % |" in section
     assert f"![Holdout accuracy against trainable parameters]({PLOT_FILES['params']})" in text
 
-    from results import report
+    from results import markdown
 
-    monkeypatch.setattr(report, "MAX_SIZE_ROWS", 2)  # a large study: one row per method and size
+    monkeypatch.setattr(markdown, "MAX_SIZE_ROWS", 2)  # a large study: one row per method and size
     text = Path(analyse(tmp_path / "sizes")["report"]).read_text()
     section = text[text.index("## Holdout accuracy against trainable parameters"):text.index("## Reference:")]
     assert "5 COMPLETE trials, grouped by method and size" in section

@@ -13,7 +13,7 @@ from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
-from results.analysis import asha_rungs
+from results.asha import asha_rungs
 
 
 class RungASHA(AsyncHyperBandScheduler):

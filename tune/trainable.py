@@ -86,7 +86,7 @@ def _metrics(report: EpochReport, seeds: tuple[int, ...]) -> dict[str, Any]:
 
 def asha_rungs(grace_period: int, reduction_factor: int, max_t: int) -> frozenset[int]:
     """The evaluations at which ASHA compares trials (``results.analysis.asha_rungs``)."""
-    from results.analysis import asha_rungs as rungs
+    from results.asha import asha_rungs as rungs
 
     return frozenset(rungs(grace_period, reduction_factor, max_t))
 

@@ -1,0 +1,75 @@
+"""kdtune's ASHA rungs, and what a study's trials did at them.
+
+``asha_rungs`` is pure and imports nothing heavy: ``tune.scheduler`` and ``tune.trainable`` lay out the
+scheduler's rungs with it in every Ray worker. The two functions that read a study import pandas when called.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from results.study_data import StudyData
+
+
+def asha_rungs(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
+    """The rungs of kdtune's ASHA (``tune.scheduler.RungASHA``): the first at ``grace`` (if below ``max_t``),
+    then ``grace * rf**k`` only while a trial promoted there still has ``rf`` times as far to go
+    (``grace * rf**(k + 1) <= max_t``).
+
+    Ray's own layout puts rungs up to ``max_t``: with a 200-evaluation trial and a first rung at 66 it
+    compares again at 198, where stopping saves 1 % of the trial and throws its result away.
+    """
+    if grace_period >= max_t:
+        return []
+    out, milestone = [grace_period], grace_period * reduction_factor
+    while milestone * reduction_factor <= max_t:
+        out.append(milestone)
+        milestone *= reduction_factor
+    return out
+
+
+@dataclass(frozen=True)
+class AshaSettings:
+    """The ASHA scheduler of a study: a trial is compared with its peers at ``grace_period * rf**k``."""
+
+    grace_period: int
+    reduction_factor: int
+    max_t: int
+
+    def rungs(self) -> list[int]:
+        """Milestones (evaluations reported) at which ASHA compares trials (``asha_rungs``)."""
+        return asha_rungs(self.grace_period, self.reduction_factor, self.max_t)
+
+
+def iterations_reached(study: StudyData) -> pd.DataFrame:
+    """Per recorded trial: its status and how many evaluations it reported (epochs table, else trials)."""
+    import pandas as pd
+
+    trials = study.trials[["trial_id", "status", "iterations"]].dropna(subset=["trial_id"])
+    if trials.empty:
+        return pd.DataFrame({"trial_id": [], "status": [], "iterations": []})
+    reached = study.epochs.dropna(subset=["trial_id"]).groupby("trial_id")["iteration"].max()
+    out = trials.drop_duplicates("trial_id", keep="last").set_index("trial_id")
+    from_epochs = reached.reindex(out.index)
+    out["iterations"] = from_epochs.fillna(pd.to_numeric(out["iterations"], errors="coerce")).fillna(0)
+    out["iterations"] = out["iterations"].astype("int64")
+    return out.reset_index()
+
+
+def rung_survivors(study: StudyData) -> list[dict[str, int]] | None:
+    """Per ASHA milestone: trials that reached it, and how many of those went on to COMPLETE.
+
+    None when the study's ASHA settings are unknown (no readable ``study.json``).
+    """
+    if study.asha is None:
+        return None
+    reached = iterations_reached(study)
+    iters = reached["iterations"].to_numpy()
+    complete = (reached["status"] == "COMPLETE").to_numpy(dtype=bool)
+    milestones = [1, *[m for m in study.asha.rungs() if m > 1]]
+    return [{"milestone": r, "reached": int((iters >= r).sum()),
+             "complete": int(((iters >= r) & complete).sum())} for r in milestones]
