@@ -148,12 +148,14 @@ class SimKD(Method):
                                   f"{list(FEATURE_MODELS)} or a factory whose model has features, pool and fc")
 
 
+NO_KD = "none"  # the method without a distillation term: what every other method is measured against
+
 # kd.method -> the method; the order is the order the command line and the messages list them in.
 METHODS: dict[str, Method] = {
     "hinton": Hinton(),
     "annealing": Annealing(),
     "simkd": SimKD(),
-    "none": NoKD(),
+    NO_KD: NoKD(),
 }
 
 

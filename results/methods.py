@@ -11,6 +11,9 @@ from typing import Any
 
 import pandas as pd
 
+from kdcore import (
+    NO_KD,  # the kd.method that trains on hard labels only: what the others are measured against
+)
 from results.cells import first_int, plain, seed_accuracies, text
 from results.json_view import FLATTEN
 from results.schema import param_column
@@ -19,7 +22,6 @@ from results.study_data import StudyData
 from results.summaries import Trainable, ranked_complete, status_counts, trainable_params, trial_params
 
 METHOD_KNOB = "kd.method"
-NO_KD = "none"  # the kd.method that trains on hard labels only: what the other methods are measured against
 
 
 @dataclass(frozen=True)

@@ -125,9 +125,12 @@ class SearchSpace:
     def without_kd(self) -> SearchSpace:
         """The same space for a student without distillation: the CE-only baseline search of a study.
 
-        Drops every ``kd.*`` knob (and any knob conditional on a dropped one) and fixes Hinton KD with
-        alpha = 0, so the student trains on hard labels with the same recipe knobs and the same budget.
+        Drops every ``kd.*`` knob (and any knob conditional on a dropped one) and fixes the ablation's KD
+        settings (``kdcore.METHODS``: Hinton KD with alpha = 0), so the student trains on hard labels with the
+        same recipe knobs and the same budget.
         """
+        from kdcore import METHODS
+
         dropped: set[str] = set()
         kept: list[Knob] = []
         for knob in self.knobs:
@@ -136,7 +139,8 @@ class SearchSpace:
             else:
                 kept.append(knob)
         fixed = {k: v for k, v in self.fixed.items() if not k.startswith("kd.")}
-        fixed.update({"kd.method": "hinton", "kd.alpha": 0.0})
+        ablation = METHODS[self.base.kd.method].ablation(self.base.kd)
+        fixed.update({f"kd.{key}": value for key, value in ablation.items() if key in ("method", "alpha")})
         return SearchSpace(name=f"{self.name}-ce", knobs=tuple(kept), fixed=fixed, objective=self.objective,
                            description=f"{self.name} without distillation (CE only): the tuned baseline",
                            source=f"{self.source} (CE only)")
