@@ -23,7 +23,8 @@ class RungASHA(AsyncHyperBandScheduler):
         super().__init__(grace_period=grace_period, reduction_factor=reduction_factor, max_t=max_t, brackets=1,
                          **kwargs)
         rungs = asha_rungs(grace_period, reduction_factor, max_t)
-        # Ray keeps a bracket's rungs highest first, each with the values recorded there.
+        # Ray keeps a bracket's rungs highest first, each with the values recorded there. Private state
+        # (``_brackets``, ``_rungs``): Ray 2.60 has no public way to place rungs, only grace * rf**k.
         self._brackets[0]._rungs = [(milestone, {}) for milestone in sorted(rungs, reverse=True)]
 
     @property
