@@ -34,7 +34,7 @@ import torch
 
 import kdcore
 from kdcore import ExperimentConfig, TeacherCache, prepare, run_experiment, train_baseline, train_student
-from tune.reference import CE_BASELINE
+from tune.baseline import CE_BASELINE
 from tune.rerun import study_trial_config
 
 ROOT = Path(__file__).resolve().parents[1]

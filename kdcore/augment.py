@@ -54,8 +54,8 @@ def augment(x: torch.Tensor, kind: str, generators: Sequence[torch.Generator], f
             n_seeds: int) -> torch.Tensor:
     """The augmented batch (S, B, C, H, W) of ``x``: (S, B, C, H, W) per seed or (B, C, H, W) shared by every
     seed (then each seed still draws its own crops and flips); ``x`` itself when ``kind`` is ``none``."""
-    padding, _ = _settings(kind)
-    if kind == "none":
+    padding, flips = _settings(kind)
+    if padding == 0 and not flips:  # ``none``
         return x
     if x.dim() == 4:
         x = x.unsqueeze(0).expand(n_seeds, *x.shape)

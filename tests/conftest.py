@@ -1,4 +1,5 @@
-"""Shared fixtures: one torch thread for the session, and the reference pickles (skipped when absent)."""
+"""Shared fixtures: one torch thread for the session, the reference pickles (skipped when absent), and one
+finished smoke study for the slow tests that only read a study (``smoke_study``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_errors import changes, snapshot
+from study_runs import FinishedStudy, finished_smoke_study
 
 # tests/ lives in the project (/work/main); the reference pickles live beside it in ../shared/data and are
 # never copied into the project.
@@ -23,6 +26,16 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _logging_as_main_sets_it() -> None:
+    """Library code sets no logging; ``kdtune``'s ``main()`` does. Tests that call the library directly
+    (create a study, tell Optuna a trial's end) run with the same settings, so Optuna does not log a line
+    per study and trial."""
+    from tune.cli import configure_logging
+
+    configure_logging()
+
+
 @pytest.fixture(scope="session")
 def reference_path() -> Callable[[str], Path]:
     """``reference_path("1.0")`` -> path of data_d1.0.pkl; skips the test when the file is not there."""
@@ -34,3 +47,16 @@ def reference_path() -> Callable[[str], Path]:
         return path
 
     return find
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedStudy]:
+    """One real finished study (``study_runs.SMOKE_ARGS``: 3 smoke trials, their references and a 2-trial
+    tuned baseline), made once per session for the tests that only read it (test_train_from,
+    test_references). Read-only: a test that changes a study copies this one first or makes its own; the
+    session fails at teardown if anything in the folder changed."""
+    study = finished_smoke_study(tmp_path_factory.mktemp("smoke-study") / "studies")
+    before = snapshot(study.root)
+    yield study
+    changed = changes(before, snapshot(study.root))
+    assert not changed, f"a test changed the shared smoke study (copy it first): {changed}"

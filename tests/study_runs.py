@@ -1,4 +1,5 @@
-"""One real ``kdtune search`` in its own process, for the slow tests that need a finished study."""
+"""One real ``kdtune search`` in its own process, for the slow tests that need a finished study; and the
+finished smoke study the session shares (``tests/conftest.py``: ``smoke_study``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,23 @@ def run_search(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[
     if proc.returncode != 0:
         pytest.fail(f"kdtune search exited {proc.returncode}; stderr tail:\n{proc.stderr[-3000:]}")
     return proc
+
+
+# The study the session shares: the smoke space, 3 trials (sampler seed 0) and a 2-trial tuned baseline.
+SMOKE_NAME = "smoke3"
+SMOKE_ARGS = ("--space", "smoke", "--name", SMOKE_NAME, "--num-samples", "3", "--seed", "0", "--tune-baseline", "2")
+
+
+@dataclass(frozen=True)
+class FinishedStudy:
+    """A finished study folder (``root``: ``DIR/NAME``) and what its ``kdtune search`` printed."""
+
+    root: Path
+    stdout: str
+
+
+def finished_smoke_study(storage: Path) -> FinishedStudy:
+    """``kdtune search SMOKE_ARGS --storage storage``: the mixed baseline, teachers, 3 trials, the ablation of
+    the best and the CE-only tuned baseline in ``storage/smoke3/ce-baseline``."""
+    proc = run_search(*SMOKE_ARGS, "--storage", str(storage))
+    return FinishedStudy(storage / SMOKE_NAME, proc.stdout)

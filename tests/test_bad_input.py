@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_errors import assert_one_line_error, changes, snapshot
 
 import kdcore
 
@@ -77,8 +78,7 @@ def _make_study(root: Path) -> Path:
     """A resumable study folder made without Ray: study.json and an Optuna journal with no trials yet."""
     import optuna
 
-    from tune.runner import journal_storage
-    from tune.study import StudyMeta, StudyPaths
+    from tune.study import StudyMeta, StudyPaths, journal_storage
 
     paths = StudyPaths(root)
     dataset = kdcore.builtin("d0.5")
@@ -101,9 +101,6 @@ class Workspace:
     study: Path  # an existing study that no case may touch
     keep: list[socket.socket] = field(default_factory=list)  # listeners a case needs while kdtune runs
 
-    def snapshot(self) -> dict[str, tuple[int, int]]:
-        return {str(p.relative_to(self.root)): (p.stat().st_size, p.stat().st_mtime_ns)
-                for p in sorted(self.root.rglob("*"))}
 
 
 @pytest.fixture
@@ -282,7 +279,7 @@ def _kill_marked_processes(token: str) -> None:
 def test_bad_input_gets_one_line_exit_2_and_writes_nothing(case: Case, ws: Workspace) -> None:
     args = case.build(ws)
     command = args[0]
-    before = ws.snapshot()
+    before = snapshot(ws.root)
     token = secrets.token_hex(32)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_"))}
     # A TMPDIR of its own (short: unix sockets) shows whether kdtune left a Ray temp dir behind.
@@ -297,21 +294,15 @@ def test_bad_input_gets_one_line_exit_2_and_writes_nothing(case: Case, ws: Works
                               timeout=case.timeout)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"kdtune {command} gave no answer within {case.timeout} s; stderr so far: "
-                    f"{(exc.stderr or b'')[-300:]!r}; changed: {_changes(before, ws.snapshot())}")
+                    f"{(exc.stderr or b'')[-300:]!r}; changed: {changes(before, snapshot(ws.root))}")
     finally:
         _kill_marked_processes(token)
         left_in_tmp = sorted(p.name for p in tmp.glob("kdt-ray-*"))  # torch may cache there too
         shutil.rmtree(tmp, ignore_errors=True)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith(f"kdtune {command}: error: "), lines[0]
-    assert case.fragment in lines[0], lines[0]
-    assert proc.stdout == "", proc.stdout
+    assert_one_line_error(command, proc.returncode, proc.stderr, case.fragment, out=proc.stdout)
     assert not (ws.root / "PWNED").exists(), "the pickle ran its code"
     assert not ws.storage.exists(), f"{ws.storage} was created"
-    assert _changes(before, ws.snapshot()) == {}
+    assert changes(before, snapshot(ws.root)) == {}
     assert left_in_tmp == [], f"left in TMPDIR: {left_in_tmp}"
 
 
@@ -322,21 +313,17 @@ def test_more_bad_input_in_process(case: Case, ws: Workspace, monkeypatch: pytes
     from tune.cluster import RAY_ENV
 
     args = case.build(ws)
-    before = ws.snapshot()
+    before = snapshot(ws.root)
     monkeypatch.chdir(ws.root)
     monkeypatch.setenv("HOME", str(ws.home))
     for key, value in {**RAY_ENV, "RAY_AUTH_TOKEN": secrets.token_hex(32)}.items():
         monkeypatch.setenv(key, value)  # main() sets these for Ray; monkeypatch puts the old ones back
     rc = main(args)
     out, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert rc == 2, err
-    assert len(lines) == 1 and lines[0].startswith(f"kdtune {args[0]}: error: "), err
-    assert case.fragment in lines[0], lines[0]
-    assert out == ""
+    assert_one_line_error(args[0], rc, err, case.fragment, out=out)
     assert not (ws.root / "PWNED").exists(), "the pickle ran its code"
     assert not ws.storage.exists(), f"{ws.storage} was created"
-    assert _changes(before, ws.snapshot()) == {}
+    assert changes(before, snapshot(ws.root)) == {}
 
 
 @pytest.mark.parametrize("name", CHEAP)
@@ -353,27 +340,19 @@ def test_cheap_checks_come_before_heavy_imports(name: str, ws: Workspace) -> Non
     assert proc.stdout.strip() == "[]", f"imported before refusing: {proc.stdout}"
 
 
-def _changes(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, str]:
-    keys = set(before) | set(after)
-    return {k: ("added" if k not in before else "removed" if k not in after else "changed")
-            for k in sorted(keys) if before.get(k) != after.get(k)}
-
-
 @pytest.mark.slow
 def test_tmpdir_too_long_for_ray_sockets_is_one_line(ws: Workspace) -> None:
     """Ray's unix sockets live under TMPDIR; a path too long for them is refused before Ray starts."""
     long_tmp = ws.root / ("t" * 60)  # pytest's tmp_path plus 60 characters: well past Ray's 107
     long_tmp.mkdir()
-    before = ws.snapshot()
+    before = snapshot(ws.root)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_"))}
     env.update(HOME=str(ws.home), TMPDIR=str(long_tmp), RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.run([*_kdtune_cmd(), *_search()(ws)], check=False, cwd=ws.root, env=env,
                           capture_output=True, text=True, timeout=TIMEOUT_S)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert lines[0].startswith("kdtune search: error: ") and "set TMPDIR to a shorter folder" in lines[0], lines[0]
+    assert_one_line_error("search", proc.returncode, proc.stderr, "set TMPDIR to a shorter folder")
     assert not ws.storage.exists()
     # Python's tempfile.gettempdir() makes and deletes a probe file in TMPDIR (its mtime moves): only the
     # folder's contents count.
     assert list(long_tmp.iterdir()) == []
-    assert {k: v for k, v in _changes(before, ws.snapshot()).items() if k != long_tmp.name} == {}
+    assert {k: v for k, v in changes(before, snapshot(ws.root)).items() if k != long_tmp.name} == {}

@@ -31,7 +31,7 @@ print(json.dumps({
 
 def test_importing_kdcore_leaves_ray_and_optuna_out() -> None:
     proc = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["torch"] is True  # the probe really imported the engine

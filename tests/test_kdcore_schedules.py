@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -83,8 +85,8 @@ def test_onecycle_end_points(total: int, pct: float) -> None:
     assert peak * 0.99 < max(lrs) <= peak * (1 + 1e-12)
     assert lrs[-1] == pytest.approx(peak / 25 / 1e4, rel=1e-9)
     top = lrs.index(max(lrs))
-    assert all(a <= b for a, b in zip(lrs[:top], lrs[1:top + 1]))  # rises to the peak
-    assert all(a >= b for a, b in zip(lrs[top:], lrs[top + 1:]))  # then only falls
+    assert all(a <= b for a, b in itertools.pairwise(lrs[:top + 1]))  # rises to the peak
+    assert all(a >= b for a, b in itertools.pairwise(lrs[top:]))  # then only falls
     # steps past the end stay at the final value instead of wrapping or erroring
     assert onecycle_lr(total + 5, max_lr=peak, total_steps=total, pct_start=pct) == pytest.approx(lrs[-1])
 
@@ -105,7 +107,7 @@ def test_annealing_phi(epochs: int, tau_max: int) -> None:
     phis = [annealing_phi(e, epochs=epochs, tau_max=tau_max) for e in range(epochs)]
     assert phis[0] == pytest.approx(1 / tau_max)
     assert phis[-1] == pytest.approx(1.0)
-    assert all(a <= b for a, b in zip(phis, phis[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(phis))
     assert len(set(phis)) == tau_max
     assert all(0 < p <= 1 for p in phis)
     # the steps are the published grid phi = 1 - (t - 1) / tau_max for t = tau_max .. 1

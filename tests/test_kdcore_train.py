@@ -151,7 +151,7 @@ def test_batched_five_seeds_equal_five_standalone_runs(small: ClassificationData
             assert batched.epochs_run == single.epochs_run
             for key, value in _weights(single, 0).items():
                 torch.testing.assert_close(_weights(batched, i)[key], value, rtol=1e-4, atol=1e-5,
-                                           msg=lambda m: f"{name} seed {seed} {key}: {m}")
+                                           msg=lambda m, where=f"{name} seed {seed} {key}": f"{where}: {m}")
 
 
 def _hand_loop(x: torch.Tensor, y: torch.Tensor, seed: int, lr: float, epochs: int,
@@ -483,4 +483,4 @@ def test_folds_of_unequal_sizes_train_each_seed_as_it_trains_alone() -> None:
         for name, batched in together.methods.items():
             for key, value in _weights(alone.methods[name], 0).items():
                 torch.testing.assert_close(_weights(batched, i)[key], value, rtol=1e-4, atol=1e-5,
-                                           msg=lambda m: f"{name} seed {seed} {key}: {m}")
+                                           msg=lambda m, where=f"{name} seed {seed} {key}": f"{where}: {m}")

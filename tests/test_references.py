@@ -1,13 +1,13 @@
 """A study's fair references: the ablation of its best trial and the CE-only tuned baseline.
 
-Slow: one real 3-trial smoke study with ``--tune-baseline 2`` (local Ray, real Optuna journals, Parquet
-read back). Fast: the CE-only space a study derives from its own.
+Slow: the session's real 3-trial smoke study with ``--tune-baseline 2`` (``smoke_study``, in conftest.py:
+local Ray, real Optuna journals, Parquet read back), only read here. Fast: the CE-only space a study derives
+from its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +15,13 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
-from study_runs import run_search
+from study_runs import FinishedStudy
 
 import kdcore
 from kdcore import prepare, train_student
 from results.report import analyse
 from search_spaces import load_space, parse_space
+from tune.study import StudyPaths, load_optuna_study
 
 
 def test_ce_only_space_drops_every_kd_knob_and_fixes_alpha_zero() -> None:
@@ -42,25 +41,20 @@ def test_without_kd_keeps_the_recipe_and_drops_only_the_kd_term() -> None:
     assert (ablated.kd.method, ablated.kd.alpha) == ("hinton", 0.0) and not ablated.kd.uses_teachers
 
 
-@pytest.fixture(scope="module")
-def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    storage = tmp_path_factory.mktemp("refs") / "studies"
-    run_search("--space", "smoke", "--name", "refs", "--storage", str(storage), "--num-samples", "3",
-               "--tune-baseline", "2")
-    yield storage / "refs"
+@pytest.fixture
+def study_dir(smoke_study: FinishedStudy) -> Path:
+    return smoke_study.root
 
 
-def _study(root: Path, name: str) -> optuna.Study:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = JournalStorage(JournalFileBackend(str(root / "optuna.journal")))
-    return optuna.load_study(study_name=name, storage=storage)
+def _study(root: Path) -> optuna.Study:
+    return load_optuna_study(StudyPaths(root))
 
 
 @pytest.mark.slow
 def test_study_records_the_ablation_of_its_best_trial_exactly(study_dir: Path) -> None:
     reference = pd.read_parquet(study_dir / "results" / "reference.parquet")
     assert {"baseline", "teacher_0", "teacher_1", "teacher_2", "ablation", "tuned_baseline"} <= set(reference.method)
-    best = _study(study_dir, "refs").best_trial
+    best = _study(study_dir).best_trial
     ablation = reference[reference.method == "ablation"].sort_values("seed")
     assert set(ablation.trial_number) == {best.number}
     # the same configuration without its KD term, trained here with kdcore directly, gives the same seeds
@@ -77,7 +71,8 @@ def test_study_records_the_ablation_of_its_best_trial_exactly(study_dir: Path) -
 @pytest.mark.slow
 def test_tuned_baseline_is_a_ce_only_study_whose_best_trial_is_reported(study_dir: Path) -> None:
     nested = study_dir / "ce-baseline"
-    ce = _study(nested, "ce-baseline")
+    ce = _study(nested)
+    assert ce.study_name == "ce-baseline"
     finished = [t for t in ce.trials if t.state.is_finished()]
     assert len(finished) == 2
     assert all(not any(p.startswith("kd.") for p in t.params) for t in ce.trials)  # no KD knob searched

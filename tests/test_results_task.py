@@ -58,7 +58,7 @@ def test_a_study_record_of_an_older_kdtune_reads_without_task(tmp_path: Path) ->
 
 
 def test_the_table_metadata_names_the_task_and_each_model_with_its_size(tmp_path: Path) -> None:
-    from tune.runner import _study_tables
+    from tune.tables import study_tables as _study_tables
 
     paths, meta = _plan(tmp_path)
     space = load_space("digits-subsets")
@@ -95,7 +95,7 @@ def _summary(classes: list[int], per_class: list[list[float | None]], params: in
 def test_rows_carry_sizes_classes_and_per_class_accuracy_into_the_tables(tmp_path: Path) -> None:
     from tune.recorder import trial_rows
     from tune.reference import reference_rows
-    from tune.runner import _study_tables
+    from tune.tables import study_tables as _study_tables
 
     paths, meta = _plan(tmp_path)
     tables = _study_tables(paths, meta, load_space("digits-subsets"))
@@ -133,9 +133,9 @@ def test_a_simkd_trial_records_its_projector_and_head_also_when_rebuilt_from_opt
     import optuna
 
     from tune.recorder import rows_from_optuna, trial_rows
-    from tune.runner import _study_tables
     from tune.searcher import RECORDED_KEYS
     from tune.study import journal_storage
+    from tune.tables import study_tables as _study_tables
 
     paths, meta = _plan(tmp_path, "digits-simkd")
     tables = _study_tables(paths, meta, load_space("digits-simkd"))
@@ -168,7 +168,8 @@ def test_a_simkd_trial_records_its_projector_and_head_also_when_rebuilt_from_opt
 
 
 def test_the_tuned_baseline_takes_its_size_from_the_best_trial_and_knows_every_class() -> None:
-    from tune.reference import _tuned_summary, reference_rows
+    from tune.tables import reference_rows
+    from tune.tables import tuned_summary as _tuned_summary
 
     per_seed = _summary(list(range(10)), [[0.5] * 10, [0.6] * 10], 0)["per_seed"]
     task = {"n_classes": 10}

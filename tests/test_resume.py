@@ -204,15 +204,9 @@ def session(tmp_path: Path) -> Iterator[Session]:
 
 
 def optuna_trials(study_dir: Path) -> list[Any]:
-    import optuna
+    from tune.study import StudyPaths, load_optuna_study
 
-    from tune.runner import journal_storage
-    from tune.study import StudyPaths
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    name = json.loads((study_dir / "study.json").read_text())["name"]
-    storage = journal_storage(StudyPaths(study_dir))
-    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    return load_optuna_study(StudyPaths(study_dir)).get_trials(deepcopy=False)
 
 
 def ended(trials: list[Any]) -> list[Any]:
@@ -550,12 +544,10 @@ def test_sigterm_mid_study_stops_cleanly_and_resume_finishes(session: Session) -
     verbose = re.findall(r"^trial (\d+) (COMPLETE|PRUNED|ERROR): ", resumed.stderr, flags=re.MULTILINE)
     assert len(verbose) == n - len(ended(stopped)), resumed.stderr
     # Provenance: the Optuna study says what it is; every live row says when it ran (UTC, in order).
-    import optuna
+    from tune.study import StudyPaths, load_optuna_study
 
-    from tune.runner import journal_storage
-    from tune.study import StudyPaths
-
-    attrs = optuna.load_study(study_name="t", storage=journal_storage(StudyPaths(study))).user_attrs
+    attrs = load_optuna_study(StudyPaths(study)).user_attrs
+    assert attrs["kdtune_study"] == "t"
     assert {"data", "fingerprint", "protocol", "space_name", "objective"} <= set(attrs), attrs
     assert attrs["space_name"] == "resume-test" and attrs["objective"] == {"metric": "inner_acc", "mode": "max"}
     for row in rows:

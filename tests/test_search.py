@@ -34,6 +34,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from tune.cli import main
+from tune.study import StudyPaths, load_optuna_study
 
 NAME = "smoke8"
 SAMPLES = 8
@@ -51,8 +52,7 @@ def _journal(study_dir: Path) -> Any:
 
 
 def _load_study(study_dir: Path) -> optuna.Study:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=study_dir.name, storage=_journal(study_dir))
+    return load_optuna_study(StudyPaths(study_dir))
 
 
 def _proc_stat(pid: int) -> tuple[int, str, int] | None:
@@ -410,7 +410,7 @@ def test_search_trains_the_teachers_once(search_run: SearchRun) -> None:
     hits = [t.user_attrs.get("teacher_cache_hit") for t in _load_study(search_run.study_dir).trials]
     assert None not in hits, hits
     # The driver trains the reference teachers into the cache before the first trial starts
-    # (tune/runner.py _train_reference), so no trial trains them: every trial is a cache hit.
+    # (tune.reference.train_references), so no trial trains them: every trial is a cache hit.
     assert all(hits), hits
 
 
@@ -483,8 +483,7 @@ def test_search_impossible_resource_request_fails_before_writing(tmp_path: Path,
     run = start_kdtune(tmp_path, short_tmp, "search", "--space", "smoke", "--name", "big",
                        "--storage", str(storage), "--num-samples", "2", "--cpus-per-trial", "64")
     rc = run.wait(timeout=180)
-    assert_one_line_error("search", rc, run.stderr, "impossible resource request", "64 CPU")
-    assert run.stdout == ""
+    assert_one_line_error("search", rc, run.stderr, "impossible resource request", "64 CPU", out=run.stdout)
     assert not storage.exists() or list(storage.iterdir()) == []
     assert list(run.home.iterdir()) == [] and list(run.cwd.iterdir()) == []
     assert leftovers_in_tmp(run.tmp) == []  # the local Ray it started is stopped and its temp dir removed
@@ -583,8 +582,7 @@ BAD_INPUT: dict[str, tuple[Callable[[Path], list[str]], str]] = {
 def test_search_bad_input_is_one_line_and_writes_nothing(case: str, sandbox: Sandbox, tmp_path: Path) -> None:
     make_args, fragment = BAD_INPUT[case]
     rc, out, err = sandbox.run(*make_args(tmp_path))
-    assert_one_line_error("search", rc, err, fragment)
-    assert out == ""
+    assert_one_line_error("search", rc, err, fragment, out=out)
     assert sandbox.nothing_written()
     assert not (tmp_path / "x").exists()  # "../x" from the storage folder
 
@@ -594,8 +592,7 @@ def test_search_existing_study_is_refused_and_left_alone(sandbox: Sandbox) -> No
     study.mkdir(parents=True)
     (study / "notes.txt").write_text("mine\n")
     rc, out, err = sandbox.run()
-    assert_one_line_error("search", rc, err, "already exists")
-    assert out == ""
+    assert_one_line_error("search", rc, err, "already exists", out=out)
     assert [p.name for p in sandbox.storage.iterdir()] == ["s"]
     assert [p.name for p in study.iterdir()] == ["notes.txt"]
     assert (study / "notes.txt").read_text() == "mine\n"
@@ -607,8 +604,7 @@ def test_search_bad_input_in_a_real_process(tmp_path: Path, short_tmp: Path) -> 
     run = start_kdtune(tmp_path, short_tmp, "search", "--space", "nosuch", "--name", "s",
                        "--storage", str(storage))
     rc = run.wait(timeout=120)
-    assert_one_line_error("search", rc, run.stderr, "unknown built-in search space")
-    assert run.stdout == ""
+    assert_one_line_error("search", rc, run.stderr, "unknown built-in search space", out=run.stdout)
     assert not storage.exists()
     for folder in (run.home, run.tmp, run.cwd):
         assert list(folder.iterdir()) == [], folder
@@ -750,14 +746,14 @@ def _space(spec: str) -> Any:
 
 @pytest.mark.parametrize("name", list(MOST_EVALUATIONS))
 def test_max_evaluations_covers_every_report(name: str) -> None:
-    from tune.runner import max_evaluations
+    from tune.plan import max_evaluations
 
     spec, most = MOST_EVALUATIONS[name]
     assert most <= max_evaluations(_space(spec)) <= most + 2
 
 
 def test_max_evaluations_default_space_counts_the_annealing_knob() -> None:
-    from tune.runner import max_evaluations
+    from tune.plan import max_evaluations
 
     # annealing: phase 1 (kd.anneal_epochs <= 100 epochs) then phase 2 (200 student epochs), every epoch
     assert 300 <= max_evaluations(_space("default")) <= 302
@@ -919,7 +915,7 @@ def test_asha_compares_the_objectives_best_so_far_not_its_value_at_the_rung(monk
 
 
 def test_default_grace_is_two_thirds_of_the_students_evaluations() -> None:
-    from tune.runner import default_grace
+    from tune.plan import default_grace
 
     assert default_grace(_space("default")) == 133  # 200 epochs, every epoch
     assert default_grace(_space("smoke")) == 3  # 5 epochs
@@ -933,3 +929,19 @@ def test_cli_asha_defaults_are_the_runners() -> None:
 
     args = build_parser().parse_args(["search", "--name", "x"])
     assert args.reduction_factor == DEFAULT_REDUCTION_FACTOR and args.grace_period is None
+
+
+def test_cli_choices_are_the_configs_and_the_runners() -> None:
+    """The CLI's choices are read from the tuples the settings are checked against, so they cannot drift."""
+    import kdcore
+    from tune.cli import build_parser
+    from tune.plan import SAMPLER_NAMES
+    from tune.runner import SAMPLERS
+
+    assert tuple(SAMPLERS) == SAMPLER_NAMES
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    choices = {cmd: {a.dest: tuple(a.choices) for a in p._actions if a.choices}
+               for cmd, p in sub.items()}
+    assert choices["train"]["protocol"] == kdcore.PROTOCOLS
+    assert choices["train"]["optimizer"] == kdcore.OPTIMIZERS
+    assert choices["search"]["sampler"] == SAMPLER_NAMES

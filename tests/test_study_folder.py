@@ -9,7 +9,15 @@ import pytest
 
 from tune.errors import KDTuneError
 from tune.plan import SearchSettings, plan_study
-from tune.study import LOCK_FILE, StudyMeta, StudyPaths, create_study, driver_lock, is_unborn, journal_storage
+from tune.study import (
+    LOCK_FILE,
+    StudyMeta,
+    StudyPaths,
+    create_study,
+    driver_lock,
+    is_unborn,
+    load_optuna_study,
+)
 
 
 def _planned(storage: Path, name: str = "s") -> tuple[StudyPaths, StudyMeta]:
@@ -24,7 +32,8 @@ def test_the_folder_appears_with_its_record_and_optuna_study(tmp_path: Path) -> 
         with pytest.raises(KDTuneError, match="being run by another kdtune process"), driver_lock(paths):
             pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"], "the hidden staging folder is gone"
-    study = optuna.load_study(study_name="s", storage=journal_storage(paths))
+    study = load_optuna_study(paths)
+    assert study.study_name == "s"
     attrs = study.user_attrs
     assert attrs["data"] == "builtin:d0.5" and attrs["fingerprint"] == meta.fingerprint
     assert attrs["protocol"] == "honest" and attrs["inner"] == "folds"

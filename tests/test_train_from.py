@@ -1,8 +1,9 @@
 """``kdtune train --from DIR/NAME``: a study's trial re-trained from its folder gives that trial's figures exactly;
 ``--rank`` ranks COMPLETE trials in the study's direction; bad input is one line on stderr and exit code 2.
 
-The slow tests share one real 3-trial search of the ``smoke`` space (``smoke_study``). The fast ones read
-small studies written here with Optuna's own API into a real journal (no training, no Ray).
+The slow tests read the session's one real 3-trial search of the ``smoke`` space (``smoke_study``, in
+conftest.py). The fast ones read small studies written here with Optuna's own API into a real journal (no
+training, no Ray).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,20 +20,20 @@ from typing import Any
 import optuna
 import pandas as pd
 import pytest
-from cli_errors import assert_one_line_error
+from cli_errors import assert_one_line_error, snapshot
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
-from study_runs import run_search
+from study_runs import SMOKE_NAME, FinishedStudy
 
 from search_spaces import load_space
-from tune.cli import _print_outcome, main
+from tune.cli import main
+from tune.render import print_outcome
 from tune.rerun import study_trial_config
-from tune.study import StudyMeta, StudyPaths
+from tune.study import StudyMeta, StudyPaths, load_optuna_study
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = 3
 SMOKE_SEEDS = [0, 10]  # smoke.yaml's fixed seeds
 RERUN_LINE = re.compile(r"^re-run it: (kdtune train --from .+ --trial \d+)$", re.MULTILINE)
 
@@ -52,7 +52,7 @@ def _journal(study_dir: Path) -> JournalStorage:
 
 
 @dataclass
-class SmokeStudy:
+class ReadStudy:
     root: Path
     stdout: str
     trials: pd.DataFrame  # results/trials.parquet
@@ -61,17 +61,13 @@ class SmokeStudy:
 
 
 @pytest.fixture(scope="module")
-def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmokeStudy]:
-    """``kdtune search --space smoke --num-samples 3`` in its own process, with a TMPDIR short enough for
-    Ray's unix sockets (pytest's tmp_path is not)."""
-    storage = tmp_path_factory.mktemp("train-from") / "studies"
-    proc = run_search("--space", "smoke", "--name", "rerun", "--storage", str(storage),
-                      "--num-samples", str(SAMPLES), "--seed", "0", timeout=420)
-    root = storage / "rerun"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    yield SmokeStudy(root, proc.stdout, pd.read_parquet(root / "results" / "trials.parquet"),
-                     pd.read_parquet(root / "results" / "seeds.parquet"),
-                     optuna.load_study(study_name="rerun", storage=_journal(root)))
+def read_study(smoke_study: FinishedStudy) -> ReadStudy:
+    """The session's finished smoke study (conftest.py: ``kdtune search --space smoke --num-samples 3`` in
+    its own process), read back: its tables and its Optuna study."""
+    root = smoke_study.root
+    assert root.name == SMOKE_NAME
+    return ReadStudy(root, smoke_study.stdout, pd.read_parquet(root / "results" / "trials.parquet"),
+                     pd.read_parquet(root / "results" / "seeds.parquet"), load_optuna_study(StudyPaths(root)))
 
 
 def _retrain_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
@@ -83,20 +79,20 @@ def _retrain_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, A
 
 
 @pytest.mark.slow
-def test_retrain_reproduces_every_complete_trial_exactly(smoke_study: SmokeStudy,
+def test_retrain_reproduces_every_complete_trial_exactly(read_study: ReadStudy,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    complete = smoke_study.trials[smoke_study.trials["status"] == "COMPLETE"]
-    assert len(complete) >= 1, smoke_study.trials["status"].tolist()
+    complete = read_study.trials[read_study.trials["status"] == "COMPLETE"]
+    assert len(complete) >= 1, read_study.trials["status"].tolist()
     for row in complete.itertuples():
         number = int(row.number)
-        result = _retrain_json(capsys, "--from", str(smoke_study.root), "--trial", str(number))
-        params = smoke_study.study.trials[number].params
-        assert result["from"] == {"study": str(smoke_study.root.resolve()), "trial": number, "params": params}
+        result = _retrain_json(capsys, "--from", str(read_study.root), "--trial", str(number))
+        params = read_study.study.trials[number].params
+        assert result["from"] == {"study": str(read_study.root.resolve()), "trial": number, "params": params}
         assert result["seeds"] == SMOKE_SEEDS
         student = result["methods"]["student"]
         assert student["holdout_acc_mean"] == pytest.approx(row.holdout_acc_mean, abs=1e-9), number
         assert student["inner_acc_mean"] == pytest.approx(row.inner_acc_mean, abs=1e-9), number
-        seeds = smoke_study.seeds[smoke_study.seeds["number"] == number].sort_values("seed")
+        seeds = read_study.seeds[read_study.seeds["number"] == number].sort_values("seed")
         assert seeds["seed"].tolist() == SMOKE_SEEDS
         per_seed = sorted(student["per_seed"], key=lambda s: s["seed"])
         assert [s["seed"] for s in per_seed] == SMOKE_SEEDS
@@ -106,26 +102,26 @@ def test_retrain_reproduces_every_complete_trial_exactly(smoke_study: SmokeStudy
 
 @pytest.mark.slow
 def test_search_end_message_names_the_command_that_retrains_its_best(
-        smoke_study: SmokeStudy, capsys: pytest.CaptureFixture[str]) -> None:
-    best = smoke_study.study.best_trial
-    found = RERUN_LINE.findall(smoke_study.stdout)
-    assert found == [f"kdtune train --from {smoke_study.root.resolve()} --trial {best.number}"], smoke_study.stdout
+        read_study: ReadStudy, capsys: pytest.CaptureFixture[str]) -> None:
+    best = read_study.study.best_trial
+    found = RERUN_LINE.findall(read_study.stdout)
+    assert found == [f"kdtune train --from {read_study.root.resolve()} --trial {best.number}"], read_study.stdout
     rc, out, err = _train(capsys, *shlex.split(found[0])[2:], "--threads", "1", "--quiet")
     assert rc == 0, err
     first = out.splitlines()[0]
     assert first.startswith(f"re-training trial {best.number} (COMPLETE, inner acc "), first
-    assert str(smoke_study.root.resolve()) in first and "kd.alpha = " in first and "student.optimizer = " in first
+    assert str(read_study.root.resolve()) in first and "kd.alpha = " in first and "student.optimizer = " in first
     assert re.search(r"^student\s+\d+\.\d\d ± ", out, re.MULTILINE), out
 
 
 @pytest.mark.slow
-def test_rank_1_is_the_best_trial_and_seeds_can_be_replaced(smoke_study: SmokeStudy,
+def test_rank_1_is_the_best_trial_and_seeds_can_be_replaced(read_study: ReadStudy,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    best = smoke_study.study.best_trial
-    result = _retrain_json(capsys, "--from", str(smoke_study.root), "--rank", "1")
+    best = read_study.study.best_trial
+    result = _retrain_json(capsys, "--from", str(read_study.root), "--rank", "1")
     assert result["from"]["trial"] == best.number
     assert result["from"]["params"] == best.params
-    result = _retrain_json(capsys, "--from", str(smoke_study.root), "--seeds", "5,6")
+    result = _retrain_json(capsys, "--from", str(read_study.root), "--seeds", "5,6")
     assert result["from"]["trial"] == best.number  # neither --trial nor --rank: the best
     assert result["seeds"] == [5, 6]
     for name, method in result["methods"].items():
@@ -221,10 +217,10 @@ def test_search_end_message_has_the_rerun_line_in_text_only(capsys: pytest.Captu
     outcome = {"study": "/s/studies/x", "trials": {"total": 2, "COMPLETE": 2}, "seconds": 3.0,
                "interrupted": False, "best": {"number": 1, "params": _params(0.25), "inner_acc_mean": 0.9,
                                               "holdout_acc_mean": 0.8, "holdout_acc_std": 0.01}}
-    _print_outcome(outcome, as_json=False)
+    print_outcome(outcome, as_json=False)
     out = capsys.readouterr().out
     assert out.splitlines()[-1] == "re-run it: kdtune train --from /s/studies/x --trial 1"
-    _print_outcome(outcome, as_json=True)
+    print_outcome(outcome, as_json=True)
     out = capsys.readouterr().out
     assert "re-run" not in out and json.loads(out) == outcome
 
@@ -266,31 +262,25 @@ BAD_CASES = ["missing study", "not a study", "no journal", "--trial and --rank",
              "--trial without --from", "--rank without --from", "duplicate --seeds"]
 
 
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(case: str, tmp_path: Path, hand_study: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     args, fragments = _bad_cases(tmp_path, hand_study)[case]
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     rc, out, err = _train(capsys, *args, "--quiet")
-    assert_one_line_error("train", rc, err, *fragments)
-    assert out == ""
-    assert _snapshot(tmp_path) == before  # no journal created, no lock left, no study touched
+    assert_one_line_error("train", rc, err, *fragments, out=out)
+    assert snapshot(tmp_path) == before  # no journal created, no lock left, no study touched
 
 
 def test_a_study_with_no_complete_trial_has_no_best(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     study = _hand_study(tmp_path / "studies" / "none", [(P, None, _params(0.1)), (F, None, _params(0.2))])
     rc, out, err = _train(capsys, "--from", str(study), "--quiet")
-    assert_one_line_error("train", rc, err, "has no COMPLETE trial", "--trial N")
-    assert out == ""
+    assert_one_line_error("train", rc, err, "has no COMPLETE trial", "--trial N", out=out)
 
 
 def test_changed_data_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The hand-made study's fingerprint is not the data's: re-training would not be that trial's."""
     study = _hand_study(tmp_path / "studies" / "moved", [(C, 0.5, _params(0.1))])
     rc, out, err = _train(capsys, "--from", str(study), "--quiet")
-    assert_one_line_error("train", rc, err, "builtin:d0.5", "has changed since the study ran", "000000000000")
-    assert out == ""
+    assert_one_line_error("train", rc, err, "builtin:d0.5", "has changed since the study ran", "000000000000",
+                          out=out)

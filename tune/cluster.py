@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kdcore import one_line
 from tune.errors import KDTuneError
 
 RAY_ENV = {
@@ -206,6 +207,8 @@ def check_cluster(address: str, temp_dir: str) -> None:
     """
     where = f"could not join the Ray cluster at {address}"
     host, port = split_address(address)
+    # Private Ray (ray._raylet): Ray 2.60 offers no public token lookup nor a GCS client with a timeout; the
+    # public way (ray.init) retries for minutes or aborts the process.
     from ray._raylet import AuthenticationTokenLoader, InnerGcsClient  # type: ignore[attr-defined]
     from ray.exceptions import AuthenticationError
 
@@ -215,7 +218,7 @@ def check_cluster(address: str, temp_dir: str) -> None:
         try:
             found, problem = bool(AuthenticationTokenLoader.instance().has_token()), ""
         except AuthenticationError as exc:
-            found, problem = False, str(exc).split(". ")[0]
+            found, problem = False, one_line(exc).split(". ")[0]
         if not found and "RAY_AUTH_TOKEN_PATH" in problem:
             raise KDTuneError(f"{where}: {problem}; set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the "
                               "cluster's token")
@@ -247,8 +250,7 @@ def check_cluster(address: str, temp_dir: str) -> None:
         if "Timed out" in str(exc):
             raise KDTuneError(f"{where}: something answers there, but no Ray head replied within "
                               f"{time.monotonic() - asked:.0f} s; is this the GCS port of the head?") from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise KDTuneError(f"{where}: {first}") from None
+        raise KDTuneError(f"{where}: {one_line(exc)}") from None
     finally:
         log.unlink(missing_ok=True)
 
@@ -330,15 +332,15 @@ def start(spec: ClusterSpec, *, num_gpus: int | None = None) -> RayHandle:
                 # driver, which ends the study cleanly and shuts them down; killed with them, it would hang
                 # on a dead GCS for a minute and die without a word.
                 with _sigterm_blocked(main_thread):
+                    # _temp_dir: private, but ray.init has no public way to place a local Ray's session.
                     ray.init(num_cpus=spec.num_cpus, num_gpus=num_gpus, _temp_dir=temp_dir, **kwargs)
                     if sigterm is not None:  # ours back before a SIGTERM that came meanwhile is delivered
                         signal.signal(signal.SIGTERM, sigterm)
             else:
                 ray.init(address=address, **kwargs)
         except Exception as exc:  # noqa: BLE001 - ray.init fails in many ways; each is one line to the user
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             what = "could not start a local Ray" if address is None else f"could not join the Ray cluster at {address}"
-            raise KDTuneError(f"{what}: {first}") from None
+            raise KDTuneError(f"{what}: {one_line(exc)}") from None
     except BaseException:
         import ray
 

@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import kdcore
+from search_spaces import SpaceError, load_space
 from tune.cluster import ClusterSpec
 from tune.errors import KDTuneError
 from tune.study import StudyMeta, StudyPaths, check_name, is_unborn
 
-SAMPLER_NAMES = ("tpe", "random")  # tune.runner.SAMPLERS: Optuna's TPE and random search (its yardstick)
+SAMPLER_NAMES = ("tpe", "random")  # tune.runner.SAMPLERS (the CLI's --sampler): TPE and random search
 
 DEFAULT_REDUCTION_FACTOR = 2  # ASHA keeps the better half at its rung (see default_grace)
 
@@ -153,9 +155,6 @@ def check_task(config: Any, dataset: Any, *, absolute: bool = True, methods: tup
 
 def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
     """Validate every input and describe the study; writes nothing (``run_study`` writes once Ray is up)."""
-    import kdcore
-    from search_spaces import SpaceError, load_space
-
     paths = StudyPaths(settings.storage.expanduser().resolve() / settings.name)
     if paths.root.exists() and not is_unborn(paths):
         raise KDTuneError(f"study {paths.root} already exists; continue it with `kdtune resume {paths.root}` "

@@ -15,7 +15,7 @@ from typing import Any
 
 from ray import tune
 
-from results.schema import class_acc_cell, param_column, param_type
+from results.schema import class_acc_cell, param_column
 from results.writer import StudyTables
 from tune.searcher import (
     AT_KEY,
@@ -27,11 +27,6 @@ from tune.searcher import (
     trial_status,
 )
 from tune.trial_log import TrialLog
-
-
-def space_param_types(space: Any) -> list[tuple[str, Any]]:
-    """(knob path, arrow type) for every knob of a search space, in order."""
-    return [(k.path, param_type(k.kind, getattr(k, "choices", ()))) for k in space.knobs]
 
 
 def _num(value: Any) -> float | None:

@@ -13,14 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kdcore import KDCoreError
-from results.schema import class_acc_cell
+from optuna.trial import TrialState
+
+from kdcore import KDCoreError, one_line
+from results.reader import read_table
+from results.writer import StudyTables
+from tune import cluster
 from tune.errors import KDTuneError
 from tune.plan import RunOptions
 from tune.progress import ProgressLine
-from tune.study import StudyMeta, StudyPaths
-
-ABLATION = "ablation"
+from tune.study import StudyMeta, StudyPaths, load_optuna_study
+from tune.tables import ABLATION, reference_rows, study_tables
 
 
 def _job(study_dir: str, what: str, params: dict[str, Any] | None, threads: int, use_gpu: bool) -> dict[str, Any]:
@@ -31,12 +34,11 @@ def _job(study_dir: str, what: str, params: dict[str, Any] | None, threads: int,
 
     import kdcore
     from kdcore import TeacherCache, prepare, train_baseline, train_student
-    from search_spaces import parse_space
 
     torch.set_num_threads(max(1, threads))
     paths = StudyPaths(Path(study_dir))
     meta = StudyMeta.read(paths)
-    space = parse_space(meta.space_text, source=f"{paths.meta}:space")
+    space = meta.space(paths)
     config = space.base if params is None else space.experiment(params)
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
     dataset = kdcore.load_data(meta.data)
@@ -53,21 +55,6 @@ def _job(study_dir: str, what: str, params: dict[str, Any] | None, threads: int,
     else:
         raise ValueError(f"unknown reference job {what!r}")
     return {"summaries": summaries, "seconds": time.perf_counter() - start}
-
-
-def reference_rows(study: str, method: str, summary: dict[str, Any], trial_number: int | None = None
-                   ) -> list[dict[str, Any]]:
-    """The reference-table rows of one method: one per seed, with the method's parameter count and classes
-    (``FitResult.summary``; null when the summary has none: a tuned baseline's per-seed rows, an older
-    kdcore's teacher cache) and each seed's holdout accuracy per class, in the order of those classes."""
-    params = summary.get("params")
-    classes = summary.get("classes")
-    return [{"study": study, "method": method, "seed": s["seed"], "trial_number": trial_number,
-             "inner_acc": s["inner_acc"], "holdout_acc": s["holdout_acc"], "inner_loss": s["inner_loss"],
-             "holdout_loss": s["holdout_loss"], "best_epoch": s["best_epoch"],
-             "params": None if params is None else int(params),
-             "classes": None if classes is None else [int(c) for c in classes],
-             "holdout_class_acc": class_acc_cell(s.get("holdout_class_acc"))} for s in summary["per_seed"]]
 
 
 def run_jobs(paths: StudyPaths, meta: StudyMeta, jobs: list[tuple[str, dict[str, Any] | None]], *,
@@ -106,60 +93,67 @@ def run_jobs(paths: StudyPaths, meta: StudyMeta, jobs: list[tuple[str, dict[str,
             cause = getattr(exc, "cause", None)
             if isinstance(cause, KDCoreError):
                 raise cause from None
+            # The last line: Ray's RayTaskError text ends with the job's own exception.
             last = (str(cause or exc).strip().splitlines() or [type(exc).__name__])[-1]
             raise KDTuneError(f"{label}: the {pending[ref]} job failed: {last[:300]}") from None
     return out
 
 
-CE_BASELINE = "ce-baseline"  # the folder (and Optuna study) of a study's CE-only baseline search
-TUNED_BASELINE = "tuned_baseline"
+def train_references(paths: StudyPaths, meta: StudyMeta, tables: StudyTables, options: RunOptions) -> None:
+    """Train the mixed baseline and the teachers once, on the study's seeds, as two Ray tasks.
+
+    The teachers go into the study's teacher cache, so the trials that share the base teacher settings
+    never train them; the baseline gives every analysis its "student vs baseline" on equal terms.
+    """
+    done = run_jobs(paths, meta, [("baseline", None), ("teachers", None)],
+                    label="training the references (mixed baseline, teachers)", options=options)
+    rows = [row for method, summary in done for row in reference_rows(meta.name, method, summary)]
+    tables.append("reference", rows)
 
 
-def tuned_baseline(paths: StudyPaths, meta: StudyMeta, options: RunOptions) -> Any:
-    """The CE-only search of ``meta.tune_baseline`` trials: the study's space without its KD knobs, the same
-    sampler seed, ASHA and resources, run as a study of its own in ``DIR/NAME/ce-baseline`` (resumed if it
-    exists); its best trial's seeds become the ``tuned_baseline`` rows of the study's reference table."""
-    import dataclasses
-
-    import optuna
-
-    from search_spaces import parse_space
-    from tune.resume import resume
-    from tune.runner import _study_tables, journal_storage, max_evaluations, run_study
-
-    space = parse_space(meta.space_text, source=f"{paths.meta}:space")
-    nested = StudyPaths(paths.root / CE_BASELINE)
-    if nested.meta.is_file():
-        outcome = resume(nested.root, options=options)
-    else:
-        ce = space.without_kd()
-        max_t = max_evaluations(ce)
-        nested_meta = dataclasses.replace(
-            meta, name=CE_BASELINE, space_name=ce.name, space_text=ce.source_text, num_samples=meta.tune_baseline,
-            max_t=max_t, grace_period=min(meta.grace_period, max_t), references=False, tune_baseline=0)
-        options.say(f"tuned baseline: a CE-only search of {meta.tune_baseline} trials in {nested.root}")
-        outcome = run_study(nested, nested_meta, budget=meta.tune_baseline, sampler_seed=meta.seed,
-                            options=options, new=True)
-    nested_meta = StudyMeta.read(nested)
-    study = optuna.load_study(study_name=nested_meta.name, storage=journal_storage(nested))
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    if complete and study.best_trial.user_attrs.get("per_seed"):
-        best = study.best_trial
-        tables = _study_tables(paths, meta, space)
-        summary = _tuned_summary(best.user_attrs, meta.task)
-        tables.replace_method(reference_rows(meta.name, TUNED_BASELINE, summary, best.number), TUNED_BASELINE)
-    return outcome
+def ablation_needed(paths: StudyPaths, meta: StudyMeta, tables: StudyTables) -> Any:
+    """The best COMPLETE trial if its ablation is not recorded yet (None when there is nothing to do)."""
+    if not meta.references:
+        return None
+    study = load_optuna_study(paths, meta)
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        return None
+    best = study.best_trial
+    if ABLATION in tables.methods():
+        ref = read_table(paths.root, "reference")
+        numbers = ref.loc[ref["method"] == ABLATION, "trial_number"].tolist()
+        if numbers and all(n == best.number for n in numbers):
+            return None
+    return best
 
 
-def _tuned_summary(attrs: dict[str, Any], task: dict[str, Any] | None) -> dict[str, Any]:
-    """What ``reference_rows`` needs of the CE-only search's best trial, from its Optuna user attributes: the
-    per-seed rows, the student's size (None when an older kdtune ran that search) and its classes, every
-    class of the task (a CE-only student has C outputs; C from the per-class lists when the task is not
-    recorded, None when neither is)."""
-    per_seed = attrs["per_seed"]
-    n_classes = task.get("n_classes") if isinstance(task, dict) else None
-    if not isinstance(n_classes, int):
-        lengths = {len(s.get("holdout_class_acc") or []) for s in per_seed}
-        n_classes = lengths.pop() if len(lengths) == 1 and 0 not in lengths else None
-    return {"per_seed": per_seed, "params": attrs.get("student_params"),
-            "classes": None if n_classes is None else list(range(n_classes))}
+def record_missing_ablation(paths: StudyPaths, meta: StudyMeta, options: RunOptions) -> str | None:
+    """For a study whose trials are all done: train the ablation if it is missing or of an older best."""
+    tables = study_tables(paths, meta, meta.space(paths))
+    if ablation_needed(paths, meta, tables) is None:
+        return None
+    handle = cluster.start(options.cluster)
+    try:
+        return record_ablation(paths, meta, tables, options)
+    finally:
+        handle.stop()
+
+
+def record_ablation(paths: StudyPaths, meta: StudyMeta, tables: StudyTables, options: RunOptions) -> str | None:
+    """Retrain the best COMPLETE trial without its KD term (unless its ablation is recorded); a note if not.
+
+    A failure here (the ablation diverged, a worker died) is reported, never fatal: the trials are kept.
+    """
+    best = ablation_needed(paths, meta, tables)
+    if best is None:
+        return None
+    try:
+        done = run_jobs(paths, meta, [(ABLATION, dict(best.params))],
+                        label=f"ablation: best trial {best.number} without its KD term", options=options)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a reference that fails must not cost the study its trials
+        return (f"the ablation of trial {best.number} failed: {one_line(exc)[:300]}; "
+                "`kdtune resume` tries it again")
+    tables.replace_method(reference_rows(meta.name, ABLATION, done[0][1], best.number), ABLATION)
+    return None

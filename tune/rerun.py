@@ -60,8 +60,6 @@ def study_trial_config(study_dir: str | Path, trial: int | None = None, rank: in
     ``study``, ``trial``, ``params``, ``state``, ``value`` (of the objective ``metric``) and the data's
     ``fingerprint`` at study time.
     """
-    from search_spaces import parse_space
-
     if trial is not None and rank is not None:
         raise KDTuneError(f"--trial and --rank each choose the trial; give one of them, but got "
                           f"--trial {trial} and --rank {rank}")
@@ -75,7 +73,7 @@ def study_trial_config(study_dir: str | Path, trial: int | None = None, rank: in
     else:
         chosen = _by_rank(study, paths.root, 1 if rank is None else rank)
     params = dict(chosen.params)
-    space = parse_space(meta.space_text, source=f"{paths.meta}:space")
+    space = meta.space(paths)
     config = space.experiment(params)
     if seeds is not None:
         config = config.with_overrides({"seeds": list(seeds)})

@@ -11,6 +11,9 @@ restored: after a SIGKILL it lags Optuna by seconds, and ``Tuner.restore`` then 
    rebuilt from what the searcher stored on the Optuna trial;
 3. a fresh Tune experiment in the same folder runs what is left of the budget, with TPE seeing every
    earlier trial (the sampler is re-seeded from the number of trials so far, so it does not replay).
+
+The study's tuned baseline (``--tune-baseline``) is not continued here: the command does that after
+(``tune.baseline.with_tuned_baseline``), and the tuned baseline's own CE-only study resumes through here.
 """
 
 from __future__ import annotations
@@ -20,19 +23,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from optuna.trial import TrialState
+
 from tune.errors import KDTuneError
+from tune.outcome import SearchOutcome, end_stale_trials, is_interrupted, read_outcome, trial_counts
 from tune.plan import RunOptions
-from tune.runner import (
-    SearchOutcome,
-    _study_tables,
-    end_stale_trials,
-    is_interrupted,
-    read_outcome,
-    record_missing_ablation,
-    run_study,
-    trial_counts,
-    with_tuned_baseline,
-)
+from tune.recorder import rows_from_optuna
+from tune.reference import record_missing_ablation
+from tune.runner import run_study
 from tune.study import (
     STUDY_FILE,
     StudyMeta,
@@ -42,17 +40,13 @@ from tune.study import (
     is_unborn,
     load_optuna_study,
 )
+from tune.tables import study_tables
 
 
 def reconcile_tables(paths: StudyPaths, meta: StudyMeta, study: Any) -> dict[str, int]:
     """Make the Parquet tables hold exactly the trials the Optuna study holds as ended."""
-    from optuna.trial import TrialState
-
-    from search_spaces import parse_space
-    from tune.recorder import rows_from_optuna
-
-    space = parse_space(meta.space_text, source=f"{paths.meta}:space")
-    tables = _study_tables(paths, meta, space)
+    space = meta.space(paths)
+    tables = study_tables(paths, meta, space)
     ended = {TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL}
     truth = {t.user_attrs.get("ray_trial_id", f"optuna-{t.number}"): t
              for t in study.get_trials(deepcopy=False) if t.state in ended and not is_interrupted(t)}
@@ -68,7 +62,7 @@ def reconcile_tables(paths: StudyPaths, meta: StudyMeta, study: Any) -> dict[str
 
 
 def resume(study_dir: str | Path, *, more: int = 0, options: RunOptions | None = None) -> SearchOutcome:
-    """Continue the study at ``study_dir`` up to its budget, plus ``more`` trials."""
+    """Continue the study at ``study_dir`` up to its budget, plus ``more`` trials (its tuned baseline aside)."""
     options = options or RunOptions()
     if more < 0:
         raise KDTuneError(f"--more must be >= 0, but got {more}")
@@ -91,8 +85,8 @@ def resume(study_dir: str | Path, *, more: int = 0, options: RunOptions | None =
         # attributes are brought up to date by run_study, once Ray is up: a resume that cannot start
         # changes nothing.)
         study = (load_optuna_study(paths, meta) if paths.journal.is_file()
-                 else ensure_optuna_study(paths, meta, _objective(meta).direction))
-        end_stale_trials(study)
+                 else ensure_optuna_study(paths, meta, meta.space().objective.direction))
+        end_stale_trials(study, paths)
         if more:  # written by run_study once Ray is up: a resume --more that cannot start changes nothing
             meta = dataclasses.replace(meta, num_samples=meta.num_samples + more)
         reconcile_tables(paths, meta, study)
@@ -108,10 +102,4 @@ def resume(study_dir: str | Path, *, more: int = 0, options: RunOptions | None =
         else:
             outcome = run_study(paths, meta, budget=left, sampler_seed=meta.seed + len(trials), options=options,
                                 write_meta=bool(more))
-    return with_tuned_baseline(outcome, paths, meta, options)
-
-
-def _objective(meta: StudyMeta) -> Any:
-    from search_spaces import parse_space
-
-    return parse_space(meta.space_text, source=f"{meta.name}:space").objective
+    return outcome

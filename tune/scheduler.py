@@ -3,7 +3,7 @@
 Ray's ``AsyncHyperBandScheduler`` places rungs at ``grace * rf**k`` up to ``max_t``, so the last one can sit
 just before a trial's end (66 and 198 for 200 evaluations), where stopping saves nothing and throws the
 trial's result away. ``RungASHA`` keeps Ray's decision rule (stop a trial whose value at a rung is below the
-``1 - 1/rf`` quantile of the values recorded there) and its bookkeeping, over ``results.analysis.asha_rungs``:
+``1 - 1/rf`` quantile of the values recorded there) and its bookkeeping, over ``results.asha.asha_rungs``:
 the first rung, then only rungs after which a surviving trial still has ``rf`` times as far to go.
 """
 
@@ -23,7 +23,8 @@ class RungASHA(AsyncHyperBandScheduler):
         super().__init__(grace_period=grace_period, reduction_factor=reduction_factor, max_t=max_t, brackets=1,
                          **kwargs)
         rungs = asha_rungs(grace_period, reduction_factor, max_t)
-        # Ray keeps a bracket's rungs highest first, each with the values recorded there.
+        # Ray keeps a bracket's rungs highest first, each with the values recorded there. Private state
+        # (``_brackets``, ``_rungs``): Ray 2.60 has no public way to place rungs, only grace * rf**k.
         self._brackets[0]._rungs = [(milestone, {}) for milestone in sorted(rungs, reverse=True)]
 
     @property

@@ -71,7 +71,11 @@ _OPTUNA_STATE = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch with truthful trial states (COMPLETE / PRUNED / FAIL) and intermediate values."""
+    """OptunaSearch with truthful trial states (COMPLETE / PRUNED / FAIL) and intermediate values.
+
+    It works on its base class's own state (``_ot_trials``, ``_ot_study``, ``_completed_trials``): Ray 2.60's
+    OptunaSearch has no public hook for how a trial's end is told to Optuna, so a subclass is the way in.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from kdcore import write_atomic
+from search_spaces import SearchSpace, parse_space
 from tune.errors import KDTuneError
 
 STUDY_FILE = "study.json"
@@ -101,7 +102,7 @@ class StudyMeta:
     format: int = FORMAT  # 2: kdcore's measured defaults and per-seed folds; a format-1 study meant other settings
     references: bool = True  # train the baseline, teachers and the best trial's ablation (not for ce-baseline)
     tune_baseline: int = 0  # trials of the CE-only baseline search in DIR/NAME/ce-baseline (0: none)
-    sampler: str = "tpe"  # tune.runner.SAMPLERS
+    sampler: str = "tpe"  # tune.plan.SAMPLER_NAMES (tune.runner.SAMPLERS)
     # What the data made of the space's task at plan time (kdcore.task.Task.describe()) and one sample's
     # feature shape, for the tables' metadata; None in a study of an older kdtune.
     task: dict[str, Any] | None = None
@@ -130,6 +131,11 @@ class StudyMeta:
 
     def write(self, paths: StudyPaths) -> None:
         write_atomic(paths.meta, self.to_json().encode())
+
+    def space(self, paths: StudyPaths | None = None) -> SearchSpace:
+        """The study's search space, from the text it was planned with; an error in it names ``paths``'
+        ``study.json`` when given (else the study's name)."""
+        return parse_space(self.space_text, source=f"{paths.meta if paths else self.name}:space")
 
 
 @contextlib.contextmanager
@@ -200,9 +206,7 @@ def journal_storage(paths: StudyPaths) -> Any:
 def optuna_attrs(meta: StudyMeta) -> dict[str, Any]:
     """What the Optuna study says about itself (``study.user_attrs``), so that optuna-dashboard or any
     Optuna tool shows a study's trials with their context: data, fingerprint, protocol, space, objective."""
-    from search_spaces import parse_space
-
-    space = parse_space(meta.space_text, source=f"{meta.name}:space")
+    space = meta.space()
     base = space.base
     return {
         "kdtune_study": meta.name, "data": meta.data, "data_source": meta.data_source,
@@ -218,7 +222,6 @@ def ensure_optuna_study(paths: StudyPaths, meta: StudyMeta, direction: str) -> A
     """Create (or open) the study's Optuna study and (re)write its ``optuna_attrs``."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=meta.name, storage=journal_storage(paths),
                                 direction=direction,  # type: ignore[arg-type] # "maximize" or "minimize"
                                 load_if_exists=True)
@@ -228,13 +231,14 @@ def ensure_optuna_study(paths: StudyPaths, meta: StudyMeta, direction: str) -> A
     return study
 
 
-def load_optuna_study(paths: StudyPaths, meta: StudyMeta) -> Any:
-    """The study's Optuna study; one line if there is no journal (nothing is written, not even an empty one)."""
+def load_optuna_study(paths: StudyPaths, meta: StudyMeta | None = None) -> Any:
+    """The study's Optuna study (``meta``: the study's record, read from ``paths`` when not given); one line
+    if there is no journal (nothing is written, not even an empty one)."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not paths.journal.is_file():
         raise KDTuneError(f"{paths.root} has no {paths.journal.name}: it is not a kdtune study with trials")
+    meta = meta or StudyMeta.read(paths)
     try:
         return optuna.load_study(study_name=meta.name, storage=journal_storage(paths))
     except KeyError:

@@ -85,7 +85,7 @@ def _metrics(report: EpochReport, seeds: tuple[int, ...]) -> dict[str, Any]:
 
 
 def asha_rungs(grace_period: int, reduction_factor: int, max_t: int) -> frozenset[int]:
-    """The evaluations at which ASHA compares trials (``results.analysis.asha_rungs``)."""
+    """The evaluations at which ASHA compares trials (``results.asha.asha_rungs``)."""
     from results.asha import asha_rungs as rungs
 
     return frozenset(rungs(grace_period, reduction_factor, max_t))
@@ -163,11 +163,9 @@ class _Reporter:
 
 def _trial_setup(config: dict[str, Any]) -> tuple[StudyPaths, StudyMeta, Any, ExperimentConfig]:
     """The study, its search space and the ExperimentConfig a trial's Tune config stands for."""
-    from search_spaces import parse_space
-
     paths = StudyPaths(Path(config[STUDY_KEY]))
     meta = StudyMeta.read(paths)
-    space = parse_space(meta.space_text, source=f"{paths.meta}:space")
+    space = meta.space(paths)
     params = {k: v for k, v in config.items() if k != STUDY_KEY}
     return paths, meta, space, space.experiment(params)
 

@@ -1,0 +1,132 @@
+"""What the ``kdtune`` commands print: the method table of ``train``, the origin line of ``train --from``,
+the outcome of ``search`` and ``resume``, and the headline and extra lines of ``analyse``.
+
+Each works from a result's dict (``ExperimentResult.to_dict``, ``SearchOutcome.to_dict``, the summary of
+``results.report.analyse``) and writes to stdout, or returns the text for the command to print.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+def format_method_table(result: dict[str, Any]) -> str:
+    """``kdtune train``'s table: each method's holdout (or validation) and inner accuracy, mean ± std over
+    the seeds, and its mean best epoch."""
+    label = "validation" if result["protocol"] == "seed" else "holdout"
+    rows = [f"{'method':<11} {label + ' acc %':>17} {'inner acc %':>13} {'best epoch':>11}"]
+    for name, m in result["methods"].items():
+        rows.append(
+            f"{name:<11} {100 * m['holdout_acc_mean']:>8.2f} ± {100 * m['holdout_acc_std']:<6.2f} "
+            f"{100 * m['inner_acc_mean']:>13.2f} {m['best_epoch_mean']:>11.0f}"
+        )
+    return "\n".join(rows)
+
+
+def format_params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in params.items())
+
+
+def describe_origin(origin: dict[str, Any]) -> str:
+    """The first line of ``train --from``: which trial of which study, its objective value and params."""
+    value, metric = origin["value"], origin["metric"]
+    score = ""
+    if isinstance(value, float):
+        shown = f"{100 * value:.2f} %" if metric.endswith("_acc") else f"{value:.4g}"
+        score = f", {metric.replace('_', ' ')} {shown}"
+    return (f"re-training trial {origin['trial']} ({origin['state']}{score}) of study {origin['study']}: "
+            f"{format_params(origin['params'])}")
+
+
+def print_analysis(summary: dict[str, Any]) -> None:
+    """``kdtune analyse``'s text: the trials, the best trial, the baseline, each comparison and the extra lines."""
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in summary["trials"].items() if k != "total") or "no trials"
+    print(f"study {summary['study']}: {summary['trials'].get('total', 0)} trials ({counts})")
+    best, base = summary.get("best"), summary.get("baseline")
+    if best:
+        print(f"best: trial {best['number']}, holdout {100 * best['holdout_acc_mean']:.2f} ± "
+              f"{100 * (best['holdout_acc_std'] or 0):.2f} %, inner {100 * best['inner_acc_mean']:.2f} %")
+    if base:
+        print(f"mixed baseline: holdout {100 * base['holdout_acc_mean']:.2f} ± {100 * (base['holdout_acc_std'] or 0):.2f} %")
+    for i, (method, vs) in enumerate((summary.get("comparisons") or {}).items()):
+        interval = vs.get("ci95")
+        ci = f", 95 % CI [{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]" if interval else ""
+        tag = " (the comparison reported)" if i == 0 else ""
+        print(f"best - {method}{tag}: {100 * vs['diff_mean']:+.2f} points{ci}, p = {vs['p_value']:.3g}; "
+              f"{method} holdout {100 * vs['holdout_acc_mean']:.2f} %")
+    for line in analysis_lines(summary):
+        print(line)
+    print(f"report: {summary['report']}")
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    return "-" if mean is None else f"{100 * mean:.2f} ± {100 * (std or 0):.2f} %"
+
+
+def analysis_lines(summary: dict[str, Any]) -> list[str]:
+    """The teachers, the best trial's per-class accuracy, the parameter counts and the kd.method comparison,
+    a line each (what ``kdtune analyse`` adds to its headline; the report has the tables)."""
+    lines = []
+    for t in summary.get("teachers") or []:
+        lines.append(f"{t['method']}: {t['knows']}; holdout on its own classes {_pm(t['holdout_acc_mean'], t['holdout_acc_std'])}"
+                     f" ({t['n_seeds']} seeds)")
+    per_class = summary.get("class_accuracy")
+    if per_class:
+        shared = set(per_class.get("shared_classes") or [])
+        accs = per_class["accuracy"]["student"]
+        cells = " ".join(f"{c}{'*' if c in shared else ''} {'-' if a is None else f'{100 * a:.1f}'}"
+                         for c, a in zip(per_class["classes"], accs))
+        lines.append(f"best per class (holdout %{', * shared' if shared else ''}): {cells}")
+    counts = summary.get("parameter_counts") or {}
+    parts = []
+    if counts.get("student") is not None:
+        projector = f" (projector {counts['projector']:,})" if counts.get("projector") is not None else ""
+        parts.append(f"student {counts['student']:,}{projector}")
+    if counts.get("baseline") is not None:
+        parts.append(f"baseline {counts['baseline']:,}")
+    parts += [f"{name} {n:,}" for name, n in (counts.get("teachers") or {}).items() if n is not None]
+    if parts:
+        lines.append("trainable parameters: " + ", ".join(parts))
+    methods = summary.get("methods")
+    against = (methods or {}).get("against")
+    for entry in (methods or {}).get("methods", []):
+        best, vs = entry["best"], entry["vs"]
+        if best is None:
+            lines.append(f"kd.method {entry['method']}: no COMPLETE trial ({entry['trials']['total']} recorded)")
+            continue
+        total = best["trainable"]["total"]
+        line = (f"kd.method {entry['method']}: best trial {best['number']}, holdout "
+                f"{_pm(best['holdout_acc_mean'], best['holdout_acc_std'])}, "
+                f"{'-' if total is None else f'{total:,}'} params, head {best['head'] or '-'}")
+        if vs is not None and against is not None:
+            ci = vs.get("ci95")
+            interval = f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else ""
+            line += f"; vs {against['method']} {100 * vs['diff_mean']:+.2f} points{interval}, p = {vs['p_value']:.3g}"
+        lines.append(line)
+    return lines
+
+
+def print_outcome(outcome: dict[str, Any], as_json: bool) -> None:
+    """The outcome of ``search`` or ``resume``: one JSON object, or the counts, the best trial and how to
+    re-train it."""
+    if as_json:
+        json.dump(outcome, sys.stdout)
+        sys.stdout.write("\n")
+        return
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in outcome["trials"].items() if k != "total") or "none"
+    print(f"study {outcome['study']}: {outcome['trials'].get('total', 0)} trials ({counts}) "
+          f"in {outcome['seconds']:.0f} s")
+    if outcome.get("interrupted"):
+        print(f"stopped before all trials ran; continue with: kdtune resume {outcome['study']}")
+    best = outcome.get("best")
+    if not best:
+        print("no trial completed, so there is no best configuration yet")
+        return
+    hold = best.get("holdout_acc_mean")
+    hold_text = f", holdout {100 * hold:.2f} ± {100 * (best.get('holdout_acc_std') or 0):.2f} %" if hold else ""
+    print(f"best: trial {best['number']}, inner acc {100 * best['inner_acc_mean']:.2f} %{hold_text}")
+    for key, value in best["params"].items():
+        print(f"  {key} = {value:.4g}" if isinstance(value, float) else f"  {key} = {value}")
+    print(f"re-run it: kdtune train --from {outcome['study']} --trial {best['number']}")
