@@ -217,8 +217,16 @@ class StudyTables:
 
     def _write(self, path: Path, rows: pa.Table) -> None:
         rows = rows.replace_schema_metadata({**(rows.schema.metadata or {}), **self._kv})
-        with replacing(path) as tmp:
-            pq.write_table(rows, tmp)
+        try:
+            with replacing(path) as tmp:
+                pq.write_table(rows, tmp)
+        except OSError as exc:
+            # pyarrow's error names neither the file nor (as an attribute) the errno: say which file failed,
+            # keeping the errno, so the command line can name the path and the cause in one line.
+            code = exc.errno or _errno_in(str(exc))
+            if code is None or exc.filename:
+                raise
+            raise OSError(code, os.strerror(code), str(path)) from exc
 
     # --- generations ------------------------------------------------------------------------------------
 
@@ -377,3 +385,9 @@ def _without(trial_ids: set[str]) -> Callable[[pa.Table], pa.Table]:
 def _files(folder: Path) -> list[Path]:
     """The Parquet files of a table folder, without the '.'-prefixed temporary files of a killed write."""
     return [folder / n for n in os.listdir(folder) if n.endswith(".parquet") and not n.startswith((".", "_"))]
+
+
+def _errno_in(text: str) -> int | None:
+    """The errno pyarrow writes into its messages ("[Errno 28] Error writing bytes ..."), if any."""
+    found = re.search(r"\[errno (\d+)\]", text, re.IGNORECASE)
+    return int(found.group(1)) if found else None

@@ -131,3 +131,173 @@ def test_a_read_only_folder_is_found_by_writing_not_by_permission_bits(tmp_path:
         reason = writable_folder(ro / "not" / "yet")
         assert reason is not None and "read-only" in reason and str(ro) in reason
     assert writable_folder(tmp_path / "new" / "folder") is None
+
+
+# ------------------------------------------------------------------ through the command line, real studies
+
+GOLDEN_STUDY = Path(__file__).resolve().parent / "golden" / "study"  # a finished 4-trial smoke study
+
+
+def _kdtune(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_", "TUNE_"))}
+    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONDONTWRITEBYTECODE="1")
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "tune.cli", *args], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def _copy_golden(where: Path) -> Path:
+    import shutil
+
+    shutil.copytree(GOLDEN_STUDY, where / "g", symlinks=True)
+    return where / "g"
+
+
+def _trials(study: Path) -> int:
+    from tune.study import StudyPaths, load_optuna_study
+
+    return len(load_optuna_study(StudyPaths(study)).get_trials(deepcopy=False))
+
+
+def _finished(study: Path) -> set[int]:
+    """The numbers of the trials Optuna holds as COMPLETE or PRUNED."""
+    from optuna.trial import TrialState
+
+    from tune.study import StudyPaths, load_optuna_study
+
+    done = (TrialState.COMPLETE, TrialState.PRUNED)
+    return {t.number for t in load_optuna_study(StudyPaths(study)).get_trials(deepcopy=False) if t.state in done}
+
+
+def test_a_corrupt_middle_line_of_a_study_s_journal_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    study = _copy_golden(tmp_path)
+    journal = study / "optuna.journal"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    lines[3] = b'{"op_code": 5, "this line was overwritten\n'
+    journal.write_bytes(b"".join(lines))
+    before = journal.read_bytes()
+    for command in (["train", "--from", str(study), "--quiet"], ["resume", str(study), "--quiet"]):
+        proc = _kdtune(*command)
+        assert proc.returncode == 2, proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert "line 4" in line and str(journal) in line and "Traceback" not in proc.stderr
+    assert journal.read_bytes() == before  # refused, not mended
+    assert list(study.glob(f"optuna.journal{TORN_SUFFIX}*")) == []
+
+
+def test_a_read_only_storage_folder_is_refused_before_ray_is_imported(tmp_path: Path) -> None:
+    import sys
+
+    with _tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        probe = ("import sys; from tune.cli import main; code = main(['search', '--space', 'smoke', '--name', 'x', "
+                 f"'--storage', {str(ro / 'studies')!r}, '--num-samples', '2']); "
+                 "print('ray' in sys.modules, code)")
+        root = Path(__file__).resolve().parents[1]
+        proc = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120,
+                              check=False)
+        assert proc.stdout.split() == ["False", "2"], proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert "read-only" in line and str(ro) in line
+
+
+@pytest.mark.slow
+def test_a_finished_study_with_a_torn_journal_resumes_to_exactly_one_more_trial(tmp_path: Path) -> None:
+    study = _copy_golden(tmp_path)
+    journal = study / "optuna.journal"
+    n = _trials(study)
+    torn = b'{"op_code":6,"worker_id":"w","trial_id":2,"state":1,"val'
+    journal.write_bytes(journal.read_bytes() + torn)
+    proc = _kdtune("resume", str(study), "--more", "1", "--quiet", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "its last line was cut off" in proc.stderr and "trial 2's state or value was lost" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    (side,) = study.glob(f"optuna.journal{TORN_SUFFIX}*")
+    assert side.read_bytes() == torn
+    assert _trials(study) == n + 1
+    assert json.loads(proc.stdout)["trials"]["total"] == n + 1
+
+
+def _fill(folder: Path) -> Path:
+    """Fill the file system under ``folder`` to the last byte; the filler file, to delete later."""
+    filler = folder / "filler"
+    with filler.open("wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * (64 * 1024))
+            f.flush()
+    return filler
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_during_a_search_is_one_line_and_a_later_resume_finds_every_trial(tmp_path: Path) -> None:
+    """A real full disk (a tmpfs) filled while the search runs: the search ends with one line naming the
+    cause and the command to continue, exit 1; once space is freed, ``kdtune resume`` finds every trial
+    Optuna was told of and finishes the budget."""
+    import os
+    import sys
+
+    with _tmpfs(tmp_path / "disk", "size=64m") as disk:
+        root = Path(__file__).resolve().parents[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_", "TUNE_"))}
+        env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONDONTWRITEBYTECODE="1")
+        proc = subprocess.Popen([sys.executable, "-m", "tune.cli", "search", "--space", "smoke", "--name", "s",
+                                 "--storage", str(disk), "--num-samples", "8", "--max-concurrent", "1", "--quiet"],
+                                cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        trials_table = disk / "s" / "results" / "trials.parquet"
+        deadline = time.monotonic() + 300
+        filler = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            parts = list(trials_table.glob("*.parquet")) if trials_table.exists() else []
+            if len(parts) >= 2:  # two trials recorded: fill the disk under the running study
+                filler = _fill(disk)
+                break
+            time.sleep(0.05)
+        _, err = proc.communicate(timeout=300)
+        if filler is None:
+            pytest.skip("the search ended before the disk could be filled under it")
+        assert proc.returncode == 1, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        line = err.strip().splitlines()[-1]
+        assert "no space left on the device" in line and f"kdtune resume {disk / 's'}" in line
+        filler.unlink()
+        finished_before = _finished(disk / "s")  # (a write the full disk tore is set aside first)
+        resumed = _kdtune("resume", str(disk / "s"), "--quiet", "--json")
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert json.loads(resumed.stdout)["trials"]["total"] == 8
+        from results.reader import read_table
+
+        recorded = set(read_table(disk / "s", "trials")["number"])
+        assert finished_before <= recorded == _finished(disk / "s")  # nothing finished was lost
+        assert len(recorded) == 8
+
+
+@pytest.mark.parametrize("when", ["a trial's table write", "compaction"])
+def test_enospc_in_a_table_write_names_the_file_and_leaves_what_was_written(tmp_path: Path, when: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyarrow's own ENOSPC (its text, no errno attribute, no file name) raised by the Parquet writer: the
+    writer re-raises it naming its file, and every row written before reads back unchanged."""
+    import pyarrow.parquet as pq
+
+    from results.reader import read_table
+    from results.writer import StudyTables
+    from tests.test_results_tables import PARAMS, rows
+
+    tables = StudyTables(tmp_path / "results", PARAMS, {"study": "s"})
+    for n in range(3):
+        tables.record_trial(*rows(n))
+    before = read_table(tmp_path, "trials").sort_values("number").reset_index(drop=True)
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError("[Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", full)
+    with pytest.raises(OSError) as info:
+        tables.record_trial(*rows(3)) if when != "compaction" else tables.compact()
+    assert info.value.errno == errno.ENOSPC and str(tmp_path) in str(info.value.filename)
+    assert storage_fault(info.value) == ("no space left on the device", info.value.filename)
+    monkeypatch.undo()
+    after = read_table(tmp_path, "trials").sort_values("number").reset_index(drop=True)
+    assert after.equals(before)
+    assert not list((tmp_path / "results").rglob("*.tmp"))  # the half-written file did not stay

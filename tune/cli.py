@@ -22,9 +22,11 @@ from results.errors import ResultsError
 from tune import cluster, signals
 from tune.commands import DEFAULT_DATA, cmd_analyse, cmd_resume, cmd_search, cmd_spaces, cmd_train
 from tune.errors import KDTuneError
+from tune.faults import fault_message, storage_fault
 from tune.plan import DEFAULT_REDUCTION_FACTOR, SAMPLER_NAMES
 
 EXIT_USAGE = 2
+EXIT_ENVIRONMENT = 1  # a storage fault (full disk, read-only folder): not bad input
 
 # Loggers quieted below what they log by default, set before their library is imported. Optuna resets its
 # own root logger ("optuna") to INFO when it is first imported, so its verbosity (optuna.logging.set_verbosity)
@@ -169,6 +171,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KDCoreError, KDTuneError, ResultsError) as exc:
         print(f"kdtune {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # a full disk, a quota, a read-only or forbidden folder: the environment's fault
+        fault = storage_fault(exc)
+        if fault is None:
+            raise
+        study = getattr(args, "study_dir", None)
+        resumable = study is not None and (Path(study) / "study.json").is_file()
+        print(f"kdtune {args.command}: error: {fault_message(*fault, Path(study) if study else None, resumable)}",
+              file=sys.stderr)
+        return EXIT_ENVIRONMENT
     except KeyboardInterrupt:
         study = getattr(args, "study_dir", None)
         hint = (f"; continue with: kdtune resume {study}"

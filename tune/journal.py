@@ -43,6 +43,8 @@ def _lost_update(torn: bytes) -> str:
     what = _OPERATIONS.get(int(op.group(1))) if op else None
     if trial:
         return f"trial {trial.group(1)}'s {what or 'update'}"
+    if op and int(op.group(1)) == 4:
+        return "a new trial's creation"
     return f"an update ({what})" if what else "an update"
 
 

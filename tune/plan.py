@@ -16,6 +16,7 @@ import kdcore
 from search_spaces import SpaceError, load_space
 from tune.cluster import ClusterSpec
 from tune.errors import KDTuneError
+from tune.faults import writable_folder
 from tune.study import StudyMeta, StudyPaths, check_name, is_unborn
 
 SAMPLER_NAMES = ("tpe", "random")  # tune.runner.SAMPLERS (the CLI's --sampler): TPE and random search
@@ -161,6 +162,9 @@ def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
                           "or choose another --name")
     if paths.storage.exists() and not paths.storage.is_dir():
         raise KDTuneError(f"--storage {paths.storage} is a file, not a folder")
+    unwritable = writable_folder(paths.storage)
+    if unwritable is not None:  # a read-only mount or a forbidden folder: refused before Ray starts
+        raise KDTuneError(f"--storage {paths.storage}: {unwritable}; give a folder this machine can write")
     space = load_space(settings.space)
     if settings.tune_baseline:
         try:

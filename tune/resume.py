@@ -26,6 +26,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from tune.errors import KDTuneError
+from tune.faults import writable_folder
 from tune.outcome import SearchOutcome, end_stale_trials, is_interrupted, read_outcome, trial_counts
 from tune.plan import RunOptions
 from tune.recorder import rows_from_optuna
@@ -75,6 +76,10 @@ def resume(study_dir: str | Path, *, more: int = 0, options: RunOptions | None =
         raise KDTuneError(f"{paths.root} holds no {STUDY_FILE}: a search stopped before it was set up; "
                           f"`kdtune search --name {paths.name}` starts it afresh there")
     meta = StudyMeta.read(paths)
+    unwritable = writable_folder(paths.root)
+    if unwritable is not None:  # refused before Ray starts; nothing is touched
+        raise KDTuneError(f"cannot resume {paths.root}: {unwritable}; make it writable or copy the study folder "
+                          "to one that is, then resume the copy")
     with driver_lock(paths):
         # A driver killed while appending to the journal leaves its lock behind; Optuna would wait 30 s on it.
         # We hold the study's driver lock, so no one else is writing.

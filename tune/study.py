@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 from kdcore import write_atomic
 from search_spaces import SearchSpace, parse_space
 from tune.errors import KDTuneError
+from tune.journal import corrupt_line, repair_tail
 
 STUDY_FILE = "study.json"
 LOCK_FILE = ".driver.lock"
@@ -196,11 +198,29 @@ def create_study(paths: StudyPaths, meta: StudyMeta, direction: str) -> Iterator
 
 
 def journal_storage(paths: StudyPaths) -> Any:
-    """The study's Optuna storage: the journal file ``DIR/NAME/optuna.journal`` (imports optuna, never Ray)."""
+    """The study's Optuna storage: the journal file ``DIR/NAME/optuna.journal`` (imports optuna, never Ray).
+
+    A torn last line (a driver killed mid-write, a full disk) is first set aside into a side file and the
+    journal cut to its last whole line (``tune.journal.repair_tail``), and one line on stderr says so."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    message = repair_tail(paths.journal)
+    if message is not None:
+        print(f"kdtune: {message}", file=sys.stderr, flush=True)
     return JournalStorage(JournalFileBackend(str(paths.journal)))
+
+
+@contextlib.contextmanager
+def _readable_journal(paths: StudyPaths) -> Iterator[None]:
+    """A journal Optuna cannot parse is one line naming its first bad line (``tune.journal.corrupt_line``)."""
+    try:
+        yield
+    except ValueError:  # json.JSONDecodeError, or Optuna's "Invalid log format."
+        error = corrupt_line(paths.journal) if paths.journal.is_file() else None
+        if error is None:
+            raise
+        raise error from None
 
 
 def optuna_attrs(meta: StudyMeta) -> dict[str, Any]:
@@ -222,9 +242,10 @@ def ensure_optuna_study(paths: StudyPaths, meta: StudyMeta, direction: str) -> A
     """Create (or open) the study's Optuna study and (re)write its ``optuna_attrs``."""
     import optuna
 
-    study = optuna.create_study(study_name=meta.name, storage=journal_storage(paths),
-                                direction=direction,  # type: ignore[arg-type] # "maximize" or "minimize"
-                                load_if_exists=True)
+    with _readable_journal(paths):
+        study = optuna.create_study(study_name=meta.name, storage=journal_storage(paths),
+                                    direction=direction,  # type: ignore[arg-type] # "maximize" or "minimize"
+                                    load_if_exists=True)
     for key, value in optuna_attrs(meta).items():
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
@@ -240,6 +261,7 @@ def load_optuna_study(paths: StudyPaths, meta: StudyMeta | None = None) -> Any:
         raise KDTuneError(f"{paths.root} has no {paths.journal.name}: it is not a kdtune study with trials")
     meta = meta or StudyMeta.read(paths)
     try:
-        return optuna.load_study(study_name=meta.name, storage=journal_storage(paths))
+        with _readable_journal(paths):
+            return optuna.load_study(study_name=meta.name, storage=journal_storage(paths))
     except KeyError:
         raise KDTuneError(f"{paths.journal} holds no Optuna study named {meta.name!r}") from None
