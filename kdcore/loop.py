@@ -27,7 +27,7 @@ import torch
 
 from kdcore.batching import SeedModel
 from kdcore.config import FitConfig
-from kdcore.errors import TrainingError
+from kdcore.errors import TrainingError, one_line
 from kdcore.evaluation import class_accuracy, evaluate, logits_of, trainable_parameters
 from kdcore.prepared import Subset
 from kdcore.result import EpochReport, FitResult, ReportFn
@@ -144,7 +144,7 @@ def run_phase(phase: Phase, train: Subset, select: Subset, holdout: Subset,
                 step += 1
         except RuntimeError as exc:  # e.g. an update too large for float32: the run diverged
             raise TrainingError(f"{method}: training failed at epoch {epoch_offset + epoch}: "
-                                f"{str(exc).splitlines()[0]}") from None
+                                f"{one_line(exc)}") from None
 
         if epoch % phase.eval_every and epoch != epochs:
             continue
