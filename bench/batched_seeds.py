@@ -76,7 +76,7 @@ def main() -> None:
             gen = torch.Generator().manual_seed(s)
             net = FFNN(data.n_features, config.student.hidden, prep.n_classes, generator=gen)
             opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-            loader = DataLoader(TensorDataset(prep.fit.x[i], prep.fit.y[i], targets[i]),
+            loader = DataLoader(TensorDataset(prep.fit.inputs()[i], prep.fit.y[i], targets[i]),
                                 batch_size=args.batch_size, shuffle=True, generator=gen)
             for _ in range(args.epochs):
                 net.train()
@@ -87,7 +87,7 @@ def main() -> None:
                     opt.step()
                 net.eval()
                 with torch.no_grad():  # the same per-epoch evaluation kdcore does
-                    losses.cross_entropy(net(prep.select.x[i]), prep.select.y[i])
+                    losses.cross_entropy(net(prep.select.inputs()[i]), prep.select.y[i])
                     net(prep.holdout.x).argmax(-1)
 
     steps = args.epochs * -(-len(prep.fit) // args.batch_size)

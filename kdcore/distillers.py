@@ -80,18 +80,17 @@ def simkd(run: StudentRun) -> FitResult:
     model = simkd_parts.simkd_model(run.prep, run.config, teacher)
     stages = SimKD.stages(kd)
     cache: tuple[torch.Tensor, list[torch.Tensor]] | None = None
-    probe_logits, probe_maps = run.teacher_outputs(teacher, train.x[:, :1] if train.per_seed else train.x[:1],
-                                                   stages)
+    probe_logits, probe_maps = run.teacher_outputs(teacher, train.inputs(0, 1), stages)
     per_row = sum(m[0, 0].numel() for m in probe_maps) + probe_logits.shape[-1]
     if per_row * len(train) * len(run.config.seeds) <= SIMKD_CACHE_ELEMENTS:  # no augmentation: compute once
-        cache = run.teacher_outputs(teacher, train.x, stages)
+        cache = run.teacher_outputs(teacher, train, stages)
 
     def batch_loss(out: tuple[torch.Tensor, list[torch.Tensor]], idx: torch.Tensor, epoch: int) -> torch.Tensor:
         logits, projected = out
         if cache is not None:
             t_logits, t_maps = run.rows(cache[0], idx), [run.rows(m, idx) for m in cache[1]]
         else:
-            t_logits, t_maps = run.teacher_outputs(teacher, train.take(train.x, idx), stages)
+            t_logits, t_maps = run.teacher_outputs(teacher, train.take_x(idx), stages)
         return simkd_parts.simkd_loss(logits, projected, t_maps, t_logits, train.take(train.y, idx),
                                       kind=kd.feature_loss, prev_weight=kd.prev_weight, use_labels=kd.use_labels,
                                       ce_weight=kd.ce_weight, logit_weight=kd.logit_weight,

@@ -15,11 +15,10 @@ EVAL_CHUNK = 8192  # rows per forward pass when evaluating a large set (CIFAR's 
 
 
 def logits_of(model: torch.nn.Module, subset: Subset) -> torch.Tensor:
-    """``model(subset.x)`` -> (S, N, C), in chunks of ``EVAL_CHUNK`` rows (shared or per-seed rows)."""
-    x, axis = subset.x, 1 if subset.per_seed else 0
-    if x.shape[axis] <= EVAL_CHUNK:
-        return model(x)
-    return torch.cat([model(part) for part in x.split(EVAL_CHUNK, dim=axis)], dim=1)
+    """``model`` on every row of ``subset`` -> (S, N, C), in chunks of ``EVAL_CHUNK`` rows (shared or per-seed
+    rows, gathered chunk by chunk)."""
+    parts = subset.chunks(EVAL_CHUNK)
+    return model(parts[0]) if len(parts) == 1 else torch.cat([model(part) for part in parts], dim=1)
 
 
 def trainable_parameters(model: SeedModel) -> int:

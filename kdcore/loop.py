@@ -100,12 +100,12 @@ def run_phase(phase: Phase, train: Subset, select: Subset, holdout: Subset,
     start = time.perf_counter()
     method, model, fit, epoch_offset = phase.name, phase.model, phase.fit, phase.epoch_offset
     epochs, stop_after, restore_best = phase.epochs, phase.patience, phase.restore_best
-    if train.per_seed and train.x.shape[0] != model.n_seeds:
-        raise TrainingError(f"{method}: the data was prepared for {train.x.shape[0]} seeds (one fold each), "
+    if train.per_seed and train.y.shape[0] != model.n_seeds:
+        raise TrainingError(f"{method}: the data was prepared for {train.y.shape[0]} seeds (one fold each), "
                             f"but {model.n_seeds} seed(s) train; prepare it with the same seeds")
     seeds = model.seeds
     n_seeds, n = model.n_seeds, len(train)
-    device = train.x.device
+    device = train.device
     full_batch = fit.batch_size is None or fit.batch_size >= n
     batch_size = n if full_batch else int(fit.batch_size)  # type: ignore[arg-type]
     steps_per_epoch = math.ceil(n / batch_size)
@@ -123,6 +123,7 @@ def run_phase(phase: Phase, train: Subset, select: Subset, holdout: Subset,
     history: list[EpochReport] = []
     step = 0
     epoch = 0
+    whole = train.inputs() if full_batch else None  # a full batch is every row, every step: gathered once
     for epoch in range(1, epochs + 1):
         model.train()
         if full_batch:
@@ -135,7 +136,7 @@ def run_phase(phase: Phase, train: Subset, select: Subset, holdout: Subset,
                 lr = lr_at(fit, step, steps_per_epoch, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                x = train.x if full_batch else train.take(train.x, idx)  # (N, ...) or (S, N, ...), or (S, B, ...)
+                x = whole if whole is not None else train.take_x(idx)  # (N, ...) or (S, N, ...), or (S, B, ...)
                 out = model(x) if phase.train_forward is None else phase.train_forward(model, x)
                 loss = phase.batch_loss(out, idx, epoch - 1).sum()
                 optimizer.zero_grad(set_to_none=True)

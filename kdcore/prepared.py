@@ -2,7 +2,9 @@
 on the training device, shared by every seed or one set per seed, and the task resolved against them.
 
 Per-seed sets of unequal sizes are padded to a common length (``Subset``), so that one seed-batched model
-trains all seeds at once; ``rows_of`` takes each seed's own rows of a per-seed tensor.
+trains all seeds at once; ``rows_of`` takes each seed's own rows of a per-seed tensor. The features exist
+once: a per-seed set holds each seed's rows as indices into the one copy of the training features, and a
+batch gathers its rows when it is used, so five seeds' folds of CIFAR cost one copy of CIFAR, not eight.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ def rows_of(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         return t.gather(1, idx.unsqueeze(-1).expand(*idx.shape, t.shape[-1]))
     return t[torch.arange(t.shape[0], device=t.device)[:, None], idx]
 
+
 @dataclass(frozen=True)
 class Subset:
     """Samples on the training device, shared by every seed or one set per seed.
 
-    Shared: x (N, ...), y (N,), d (N,). Per seed: x (S, M, ...), y (S, M), d (S, M), each seed its own rows.
-    d is each sample's group (its domain in the multi-domain task; zeros when the data has none).
+    Shared: x (N, ...), y (N,), d (N,). Per seed: y (S, M), d (S, M), each seed its own rows, and ``rows``
+    (S, M), where each seed's features sit in x (N, ...), the one copy every seed's set indexes (read them
+    with ``inputs``, ``take_x`` or ``chunks``, never by indexing x). d is each sample's group (its domain in the multi-domain task; zeros when the data has none).
     Per-seed sets of unequal sizes are padded to a common M: a fitting set repeats some of the seed's own
     rows (so every position is a real sample and batches stay plain), an ``evaluation`` set pads with rows
     of ``weight`` 0, which every metric and loss leaves out. ``weight`` (S, M) is None when no row is
@@ -47,10 +51,32 @@ class Subset:
     weight: torch.Tensor | None = None
     evaluation: bool = False
     real: tuple[int, ...] | None = None
+    rows: torch.Tensor | None = None
 
     @property
     def per_seed(self) -> bool:
         return self.y.dim() == 2
+
+    @property
+    def device(self) -> torch.device:
+        return self.y.device
+
+    def inputs(self, start: int | None = None, stop: int | None = None) -> torch.Tensor:
+        """The features of rows ``start:stop``: (m, ...) shared, or (S, m, ...) gathered for each seed."""
+        if self.rows is None:
+            return self.x[start:stop] if not self.per_seed else self.x[:, start:stop]
+        return self.x[self.rows[:, start:stop]]
+
+    def take_x(self, idx: torch.Tensor) -> torch.Tensor:
+        """The features of rows ``idx`` ((B,) shared, or (S, B) each seed its own): (B, ...) or (S, B, ...)."""
+        if self.rows is None:
+            return self.take(self.x, idx)
+        return self.x[rows_of(self.rows, idx)]
+
+    def chunks(self, size: int) -> list[torch.Tensor]:
+        """The features of every row, in chunks of at most ``size`` rows along the row axis."""
+        n = len(self)
+        return [self.inputs(i, min(i + size, n)) for i in range(0, n, size)] if n > size else [self.inputs()]
 
     def restrict(self, keep: torch.Tensor, relabel: torch.Tensor | None = None, length: int | None = None) -> Subset:
         """The rows where ``keep`` (shaped like y) holds, each seed's own, re-padded the way this set was
@@ -64,7 +90,7 @@ class Subset:
         if self.real is not None:  # a fitting set's repeated rows are its padding: keep each row once
             keep &= torch.arange(keep.shape[1], device=keep.device) < torch.tensor(self.real, device=keep.device)[:, None]
         rows = [torch.nonzero(keep[s]).squeeze(1) for s in range(keep.shape[0])]
-        out = _padded(self.x, self.y, self.d, rows, evaluation=self.evaluation, length=length)
+        out = _padded(self.x, self.y, self.d, rows, evaluation=self.evaluation, length=length, base=self.rows)
         return out if relabel is None else dataclasses.replace(out, y=relabel[out.y])
 
     def take(self, t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -79,26 +105,29 @@ class Subset:
 
 
 def _padded(x: torch.Tensor, y: torch.Tensor, d: torch.Tensor, rows: Sequence[torch.Tensor], *,
-            evaluation: bool, length: int | None = None) -> Subset:
-    """Per-seed subset: seed s gets ``rows[s]`` of x (N, ...) / y (N,) / d (N,), or of its own slice if
-    they are per seed already (S, N, ...); padded to ``length`` (default: the longest), an evaluation set
-    with weight-0 rows, a fitting set by repeating the seed's own rows."""
+            evaluation: bool, length: int | None = None, base: torch.Tensor | None = None) -> Subset:
+    """Per-seed subset: seed s gets ``rows[s]`` of y (N,) / d (N,), or of its own slice if they are per seed
+    already (S, N) with ``base`` (S, N) their rows in x; padded to ``length`` (default: the longest), an
+    evaluation set with weight-0 rows, a fitting set by repeating the seed's own rows. x (N, ...) is not
+    copied: the subset indexes it."""
     if any(r.numel() == 0 for r in rows):
         raise DataError("a seed's subset is empty")
     m = max(int(r.numel()) for r in rows) if length is None else length
     padded = [r.repeat(-(-m // r.numel()))[:m] for r in rows]  # cycle a seed's own rows up to m
     idx = torch.stack(padded)  # (S, M)
     if y.dim() == 1:
-        out_x, out_y, out_d = x[idx], y[idx], d[idx]
+        at, out_y, out_d = idx, y[idx], d[idx]
     else:
-        out_x, out_y, out_d = rows_of(x, idx), y.gather(1, idx), d.gather(1, idx)
+        if base is None:
+            raise DataError("a per-seed subset needs the rows of its features")
+        at, out_y, out_d = base.gather(1, idx), y.gather(1, idx), d.gather(1, idx)
     counts = tuple(int(r.numel()) for r in rows)
     short = any(c < m for c in counts)
     weight = None
     if evaluation and short:
         weight = torch.stack([(torch.arange(m, device=idx.device) < c).float() for c in counts])
-    return Subset(out_x, out_y, out_d, weight, evaluation=evaluation,
-                  real=counts if short and not evaluation else None)
+    return Subset(x, out_y, out_d, weight, evaluation=evaluation,
+                  real=counts if short and not evaluation else None, rows=at)
 
 
 @dataclass(frozen=True)

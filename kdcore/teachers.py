@@ -27,15 +27,20 @@ from kdcore.supervised import train_supervised
 from kdcore.task import Task, Teacher
 
 
-def teacher_outputs(teacher: SeedModel, x: torch.Tensor, stages: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The teacher's logits (S, N, C) on x (N, ...) or (S, N, ...) and, for feature distillation, its last
-    ``stages`` feature maps (S, N, C_i, H_i, W_i): the only place teachers run (eval mode, no gradient, so a
-    row's outputs do not depend on the rows beside it), in chunks of ``EVAL_CHUNK`` rows."""
-    axis = 0 if x.dim() == len(teacher.input_shape) + 1 else 1
+def teacher_outputs(teacher: SeedModel, x: torch.Tensor | Subset,
+                    stages: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The teacher's logits (S, N, C) on x (N, ...) or (S, N, ...), or on every row of a set, and, for feature
+    distillation, its last ``stages`` feature maps (S, N, C_i, H_i, W_i): the only place teachers run (eval
+    mode, no gradient, so a row's outputs do not depend on the rows beside it), in chunks of ``EVAL_CHUNK``
+    rows."""
+    if isinstance(x, Subset):
+        parts = x.chunks(EVAL_CHUNK)
+    else:
+        parts = list(x.split(EVAL_CHUNK, dim=0 if x.dim() == len(teacher.input_shape) + 1 else 1))
     logits, maps = [], []
     teacher.eval()
     with torch.no_grad():
-        for part in x.split(EVAL_CHUNK, dim=axis):
+        for part in parts:
             logits.append(teacher(part))
             if stages:
                 if not isinstance(teacher, batching.StackedModel):
@@ -108,7 +113,7 @@ def teacher_targets(task: Task, teachers: Sequence[SeedModel], subset: Subset) -
     mask = torch.zeros(shape, dtype=torch.bool, device=device)
     known = torch.as_tensor(task.class_mask, device=device)  # (K, C)
     for teacher, model in zip(task.teachers, teachers):
-        local, _ = teacher_outputs(model, subset.x)  # (S, N, |S_k|): every row, kept where routed to this teacher
+        local, _ = teacher_outputs(model, subset)  # (S, N, |S_k|): every row, kept where routed to this teacher
         full = torch.zeros((*local.shape[:2], task.n_classes), device=device)
         full[..., list(teacher.classes)] = local
         here = slot[:, :, teacher.index].unsqueeze(-1)  # (S, N, R, 1)

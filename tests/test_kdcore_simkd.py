@@ -189,7 +189,7 @@ def test_identity_projector_in_the_batched_simkd_network_reproduces_each_seeds_t
     teacher = batching.batched(config.teacher.model_spec, IMAGE, 10, config.seeds)
     teacher.train()
     with torch.no_grad():
-        teacher(prep.fit.x)  # per-seed running statistics
+        teacher(prep.fit.inputs())  # per-seed running statistics
     model = simkd_model(prep, config, teacher)
     for i in range(model.n_seeds):
         state = model.seed_state(i)

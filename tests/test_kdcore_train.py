@@ -184,7 +184,7 @@ def test_standalone_and_batched_runs_equal_a_hand_written_loop(small: Classifica
     for i in (0, 2):  # seeds 0 and 1234
         seed = SEEDS[i]
         alone = train_supervised(prep, fit, [seed], method="baseline")
-        hand = _hand_loop(prep.fit.x, prep.fit.y, seed, lr=1e-2, epochs=6, batch_size=batch_size)
+        hand = _hand_loop(prep.fit.inputs(), prep.fit.y, seed, lr=1e-2, epochs=6, batch_size=batch_size)
         for key, value in hand.state_dict().items():
             torch.testing.assert_close(_weights(alone, 0)[f"net.{key}"], value, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(_weights(batched, i)[f"net.{key}"], value, rtol=1e-5, atol=1e-5)
@@ -216,7 +216,7 @@ def test_same_config_twice_gives_identical_results(small: ClassificationData) ->
 def _recomputed(result: FitResult, subset: Any) -> tuple[np.ndarray, np.ndarray]:
     result.model.eval()
     with torch.no_grad():
-        logits = result.model(subset.x)
+        logits = result.model(subset.inputs())
     hits = (logits.argmax(-1) == subset.y).float()
     acc = losses.weighted_mean(hits, subset.weight).numpy()
     return acc, losses.cross_entropy(logits, subset.y, subset.weight).numpy()
@@ -280,7 +280,7 @@ def test_eval_every_evaluates_on_schedule_and_at_the_end(small: ClassificationDa
 def test_seed_protocol_selects_on_the_given_validation_set(small: ClassificationData) -> None:
     config = ExperimentConfig(seeds=(0, 1), protocol="seed")
     prep = prepare(small, config)
-    assert torch.equal(prep.select.x, prep.holdout.x) and torch.equal(prep.select.y, prep.holdout.y)
+    assert torch.equal(prep.select.inputs(), prep.holdout.x) and torch.equal(prep.select.y, prep.holdout.y)
     assert torch.equal(prep.holdout.x, torch.tensor(small.x_valid))
     assert len(prep.fit) == small.y_train.size  # trains on the whole training set
     result = train_supervised(prep, FitConfig(epochs=5, lr=1e-2), [0, 1], method="baseline")
@@ -294,11 +294,11 @@ def test_honest_protocol_selects_on_an_inner_split_of_train(small: Classificatio
     n = small.y_train.size
     assert len(prep.select) == split.select.size and abs(len(prep.select) - 0.25 * n) <= 6
     assert len(prep.fit) + len(prep.select) == n
-    assert torch.equal(prep.select.x, torch.tensor(small.x_train[split.select]))
-    assert torch.equal(prep.fit.x, torch.tensor(small.x_train[split.fit]))
+    assert torch.equal(prep.select.inputs(), torch.tensor(small.x_train[split.select]))
+    assert torch.equal(prep.fit.inputs(), torch.tensor(small.x_train[split.fit]))
     train_rows = {tuple(r) for r in small.x_train.tolist()}
-    select_rows = {tuple(r) for r in prep.select.x.tolist()}
-    fit_rows = {tuple(r) for r in prep.fit.x.tolist()}
+    select_rows = {tuple(r) for r in prep.select.inputs().tolist()}
+    fit_rows = {tuple(r) for r in prep.fit.inputs().tolist()}
     valid_rows = {tuple(r) for r in small.x_valid.tolist()}
     assert select_rows <= train_rows and not select_rows & fit_rows and not select_rows & valid_rows
     assert torch.equal(prep.holdout.x, torch.tensor(small.x_valid))  # the holdout is only reported
@@ -419,10 +419,10 @@ def test_folds_give_every_training_point_to_exactly_one_seed_to_select_on(small:
     assert len(train) == small.y_train.size  # the points are distinct, so rows identify them
     selected: list[tuple[float, ...]] = []
     for s in range(len(SEEDS)):
-        sel_rows = prep.select.x[s]
+        sel_rows = prep.select.inputs()[s]
         if prep.select.weight is not None:
             sel_rows = sel_rows[prep.select.weight[s] > 0]
-        sel, fit = _rows(sel_rows), _rows(prep.fit.x[s])
+        sel, fit = _rows(sel_rows), _rows(prep.fit.inputs()[s])
         assert not sel & fit, f"seed {s} fits on a point it selects on"
         assert sel | fit == train, f"seed {s} leaves training points unused"
         assert not sel & _rows(torch.tensor(small.x_valid))
@@ -457,7 +457,7 @@ def test_folds_pad_unequal_sets_without_changing_any_metric() -> None:
         real = prep.select.weight[s] > 0
         result.model.eval()
         with torch.no_grad():
-            logits = result.model(prep.select.x)[s][real]
+            logits = result.model(prep.select.inputs())[s][real]
         acc = (logits.argmax(-1) == prep.select.y[s][real]).float().mean()
         np.testing.assert_allclose(result.inner_acc[s], float(acc), atol=1e-6)
         ce = losses.cross_entropy(logits, prep.select.y[s][real])
@@ -476,7 +476,7 @@ def test_folds_of_unequal_sizes_train_each_seed_as_it_trains_alone() -> None:
         sel = prep.part(range(odd.n_classes), k)[1]
         real = sel.weight if sel.weight is not None else torch.ones(sel.y.shape)
         for s in range(len(SEEDS)):
-            rows = sel.x[s][real[s] > 0]
+            rows = sel.inputs()[s][real[s] > 0]
             assert len(_rows(rows)) == rows.shape[0]  # no point counted twice in a selection set
     for i, seed in enumerate(SEEDS):
         alone = run_experiment(odd, _config([seed], fit, fold_start=i))
@@ -484,3 +484,17 @@ def test_folds_of_unequal_sizes_train_each_seed_as_it_trains_alone() -> None:
             for key, value in _weights(alone.methods[name], 0).items():
                 torch.testing.assert_close(_weights(batched, i)[key], value, rtol=1e-4, atol=1e-5,
                                            msg=lambda m, where=f"{name} seed {seed} {key}": f"{where}: {m}")
+
+
+def test_every_seed_s_folds_index_one_copy_of_the_features(small: ClassificationData) -> None:
+    """Five seeds' fitting and selection folds hold indices into one tensor of the training features, not
+    five copies each; what a seed reads through them is its own rows."""
+    prep = prepare(small, ExperimentConfig(seeds=tuple(SEEDS)))
+    assert prep.fit.x is prep.select.x and tuple(prep.fit.x.shape) == small.x_train.shape
+    assert prep.fit.rows is not None and prep.fit.rows.shape == prep.fit.y.shape
+    train_x = torch.tensor(small.x_train)
+    for s in range(len(SEEDS)):
+        assert torch.equal(prep.fit.inputs()[s], train_x[prep.fit.rows[s]])
+        assert torch.equal(prep.select.inputs()[s], train_x[prep.select.rows[s]])
+    part, _, _ = prep.part((0,), 1)  # a teacher's share: indices again, into the same tensor
+    assert part.x is prep.fit.x
