@@ -10,19 +10,24 @@ inference says so, because a larger multiple of what it finds cannot be ruled ou
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
+import numpy as np
+
 from results.cells import list_cell
+from results.stats import finite
 from results.study_data import StudyData
 from results.summaries import ReferenceStats, TopTrial
 
 SPREAD = "sample sd over seeds of one fixed holdout; not a confidence interval"
 EVERY_CLASS = ("baseline", "ablation", "tuned_baseline")  # references measured on every holdout sample
-MAX_HOLDOUT = 100_000  # the largest holdout an inference looks for (float64 tells k/n apart far beyond it)
-_EXACT = 1e-9
+# Accuracies are stored rounded to 9 decimals (kdcore.result.ACC_DECIMALS): k/n is known to 5e-10, and two
+# distinct fractions k/n, k'/n' differ by at least 1/(n n') > 1.6e-9 up to 25,000 samples, more than twice
+# that, so an n that fits gives the stored accuracies exactly, never by accident.
+ROUNDING = 6e-10
+MAX_HOLDOUT = 25_000
+_CHUNK = 2_000
 
 
 @dataclass(frozen=True)
@@ -91,24 +96,18 @@ def holdout_size(study: StudyData) -> HoldoutSize:
 
 
 def _denominator(values: list[Any]) -> int | None:
-    """The least d with every finite value a multiple of 1/d (d <= MAX_HOLDOUT), or None."""
-    d = 1
-    seen = False
-    for value in values:
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            continue
-        if not math.isfinite(v):
-            continue
-        seen = True
-        q = Fraction(v).limit_denominator(MAX_HOLDOUT)
-        if abs(float(q) - v) > _EXACT:
-            return None
-        d = math.lcm(d, q.denominator)
-        if d > MAX_HOLDOUT:
-            return None
-    return d if seen else None
+    """The least n (<= MAX_HOLDOUT) for which every finite value is a whole number k out of n, to the
+    rounding of the tables (``ROUNDING``); None when no such n exists or there are no values."""
+    v = np.array([float(x) for x in values if finite(x)], dtype=float)
+    if v.size == 0:
+        return None
+    for start in range(1, MAX_HOLDOUT + 1, _CHUNK):
+        n = np.arange(start, min(start + _CHUNK, MAX_HOLDOUT + 1), dtype=float)[:, None]  # (candidates, 1)
+        scaled = n * v[None, :]  # (candidates, values): k where n is the size
+        fits = (np.abs(scaled - np.rint(scaled)) <= n * ROUNDING).all(axis=1)
+        if fits.any():
+            return int(n[int(np.argmax(fits)), 0])
+    return None
 
 
 def _class_denominators(cells: list[Any]) -> list[int] | None:

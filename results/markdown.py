@@ -35,7 +35,7 @@ PLOT_TITLES = {
     "curves": "Learning curves of the top trials",
     "alpha": "Accuracy against kd.alpha",
     "temperature": "Accuracy against kd.temperature",
-    "rungs": "Trials surviving each ASHA rung",
+    "rungs": "Trials stopped and promoted at each ASHA rung",
     "params": "Holdout accuracy against trainable parameters",
 }
 
@@ -133,7 +133,7 @@ def _header(summary: Summary) -> list[str]:
     if header is None:
         return []
     size = header.holdout
-    if size.n is None:
+    if size.n is None or size.one_sample is None:
         holdout = f"- holdout: size {size.note}; what one sample is worth is not known"
     else:
         holdout = (f"- holdout: {size.n:,} samples, so one sample is {100 * size.one_sample:.2f} percentage "

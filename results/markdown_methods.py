@@ -76,7 +76,8 @@ def sizes_section(summary: Summary) -> list[str]:
     lines = ["## Holdout accuracy against trainable parameters", ""]
     lines += [("Parameters are those one network trains (SimKD: the student's encoder plus its projector); "
                "accuracies are seed means ± sample sd. References (their own recipe) follow the trials; a "
-               "teacher marked *own classes* is measured on the samples of its own classes only."), ""]
+               "teacher marked *own classes* (or *own domain*) is measured on the samples of its own classes (or "
+               "domain) only, not on the students' holdout."), ""]
     if len(points) <= MAX_SIZE_ROWS:
         lines += ["| trial | kd.method | student | projector | total | head | holdout acc | inner acc |",
                   "|---|---|---:|---:|---:|---|---|---|"]
@@ -103,7 +104,7 @@ def sizes_section(summary: Summary) -> list[str]:
     if sizes.references:
         lines += ["", "| reference | parameters | seeds | holdout acc |", "|---|---:|---:|---|"]
         for r in sizes.references:
-            own = " (own classes)" if r.own_classes else ""
+            own = f" ({r.measured_on})" if r.measured_on else ""
             lines.append(f"| {r.method}{own} | {count(r.params)} | {r.n_seeds} | "
                          f"{pm(r.holdout_acc_mean, r.holdout_acc_std, r.n_seeds)} |")
     if sizes.unsized:
