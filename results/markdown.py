@@ -116,6 +116,8 @@ def _headline(summary: Summary) -> list[str]:
         other_size = sides is not None and sides.same_size is False
         which = ("the comparison this study reports" if c.headline else
                  "secondary, a network of another size" if other_size else "also")
+        if c.headline and other_size:
+            which += " (no comparison with a network of the student's size is recorded)"
         study = " of ce-baseline" if method == "tuned_baseline" else ""
         of = f" (trial #{c.trial_number}{study})" if c.trial_number is not None else ""
         differs = f"; differs: {sides.differs}" if sides is not None else ""

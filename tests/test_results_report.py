@@ -127,6 +127,8 @@ def test_a_comparison_with_a_network_of_another_size_says_so_and_the_headline_is
     result = analyse(_sized_study(tmp_path / "no-ablation", ablation=False).root)
     assert list(result["comparisons"]) == ["baseline"]
     assert "student 19,562 vs baseline 5,178 parameters" in result["comparisons"]["baseline"]["differs"]
+    assert ("- the comparison this study reports (no comparison with a network of the student's size is "
+            "recorded): best − baseline") in Path(result["report"]).read_text()
 
 
 def test_the_holdout_size_is_read_from_the_metadata_else_inferred_else_unknown(tmp_path: Path) -> None:
