@@ -60,6 +60,33 @@ def iterations_reached(study: StudyData) -> pd.DataFrame:
     return out.reset_index()
 
 
+def rung_outcomes(study: StudyData) -> list[dict[str, int]] | None:
+    """Per ASHA rung, what became of the trials that reached it (reported ``milestone`` evaluations):
+    ``stopped`` there (PRUNED before the next rung), ``failed`` there (ERROR before the next rung),
+    ``promoted`` (went on past the rung) and ``ended`` (finished at the rung on their own: COMPLETE with
+    exactly that many evaluations). ``before`` on the first entry counts the trials that ended before the
+    first rung. None when the study's ASHA settings are unknown (no readable ``study.json``).
+    """
+    if study.asha is None:
+        return None
+    reached = iterations_reached(study)
+    iters = reached["iterations"].to_numpy()
+    status = reached["status"].to_numpy()
+    rungs = [m for m in study.asha.rungs() if m >= 1]
+    out = []
+    for i, milestone in enumerate(rungs):
+        nxt = rungs[i + 1] if i + 1 < len(rungs) else None
+        here = (iters >= milestone) & ((iters < nxt) if nxt is not None else True)
+        stopped, failed = here & (status == "PRUNED"), here & (status == "ERROR")
+        promoted = (iters > milestone) & ~stopped & ~failed
+        reach = iters >= milestone
+        out.append({"milestone": milestone, "reached": int(reach.sum()), "stopped": int(stopped.sum()),
+                    "failed": int(failed.sum()), "promoted": int(promoted.sum()),
+                    "ended": int((reach & ~stopped & ~failed & ~promoted).sum()),
+                    "before": int((iters < milestone).sum()) if i == 0 else 0})
+    return out
+
+
 def rung_survivors(study: StudyData) -> list[dict[str, int]] | None:
     """Per ASHA milestone: trials that reached it, and how many of those went on to COMPLETE.
 

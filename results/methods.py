@@ -1,5 +1,6 @@
 """The comparison of distillation methods: in a study that searches ``kd.method``, each method's best
-COMPLETE trial against the best ``none`` trial (or the ablation), paired by seed.
+COMPLETE trial against the same recipe without KD (its own ablation, or the best ``none`` trial when every
+non-``kd.*`` knob is the same), paired by seed; without one, no difference is given and the entry says why.
 
 Every trial of a study runs the same seeds and folds, so seed s of one method pairs with seed s of another.
 """
@@ -16,6 +17,7 @@ from kdcore import (
 )
 from results.cells import first_int, plain, seed_accuracies, text
 from results.json_view import FLATTEN
+from results.recipe import Change, Sides, recipe_changes, sides
 from results.schema import param_column
 from results.stats import PairedTest, finite, paired_test
 from results.study_data import StudyData
@@ -60,13 +62,22 @@ class MethodDifference:
 
 @dataclass(frozen=True)
 class MethodEntry:
-    """One ``kd.method``: its trials by status, its best trial (None: no COMPLETE one) and ``vs`` (None for
-    the comparator itself or without common seeds)."""
+    """One ``kd.method``: its trials by status, its best trial (None: no COMPLETE one) and ``vs``, that trial
+    minus the same recipe without KD (None: no same-recipe comparison, or no common seeds).
+
+    ``compared_with`` names that other side: ``ablation`` (trial ``compared_trial`` retrained without its KD
+    term) or ``none`` (the best ``none`` trial, whose every non-``kd.*`` knob is the same); ``differs`` says
+    what differs between the two sides, or why there is no same-recipe comparison; ``sides`` holds it as data.
+    """
 
     method: str
     trials: dict[str, int]
     best: MethodBest | None
     vs: MethodDifference | None = None
+    compared_with: str | None = None
+    compared_trial: int | None = None
+    differs: str | None = None
+    sides: Sides | None = None
 
 
 @dataclass(frozen=True)
@@ -123,15 +134,18 @@ def kd_methods(study: StudyData) -> list[str] | None:
 
 
 def method_comparison(study: StudyData, ranked: pd.DataFrame | None = None) -> MethodComparison | None:
-    """Each ``kd.method``'s best COMPLETE trial (by the objective) against the best ``none`` trial, or, when
-    ``none`` was not searched (or has no COMPLETE trial), against the ablation of the study's best trial:
-    per-seed holdout differences, paired by seed, with ``paired_test``. None when the study compares no
-    methods (``kd_methods``).
+    """Each ``kd.method``'s best COMPLETE trial (by the objective) against the same recipe without KD: the
+    ablation of that trial (a reference row ``ablation`` with its ``trial_number``) when recorded, else the
+    best ``none`` trial only if its recipe (every non-``kd.*`` knob) is the same, else nothing (``differs``
+    says so): per-seed holdout differences, paired by seed, with ``paired_test``. None when the study
+    compares no methods (``kd_methods``).
 
     ``methods`` holds one entry per method: its trial counts by status, its best trial (accuracies, the
     trainable parameters, the head it predicts through) or None, and ``vs`` (the paired test with the
-    per-seed differences; None for the comparator itself or without common seeds). ``against`` names the
-    comparator; ``shared_seeds`` says whether every best trial (and the comparator) ran the same seeds.
+    per-seed differences; None for ``none`` itself, without a same-recipe comparison or common seeds) with
+    what it was compared with and what differs. ``against`` names the study's comparator as a whole (the
+    best ``none`` trial, else the ablation of the best trial), which a method is measured against only where
+    the recipes match; ``shared_seeds`` says whether every best trial (and the comparator) ran the same seeds.
     """
     methods = kd_methods(study)
     if methods is None:
@@ -172,16 +186,16 @@ def method_comparison(study: StudyData, ranked: pd.DataFrame | None = None) -> M
                                  meaning=(f"the ablation (`{NO_KD}` {why}): the study's best trial"
                                           f"{'' if number is None else f' (#{number})'} retrained without its KD "
                                           "term, same recipe and seeds"))
-    compared = []
+    compared, sides_seen = [], []
+    none_best = next((e.best for e in entries if e.method == NO_KD), None)
     for entry in entries:
-        mine = accuracies.get(entry.method, {})
-        test = None
-        if against is not None and mine and not (against.kind == NO_KD and entry.method == NO_KD):
-            test = paired_test(mine, theirs)
-        diffs = () if test is None else tuple(SeedDiff(s, mine[s] - theirs[s]) for s in sorted(mine)
-                                              if s in theirs and finite(mine[s]) and finite(theirs[s]))
-        compared.append(replace(entry, vs=None if test is None else MethodDifference(test, diffs)))
+        entry, other = _same_recipe(study, entry, accuracies.get(entry.method, {}), none_best,
+                                    accuracies.get(NO_KD, {}))
+        compared.append(entry)
+        if other:
+            sides_seen.append(other)
     seed_sets = {tuple(sorted(a)) for a in accuracies.values()}
+    seed_sets |= {tuple(sorted(a)) for a in sides_seen}
     if against is not None and theirs:
         seed_sets.add(tuple(sorted(theirs)))
     shared = len(seed_sets) <= 1
@@ -189,6 +203,40 @@ def method_comparison(study: StudyData, ranked: pd.DataFrame | None = None) -> M
         [int(s) for s in study.metadata.get("seeds") or []]
     return MethodComparison(knob=METHOD_KNOB, methods=tuple(compared), against=against, shared_seeds=shared,
                             seeds=seeds, note=_seeds_note(shared, seeds))
+
+
+def _same_recipe(study: StudyData, entry: MethodEntry, mine: dict[int, float], none_best: MethodBest | None,
+                 none_acc: dict[int, float]) -> tuple[MethodEntry, dict[int, float]]:
+    """``entry`` with its best trial minus the same recipe without KD: the ablation of that very trial when
+    the reference table holds one, else the best ``none`` trial when every non-``kd.*`` knob is the same,
+    else no comparison (``differs`` says why). Returns the entry and the other side's ``{seed: accuracy}``."""
+    best = entry.best
+    if best is None or not mine:
+        return entry, {}
+    if entry.method == NO_KD:
+        return replace(entry, differs="no KD term: the comparator of the methods that have one"), {}
+    rows = study.reference[study.reference["method"] == "ablation"]
+    rows = rows[pd.to_numeric(rows["trial_number"], errors="coerce") == best.number]
+    theirs = seed_accuracies(rows)
+    if theirs:
+        kind, number, size, name = "ablation", best.number, first_int(rows["params"]), "ablation"
+        changes: tuple[Change, ...] = ()
+    elif none_best is not None and none_acc and not recipe_changes(best.params, none_best.params):
+        kind, number, size, name, theirs = NO_KD, none_best.number, none_best.trainable.total, f"`{NO_KD}`", none_acc
+        changes = ()
+    else:
+        why = f"no ablation of #{best.number} recorded"
+        if none_best is not None:
+            diff = ", ".join(c.text() for c in recipe_changes(best.params, none_best.params))
+            why += f", and the best `{NO_KD}` trial (#{none_best.number}) has another recipe ({diff})"
+        return replace(entry, differs=f"no same-recipe comparison: {why}"), {}
+    test = paired_test(mine, theirs)
+    what = sides(kd_term=True, changes=changes, trial_params=best.trainable.total, other_params=size,
+                 other_name=name, same_seeds=set(mine) == set(theirs))
+    diffs = () if test is None else tuple(SeedDiff(s, mine[s] - theirs[s]) for s in sorted(mine)
+                                          if s in theirs and finite(mine[s]) and finite(theirs[s]))
+    return replace(entry, vs=None if test is None else MethodDifference(test, diffs), compared_with=kind,
+                   compared_trial=number, differs=what.differs, sides=what), theirs
 
 
 def _seeds_note(shared: bool, seeds: list[int]) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from kdcore import replacing
-from results.asha import iterations_reached, rung_survivors
+from results.asha import iterations_reached, rung_outcomes
 from results.schema import param_column
 from results.summaries import ranked_complete
 
@@ -55,11 +55,11 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _legend(fig: Any, ax: Any) -> None:
+def _legend(fig: Any, ax: Any, ncols: int = 3) -> None:
     """The legend below the axes, where it never hides a point."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8,
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(ncols, len(handles)), fontsize=8,
                    frameon=False)
 
 
@@ -71,7 +71,8 @@ def plot_history(trials: pd.DataFrame, column: str, *, maximize: bool, path: Pat
                  baseline: float | None = None) -> Path:
     """Objective per trial number: COMPLETE dots, PRUNED crosses (last evaluation), best-so-far line."""
     scale = 100.0 if column.endswith("_acc_mean") else 1.0
-    frame = trials[["number", "status", column]].copy()
+    spread = column.removesuffix("_mean") + "_std"
+    frame = trials[["number", "status", column, *([spread] if spread in trials.columns else [])]].copy()
     frame["x"] = pd.to_numeric(frame["number"], errors="coerce")
     frame["x"] = frame["x"].fillna(pd.Series(np.arange(len(frame), dtype=float), index=frame.index))
     frame["y"] = pd.to_numeric(frame[column], errors="coerce") * scale
@@ -84,7 +85,9 @@ def plot_history(trials: pd.DataFrame, column: str, *, maximize: bool, path: Pat
     ax.scatter(pruned["x"], pruned["y"], marker="x", color=_PRUNED, alpha=0.7, s=28,
                label=f"PRUNED ({len(pruned)}), at its last evaluation")
     ax.scatter(done["x"], done["y"], marker="o", color=_COMPLETE, s=30, zorder=3,
-               label=f"COMPLETE ({len(done)})")
+               label=f"COMPLETE ({len(done)})" + (", bar: seed sd" if spread in done.columns else ""))
+    if spread in done.columns:  # a null sd (one seed) draws no bar
+        _error_bars(ax, done["x"], done["y"].to_numpy(dtype=float), _percent(done[spread]) * scale / 100, _COMPLETE)
     if len(done):
         best = (done["y"].cummax() if maximize else done["y"].cummin()).to_list()
         xs = [*done["x"], max(frame["x"].max(), done["x"].max()) + 0.5]  # carried on to the last trial
@@ -142,6 +145,8 @@ def plot_curves(epochs: pd.DataFrame, curves: Sequence[tuple[str, str]], *, path
     wanted = epochs[epochs["trial_id"].isin([tid for tid, _ in curves])]
     by_trial = {tid: rows for tid, rows in wanted.groupby("trial_id", sort=False)}
     by_evaluation = 0
+    shown: list[np.ndarray] = []
+    lowest = np.inf
     for tid, label in curves:
         rows = by_trial.get(tid)
         if rows is None or rows.empty:
@@ -150,26 +155,68 @@ def plot_curves(epochs: pd.DataFrame, curves: Sequence[tuple[str, str]], *, path
         x = pd.to_numeric(rows["epoch"], errors="coerce")
         if x.isna().any():  # rows rebuilt from the Optuna journal (kdtune resume) know no epochs
             x, label, by_evaluation = rows["iteration"], f"{label}, by evaluation", by_evaluation + 1
-        ax.plot(x, _percent(rows["inner_acc_mean"]), lw=1.5, label=label)
+        y = _percent(rows["inner_acc_mean"])
+        shown.append(y[len(y) // 2:])  # the second half of each curve: where the trials settle and differ
+        lowest = min(lowest, float(np.nanmin(y, initial=np.inf)))
+        ax.plot(x, y, lw=1.5, label=label)
     if baseline is not None:
         ax.axhline(100 * baseline, color=_BASE, ls="--", lw=1, label="mixed baseline (selected epoch)")
     xlabel = "epoch" + (" (evaluation number where the epoch was not recorded)" if by_evaluation else "")
-    ax.set(xlabel=xlabel, ylabel="inner accuracy, seed mean (%)",
-           title=f"Learning curves of the top {len(curves)} trials")
+    limits = zoom_limits(np.concatenate(shown) if shown else np.array([]),
+                         extra=() if baseline is None else (100 * baseline,))
+    title = f"Learning curves of the top {len(curves)} trials"
+    if limits is not None:
+        ax.set_ylim(*limits)
+        if lowest < limits[0]:
+            title += "\n(zoomed on the second half of the curves; the early climb runs below the axis)"
+    ax.set(xlabel=xlabel, ylabel="inner accuracy, seed mean (%)", title=title)
     ax.grid(alpha=0.3)
     _legend(fig, ax)
     return _save(fig, path)
 
 
+def zoom_limits(values: np.ndarray, *, extra: Sequence[float] = (), low_percentile: float = 0.0,
+                margin: float = 0.15) -> tuple[float, float] | None:
+    """y limits that hold where the trials are: from the ``low_percentile`` of ``values`` to their maximum
+    (and any ``extra`` line), widened by ``margin`` of that span (at least 0.25 points)."""
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return None
+    lo, hi = float(np.percentile(v, low_percentile)), float(v.max())
+    lo, hi = min([lo, *extra]), max([hi, *extra])
+    pad = max(margin * (hi - lo), 0.25)
+    return lo - pad, min(100.0, hi + pad)
+
+
+def _error_bars(ax: Any, x: Any, y: np.ndarray, sd: np.ndarray, color: str) -> None:
+    """Seed sd as error bars where a point is a mean of two or more seeds (no bar for one seed: no spread)."""
+    ok = np.isfinite(sd) & np.isfinite(y)
+    if ok.any():
+        ax.errorbar(np.asarray(x, dtype=float)[ok], y[ok], yerr=sd[ok], fmt="none", ecolor=color, elinewidth=1,
+                    capsize=2, alpha=0.6)
+
+
+def _spread(frame: pd.DataFrame, column: str, n_seeds: pd.Series | None) -> np.ndarray:
+    """A ``_std`` column in percent, NaN where it is missing or the point has one seed."""
+    sd = _percent(frame[column]) if column in frame.columns else np.full(len(frame), np.nan)
+    if n_seeds is not None:
+        sd = np.where(n_seeds.reindex(frame["trial_id"]).to_numpy(dtype=float) >= 2, sd, np.nan)
+    return sd
+
+
 def plot_accuracy_vs(complete: pd.DataFrame, column: str, *, path: Path, knob: str, log_x: bool = False,
-                     baseline_holdout: float | None = None) -> Path:
-    """COMPLETE trials' inner and holdout accuracy (seed means) against one knob."""
+                     baseline_holdout: float | None = None, n_seeds: pd.Series | None = None) -> Path:
+    """COMPLETE trials' inner and holdout accuracy (seed means, seed sd as error bars) against one knob;
+    ``n_seeds`` (by trial_id) leaves out the bar of a one-seed point."""
     rows = complete[complete[column].notna()]
     x = pd.to_numeric(rows[column], errors="coerce")
     fig = _figure()
     ax = fig.add_subplot()
-    ax.scatter(x, _percent(rows["inner_acc_mean"]), marker="o", color=_COMPLETE, s=28, label="inner")
-    ax.scatter(x, _percent(rows["holdout_acc_mean"]), marker="^", color=_PRUNED, s=28, label="holdout")
+    inner, holdout = _percent(rows["inner_acc_mean"]), _percent(rows["holdout_acc_mean"])
+    ax.scatter(x, inner, marker="o", color=_COMPLETE, s=28, label="inner (bar: seed sd)")
+    ax.scatter(x, holdout, marker="^", color=_PRUNED, s=28, label="holdout (bar: seed sd)")
+    _error_bars(ax, x, inner, _spread(rows, "inner_acc_std", n_seeds), _COMPLETE)
+    _error_bars(ax, x, holdout, _spread(rows, "holdout_acc_std", n_seeds), _PRUNED)
     if baseline_holdout is not None:
         ax.axhline(100 * baseline_holdout, color=_BASE, ls="--", lw=1, label="mixed baseline, holdout")
     if log_x:
@@ -181,24 +228,29 @@ def plot_accuracy_vs(complete: pd.DataFrame, column: str, *, path: Path, knob: s
     return _save(fig, path)
 
 
-def plot_rungs(survivors: Sequence[dict[str, int]], *, complete: int, path: Path, subtitle: str) -> Path:
-    """Trials that reached each ASHA milestone, split by whether they went on to COMPLETE, then COMPLETE.
-
-    A trial that ends on its own (early stopping, or fewer epochs than a milestone) before a rung counts
-    as not reaching it but still shows in the last bar.
-    """
-    labels = [f"rung {i}\n\u2265 {s['milestone']} evals" if s["milestone"] > 1 else "started"
-              for i, s in enumerate(survivors)] + ["COMPLETE"]
-    done = np.array([s["complete"] for s in survivors] + [complete])
-    reached = np.array([s["reached"] for s in survivors] + [complete])
+def plot_rungs(outcomes: Sequence[dict[str, int]], *, path: Path, subtitle: str) -> Path:
+    """Per ASHA rung, the trials that reached it as stacked bars: promoted (went on past it), stopped there
+    (PRUNED), failed there (ERROR) and ended there on their own (``results.asha.rung_outcomes``)."""
+    labels = [f"rung {i + 1}\n{o['milestone']} evals" for i, o in enumerate(outcomes)]
+    parts = (("promoted", "promoted (went on)", _COMPLETE), ("stopped", "stopped here (PRUNED)", _PRUNED),
+             ("failed", "failed here (ERROR)", "#d62728"), ("ended", "ended here (COMPLETE)", _BASE))
     fig = _figure()
     ax = fig.add_subplot()
-    ax.bar(labels, done, color=_COMPLETE, label="went on to COMPLETE")
-    bars = ax.bar(labels, reached - done, bottom=done, color=_PRUNED, label="stopped later (PRUNED / ERROR)")
-    ax.bar_label(bars, labels=[str(int(n)) for n in reached], fontsize=9, padding=2)
-    ax.set(xlabel="ASHA milestone (evaluations reported)", ylabel="trials reaching it",
-           title=f"Trials surviving each ASHA rung\n({subtitle})")
-    ax.set_ylim(0, max(1, int(reached.max(initial=0))) * 1.18)
+    bottom = np.zeros(len(outcomes))
+    for key, label, color in parts:
+        counts = np.array([o[key] for o in outcomes], dtype=float)
+        if not counts.any() and key in ("failed", "ended"):
+            continue
+        bars = ax.bar(labels, counts, bottom=bottom, color=color, label=label)
+        ax.bar_label(bars, labels=[str(int(n)) if n else "" for n in counts], label_type="center", fontsize=9,
+                     color="white")
+        bottom += counts
+    ax.bar_label(ax.containers[-1], labels=[f"{o['reached']} reached" for o in outcomes], fontsize=8, padding=2)
+    before = outcomes[0]["before"] if outcomes else 0
+    note = f"; {before} ended before rung 1" if before else ""
+    ax.set(xlabel="ASHA rung (evaluations reported)", ylabel="trials",
+           title=f"Trials stopped and promoted at each ASHA rung\n({subtitle}{note})")
+    ax.set_ylim(0, max(1.0, float(bottom.max(initial=0.0))) * 1.25)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
     return _save(fig, path)
@@ -227,47 +279,85 @@ _METHOD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
 
 def plot_accuracy_vs_params(points: Sequence[SizedTrial], references: Sequence[SizedReference], *,
                             methods: Sequence[str], path: Path) -> Path:
-    """COMPLETE trials' holdout accuracy (seed mean) against their trainable parameters, one marker per
-    ``kd.method``, and the references (``method``, ``params``, ``holdout_acc_mean``, ``own_classes``) as
-    labelled stars.
+    """COMPLETE trials' holdout accuracy (seed mean, seed sd as error bars) against their trainable
+    parameters, one marker per ``kd.method``, and the references as numbered stars, the legend naming each
+    number (labels beside the points would overlap). Teachers measured on their own classes or domain
+    (``measured_on``) are hollow diamonds, and the legend says they are not on the students' holdout.
 
-    ``points`` hold ``method``, ``trainable.total`` and ``holdout_acc_mean``. The x axis is logarithmic when
-    the sizes span more than a factor of 10.
+    ``points`` hold ``method``, ``trainable.total``, ``holdout_acc_mean`` and ``_std``, ``n_seeds``. The x
+    axis is logarithmic when the sizes span more than a factor of 10.
     """
-    fig = _figure()
+    fig = _figure(7.5, 4.8)
     ax = fig.add_subplot()
     order = list(methods) + sorted({str(p.method) for p in points} - set(methods))
     for i, method in enumerate(order):
         mine = [p for p in points if str(p.method) == method and p.holdout_acc_mean is not None]
         if not mine:
             continue
-        x = [p.trainable.total for p in mine]
-        ax.scatter(x, _percent([p.holdout_acc_mean for p in mine]), marker=_METHOD_MARKERS[i % 9], s=32,
-                   alpha=0.8, zorder=3, label=f"{method} ({len(mine)} COMPLETE)")
-    for ref in references:
-        own = " (own classes)" if ref.own_classes else ""
-        y = 100 * float(ref.holdout_acc_mean)
-        ax.scatter([ref.params], [y], marker="*", s=110, color=_BASE, edgecolors="black", linewidths=0.5,
-                   zorder=4)
-        ax.annotate(f"{ref.method}{own}", (ref.params, y), textcoords="offset points", xytext=(5, 4),
-                    fontsize=7, color="#333333")
-    if references:
+        x = np.array([p.trainable.total for p in mine], dtype=float)
+        y = _percent([p.holdout_acc_mean for p in mine])
+        sd = np.array([100 * p.holdout_acc_std if p.holdout_acc_std is not None and p.n_seeds >= 2 else np.nan
+                       for p in mine], dtype=float)
+        dots = ax.scatter(x, y, marker=_METHOD_MARKERS[i % 9], s=32, alpha=0.8, zorder=3,
+                          label=f"{method} ({len(mine)} COMPLETE)")
+        _error_bars(ax, x, y, sd, dots.get_facecolor()[0])
+    for i, ref in enumerate(references, start=1):
+        acc = 100 * float(ref.holdout_acc_mean)
+        apart = ref.measured_on is not None
+        ax.scatter([ref.params], [acc], marker="D" if apart else "*", s=60 if apart else 110,
+                   facecolors="none" if apart else _BASE, edgecolors="#555555" if apart else "black",
+                   linewidths=1.0 if apart else 0.5, zorder=4)
+        if ref.holdout_acc_std is not None and ref.n_seeds >= 2:
+            _error_bars(ax, [ref.params], np.array([acc]), np.array([100 * ref.holdout_acc_std]), "#555555")
+    comparable = [r for r in references if r.measured_on is None]
+    if comparable:
         ax.scatter([], [], marker="*", s=110, color=_BASE, edgecolors="black", linewidths=0.5,
-                   label="references (seed mean)")
+                   label="references, every holdout sample (numbered)")
+    if len(comparable) < len(references):
+        ax.scatter([], [], marker="D", s=60, facecolors="none", edgecolors="#555555",
+                   label="teachers: own classes/domain only, not the students' holdout")
+    for i, ref in enumerate(references, start=1):
+        ax.plot([], [], " ", label=f"{i}: {ref.method}" + (f" ({ref.measured_on})" if ref.measured_on else ""))
     sizes = [float(p.trainable.total or 0) for p in points] + [float(r.params) for r in references]
-    if sizes and min(sizes) > 0 and max(sizes) / min(sizes) > 10:
+    log_x = bool(sizes) and min(sizes) > 0 and max(sizes) / min(sizes) > 10
+    if log_x:
         ax.set_xscale("log")
-    ax.margins(x=0.1)  # room for the references' labels at the edges
+    ax.margins(x=0.1)
+    accs = [100 * float(p.holdout_acc_mean) for p in points if p.holdout_acc_mean is not None]
+    _number_references(ax, references, sizes, accs + [100 * float(r.holdout_acc_mean) for r in references], log_x)
     n = sum(1 for p in points if p.holdout_acc_mean is not None)
     ax.set(xlabel="trainable parameters (one network; SimKD: student + projector)",
            ylabel="holdout accuracy, seed mean (%)",
-           title=f"Holdout accuracy against trainable parameters ({n} COMPLETE trials)")
+           title=f"Holdout accuracy against trainable parameters ({n} COMPLETE trials; bars: seed sd)")
     ax.grid(alpha=0.3, which="both")
     if n or references:
-        _legend(fig, ax)
+        _legend(fig, ax, ncols=2)
     else:
         ax.text(0.5, 0.5, "no sized COMPLETE trial yet", ha="center", va="center", transform=ax.transAxes)
     return _save(fig, path)
+
+
+def _number_references(ax: Any, references: Sequence[SizedReference], xs: Sequence[float], ys: Sequence[float],
+                       log_x: bool) -> None:
+    """Each reference's number beside it; references drawn within a few percent of the axes of each other
+    share one label ("3,4,5"), so that no two labels overlap."""
+    def at(x: float) -> float:
+        return float(np.log10(x)) if log_x and x > 0 else x
+
+    tx = [at(x) for x in xs] or [0.0]
+    span_x, span_y = (max(tx) - min(tx)) or 1.0, (max(ys) - min(ys)) if ys else 1.0
+    spots: list[tuple[float, float, list[str]]] = []
+    for i, ref in enumerate(references, start=1):
+        x, y = float(ref.params), 100 * float(ref.holdout_acc_mean)
+        near = next((s for s in spots if abs(at(s[0]) - at(x)) <= 0.04 * span_x
+                     and abs(s[1] - y) <= 0.06 * (span_y or 1.0)), None)
+        if near is None:
+            spots.append((x, y, [str(i)]))
+        else:
+            near[2].append(str(i))
+    for x, y, numbers in spots:
+        ax.annotate(",".join(numbers), (x, y), textcoords="offset points", xytext=(7, 4), fontsize=8,
+                    color="#333333")
 
 
 # ------------------------------------------------------------------------------------- which and all
@@ -321,16 +411,16 @@ def draw(study: StudyData, summary: Summary, out: Path) -> dict[str, Path]:
         curves = [(t.trial_id, f"#{t.number} (rank {t.rank})") for t in summary.top if t.trial_id is not None]
         drawn["curves"] = plot_curves(study.epochs, curves, path=path["curves"], baseline=base_inner)
     ranked = ranked_complete(study)
+    n_seeds = study.seeds.dropna(subset=["trial_id"]).groupby("trial_id")["seed"].nunique()
     for key, knob, log_x in _KNOB_PLOTS:
         if key in path:
             drawn[key] = plot_accuracy_vs(ranked, param_column(knob), path=path[key], knob=knob, log_x=log_x,
-                                          baseline_holdout=base_holdout)
+                                          baseline_holdout=base_holdout, n_seeds=n_seeds)
     if "rungs" in path:
-        survivors = rung_survivors(study)
-        if survivors is not None and study.asha is not None:
+        outcomes = rung_outcomes(study)
+        if outcomes and study.asha is not None:
             a = study.asha
-            complete = int((study.trials["status"] == "COMPLETE").sum())
-            drawn["rungs"] = plot_rungs(survivors, complete=complete, path=path["rungs"], subtitle=(
+            drawn["rungs"] = plot_rungs(outcomes, path=path["rungs"], subtitle=(
                 f"grace {a.grace_period}, reduction factor {a.reduction_factor}, max_t {a.max_t}"))
         else:
             drawn["rungs"] = plot_iterations_histogram(iterations_reached(study), path=path["rungs"])

@@ -33,7 +33,9 @@ class SizedTrial:
 
 @dataclass(frozen=True)
 class SizedReference:
-    """A reference method whose size is recorded (``own_classes``: a teacher measured on its own classes)."""
+    """A reference method whose size is recorded (``own_classes``: a teacher measured on its own classes;
+    ``measured_on``: what a teacher is measured on where it is not every holdout sample, as "own classes",
+    "own domain" or "own classes and domain", else None)."""
 
     method: str
     params: int
@@ -41,6 +43,7 @@ class SizedReference:
     holdout_acc_mean: float
     holdout_acc_std: float | None
     own_classes: bool
+    measured_on: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ def accuracy_vs_params(study: StudyData, ranked: pd.DataFrame | None = None) -> 
     sized = sorted((p for p in points if p.trainable.total is not None), key=lambda p: p.trainable.total or 0)
     task = study_task(study)
     n_classes = task.get("n_classes") if task else None
-    classes = {t.method: t.classes for t in teacher_summary(study)}
+    teachers = {t.method: t for t in teacher_summary(study)}
+    classes = {m: t.classes for m, t in teachers.items()}
     references = []
     for ref in reference_summary(study.reference):
         if ref.params is None or ref.holdout_acc_mean is None:
@@ -79,7 +83,10 @@ def accuracy_vs_params(study: StudyData, ranked: pd.DataFrame | None = None) -> 
         known = classes.get(ref.method)
         own = ref.method.startswith(TEACHER_PREFIX) and not (
             known is not None and isinstance(n_classes, int) and sorted(known) == list(range(n_classes)))
+        group = teachers[ref.method].group if ref.method in teachers else None
+        parts = [w for w, on in (("classes", own), ("domain", group is not None)) if on]
         references.append(SizedReference(method=ref.method, params=ref.params, n_seeds=ref.n_seeds,
                                          holdout_acc_mean=ref.holdout_acc_mean,
-                                         holdout_acc_std=ref.holdout_acc_std, own_classes=own))
+                                         holdout_acc_std=ref.holdout_acc_std, own_classes=own,
+                                         measured_on="own " + " and ".join(parts) if parts else None))
     return AccuracyVsParams(trials=tuple(sized), unsized=len(points) - len(sized), references=tuple(references))

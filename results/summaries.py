@@ -8,7 +8,7 @@ and initialisation seed) and tests the per-seed holdout differences (``results.s
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -16,15 +16,18 @@ import pandas as pd
 
 from results.cells import first_int, knob_value, plain, seed_accuracies, text
 from results.json_view import FLATTEN
+from results.recipe import Change, Sides, baseline_changes, ce_baseline_params, recipe_changes, sides, uses_kd
 from results.schema import STATUSES
 from results.stats import PairedTest, mean_std, paired_test
 from results.study_data import StudyData
 
-# The references a best student is compared with, the fairest first: a baseline tuned with the student's
-# budget, the best configuration without its KD term, the fixed-recipe mixed baseline.
+# The references a best student is compared with, the one that changes least first: the best configuration
+# without its KD term (same recipe, seeds and size: the comparison that isolates distillation), a baseline
+# tuned with the student's budget, the fixed-recipe mixed baseline. A reference of another network size
+# goes after every one of the student's size (``reference_comparisons``).
 COMPARISONS = {
-    "tuned_baseline": "the best of a CE-only search with the same sampler (--tune-baseline)",
     "ablation": "the best configuration retrained without its KD term, same recipe and seeds",
+    "tuned_baseline": "the best of a CE-only search with the same sampler (--tune-baseline)",
     "baseline": "the mixed baseline with the space's fixed settings",
 }
 
@@ -80,13 +83,16 @@ class TopTrial:
 
 @dataclass(frozen=True)
 class Comparison:
-    """The best trial minus one reference (``COMPARISONS``), paired by seed."""
+    """The best trial minus one reference (``COMPARISONS``), paired by seed; ``sides`` says what differs
+    between the two (``differs``, one line), ``headline`` whether it is the comparison the study reports."""
 
     meaning: str
     trial_number: int | None
     holdout_acc_mean: float | None
     holdout_acc_std: float | None
     test: PairedTest = field(metadata=FLATTEN)
+    sides: Sides | None = field(default=None, metadata=FLATTEN)
+    headline: bool = False
 
 
 def status_counts(trials: pd.DataFrame) -> dict[str, int]:
@@ -172,14 +178,16 @@ def top_configurations(study: StudyData, top_k: int, ranked: pd.DataFrame | None
 
 
 def reference_comparisons(study: StudyData, best: TopTrial | None) -> dict[str, Comparison]:
-    """The best trial minus each reference of ``COMPARISONS`` that the study recorded, paired by seed.
+    """The best trial minus each reference of ``COMPARISONS`` that the study recorded, paired by seed, each
+    with what differs between the two sides; those of the student's size first, the first the headline.
 
     The ablation counts only if it is of this very trial (it is retrained whenever the best trial changes).
     """
     if not best:
         return {}
     mine = seed_accuracies(study.seeds[study.seeds["trial_id"] == best.trial_id])
-    out: dict[str, Comparison] = {}
+    kd_term = uses_kd(study, best.params)
+    out: list[tuple[str, Comparison]] = []
     for method, meaning in COMPARISONS.items():
         rows = study.reference[study.reference["method"] == method]
         if method == "ablation":
@@ -189,10 +197,23 @@ def reference_comparisons(study: StudyData, best: TopTrial | None) -> dict[str, 
         if test is None:
             continue
         number = plain(rows["trial_number"].iloc[0]) if len(rows) else None
+        number = None if number is None else int(number)
+        if method == "ablation":
+            changes: tuple[Change, ...] | None = ()
+        elif method == "tuned_baseline":
+            other = ce_baseline_params(study, number)
+            changes = None if other is None else recipe_changes(best.params, other)
+        else:
+            changes = baseline_changes(study, best.params)
+        name = {"tuned_baseline": "tuned baseline", "baseline": "baseline"}.get(method, method)
         holdout, holdout_sd = mean_std(rows["holdout_acc"])
-        out[method] = Comparison(meaning=meaning, trial_number=None if number is None else int(number),
-                                 holdout_acc_mean=holdout, holdout_acc_std=holdout_sd, test=test)
-    return out
+        out.append((method, Comparison(
+            meaning=meaning, trial_number=number, holdout_acc_mean=holdout, holdout_acc_std=holdout_sd, test=test,
+            sides=sides(kd_term=kd_term, changes=changes, trial_params=best.student_params,
+                        other_params=first_int(rows["params"]), other_name=name,
+                        same_seeds=set(mine) == set(theirs)))))
+    out.sort(key=lambda mc: mc[1].sides is not None and mc[1].sides.same_size is False)  # stable: as above
+    return {m: replace(c, headline=i == 0) for i, (m, c) in enumerate(out)}
 
 
 def trainable_params(row: Mapping[str, Any]) -> Trainable:

@@ -20,6 +20,7 @@ from results.classes import (
     study_task,
     teacher_summary,
 )
+from results.header import Header, report_header
 from results.importance import Importance, param_importance
 from results.json_view import to_json
 from results.methods import MethodComparison, method_comparison
@@ -75,6 +76,7 @@ class Summary:
     protocol_note: Any
     notes: tuple[str, ...]
     tables: dict[str, Path]
+    header: Header | None = None  # what the figures rest on: holdout size, what ± means, inner − holdout gaps
     report: Path | None = None
     plots: tuple[Path, ...] = ()
 
@@ -117,6 +119,7 @@ class Summary:
             "importance_knobs": importance["knobs"],  # a row per knob, in the report's order
             "protocol_note": self.protocol_note,
             "notes": self.notes,
+            "header": self.header,
             "tables": self.tables,
             "report": self.report,
             "plots": self.plots,
@@ -140,7 +143,8 @@ def summarise(study: StudyData, *, top_k: int = 5, random_state: int = 0) -> Sum
         class_accuracy=class_accuracy(study, best), parameter_counts=parameter_counts(study, best),
         methods=method_comparison(study, ranked), accuracy_vs_params=accuracy_vs_params(study, ranked),
         importance=importance, protocol_note=study.metadata.get("protocol_note"),
-        notes=tuple(_notes(study, counts, baseline, importance)), tables=dict(study.tables))
+        notes=tuple(_notes(study, counts, baseline, importance)), tables=dict(study.tables),
+        header=report_header(study, best, baseline))
 
 
 def counts_in_words(counts: dict[str, int]) -> str:

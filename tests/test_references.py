@@ -89,14 +89,15 @@ def test_tuned_baseline_is_a_ce_only_study_whose_best_trial_is_reported(study_di
 
 
 @pytest.mark.slow
-def test_analysis_reports_the_tuned_baseline_first_then_the_ablation(study_dir: Path, tmp_path: Path) -> None:
+def test_analysis_reports_the_ablation_first_then_the_tuned_baseline(study_dir: Path, tmp_path: Path) -> None:
     summary = analyse(study_dir, out_dir=tmp_path)
-    assert summary["comparison"] == "tuned_baseline"
-    assert list(summary["comparisons"]) == ["tuned_baseline", "ablation", "baseline"]
+    assert summary["comparison"] == "ablation"  # the one comparison whose only difference is the KD term
+    assert list(summary["comparisons"]) == ["ablation", "tuned_baseline", "baseline"]
     for c in summary["comparisons"].values():
         assert c["n_seeds"] == 2 and 0 <= c["p_value"] <= 1
+    assert summary["comparisons"]["ablation"]["differs"] == "KD term only (same recipe, seeds, folds)"
     report = (tmp_path / "report.md").read_text()
-    assert "the comparison this study reports: best − tuned_baseline" in report
+    assert "the comparison this study reports: best − ablation" in report
 
 
 def test_tune_baseline_of_a_space_with_only_kd_knobs_is_refused_before_anything_runs(

@@ -914,7 +914,8 @@ def _ci(diffs: list[float]) -> tuple[float, float]:
     return d.mean() - half, d.mean() + half
 
 
-def test_each_method_is_compared_by_its_best_trial_with_the_best_none_seed_by_seed(tmp_path: Path) -> None:
+def test_each_method_is_compared_by_its_best_trial_with_the_same_recipe_without_kd_seed_by_seed(
+        tmp_path: Path) -> None:
     result = analyse(_methods_study(tmp_path / "methods").root)
     methods = result["methods"]
     assert methods["knob"] == "kd.method" and [m["method"] for m in methods["methods"]] == ["simkd", "hinton", "none"]
@@ -931,13 +932,19 @@ def test_each_method_is_compared_by_its_best_trial_with_the_best_none_seed_by_se
     assert simkd["inner_acc_mean"] == pytest.approx(0.97) and simkd["n_seeds"] == 5
     assert methods["against"]["kind"] == "none" and methods["against"]["trial_number"] == 3
     assert by["none"]["vs"] is None  # the comparator itself
+    # SimKD's best (#0) has its own ablation: that is its same-recipe comparison, not the `none` trial
+    assert (by["simkd"]["compared_with"], by["simkd"]["compared_trial"]) == ("ablation", 0)
+    assert by["simkd"]["differs"] == "KD term, network size: student 4,000 vs ablation 2,000 parameters"
     vs = by["simkd"]["vs"]
-    # paired by seed: seed 1234 is +0.03 and seed 99 +0.02, whatever order the rows were written in
+    # paired by seed: seed 1234 is +0.03 and seed 99 +0.02 (less the ablation's 0.005), whatever the row order
     assert [(d["seed"], d["diff"]) for d in vs["seed_diffs"]] == [
-        (0, pytest.approx(0.02)), (10, pytest.approx(0.01)), (99, pytest.approx(0.02)),
-        (1234, pytest.approx(0.03)), (2021, pytest.approx(0.04))]
-    assert vs["diff_mean"] == pytest.approx(0.024) and vs["ci95"] == pytest.approx(list(_ci(SIMKD_DIFFS)))
+        (0, pytest.approx(0.015)), (10, pytest.approx(0.005)), (99, pytest.approx(0.015)),
+        (1234, pytest.approx(0.025)), (2021, pytest.approx(0.035))]
+    assert vs["diff_mean"] == pytest.approx(0.019) and vs["ci95"] == pytest.approx(list(np.array(_ci(SIMKD_DIFFS)) - 0.005))
     assert vs["p_value"] == pytest.approx(2 / 2**5) and vs["n_seeds"] == 5  # all five of one sign
+    # Hinton's best (#2) has no ablation, and the best `none` trial (#3) has its recipe: compared with it
+    assert (by["hinton"]["compared_with"], by["hinton"]["compared_trial"]) == ("none", 3)
+    assert by["hinton"]["differs"] == "KD term only (same recipe, seeds, folds)"
     hinton = by["hinton"]["vs"]
     assert hinton["diff_mean"] == pytest.approx(0.0, abs=1e-12)
     assert hinton["p_value"] == pytest.approx(1.0)  # a mean of 0: every sign assignment is as extreme
@@ -947,11 +954,13 @@ def test_each_method_is_compared_by_its_best_trial_with_the_best_none_seed_by_se
     text = Path(result["report"]).read_text()
     section = text[text.index("## Distillation methods compared"):text.index("## Holdout accuracy against")]
     assert methods["note"] in section
+    lo, hi = np.array(_ci(SIMKD_DIFFS)) - 0.005
     assert ("| `simkd` | 2 / 0 / 1 | #0 `t0000` | 97.00 ± 1.00 % | 94.40 ± 2.51 % | 3,000 + 1,000 = 4,000 | "
-            f"{REUSED} | +2.40 pp [{100 * _ci(SIMKD_DIFFS)[0]:+.2f}, {100 * _ci(SIMKD_DIFFS)[1]:+.2f}] | 0.0625 | 5 |"
-            ) in section
+            f"{REUSED} | ablation of #0 | +1.90 pp [{100 * lo:+.2f}, {100 * hi:+.2f}] | 0.0625 | 5 | KD term, network "
+            "size: student 4,000 vs ablation 2,000 parameters |") in section
+    assert "| `none` #3 | +0.00 pp" in section and "| KD term only (same recipe, seeds, folds) |" in section
     assert "| `none` | 2 / 0 / 0 | #3 `t0003` |" in section and "(the comparator)" in section
-    assert "the best `none` trial" in section and "reused and frozen" in section
+    assert "the same recipe without KD" in section and "reused and frozen" in section
     json.dumps(result, allow_nan=False)
 
 
@@ -965,12 +974,41 @@ def test_without_a_complete_none_trial_the_methods_are_compared_with_the_ablatio
     assert f"`none` {case}" in methods["against"]["meaning"]
     by = {m["method"]: m for m in methods["methods"]}
     assert by["simkd"]["vs"]["diff_mean"] == pytest.approx(0.024 - 0.005)
-    assert [d["diff"] for d in by["hinton"]["vs"]["seed_diffs"]] == pytest.approx([0.005, -0.015, 0.015, -0.005, -0.025])
+    # the ablation is of #0, not of Hinton's #2: another recipe, so Hinton has no same-recipe comparison
+    assert by["hinton"]["vs"] is None and by["hinton"]["compared_with"] is None
+    assert by["hinton"]["differs"].startswith("no same-recipe comparison: no ablation of #2 recorded")
     if case == "not searched":
         assert list(by) == ["simkd", "hinton"]
     else:
         assert by["none"]["best"] is None and by["none"]["vs"] is None and by["none"]["trials"]["PRUNED"] == 2
         assert "| `none` | 0 / 2 / 0 | no COMPLETE trial |" in Path(result["report"]).read_text()
+
+
+def test_a_method_is_compared_with_its_own_ablation_never_with_a_none_trial_of_another_recipe(
+        tmp_path: Path) -> None:
+    """The bug of the demo: the best Hinton trial (Adam) was set against a `none` trial of another recipe."""
+    study = _methods_study(tmp_path / "m")
+    study.trial(7, "COMPLETE", {**HINTON, "student.optimizer": "adam"}, _shifted([0.03] * 5, NONE_ACC),
+                inner=0.965, student_params=2000, head="student")  # Hinton's best now, with another optimizer
+    result = analyse(study.root)
+    hinton = next(m for m in result["methods"]["methods"] if m["method"] == "hinton")
+    assert hinton["best"]["number"] == 7 and hinton["vs"] is None and hinton["compared_with"] is None
+    assert hinton["differs"] == ("no same-recipe comparison: no ablation of #7 recorded, and the best `none` "
+                                 "trial (#3) has another recipe (optimizer adam→sgd)")
+    row = next(line for line in Path(result["report"]).read_text().splitlines() if line.startswith("| `hinton`"))
+    assert row.startswith("| `hinton` | 2 / 1 / 0 | #7 `t0007` |")
+    assert row.endswith("| – | – | – | 5 | no same-recipe comparison: no ablation of #7 recorded, and the best "
+                        "`none` trial (#3) has another recipe (optimizer adam→sgd) |")
+
+    # an ablation of #7 (of any trial number, not only the study's best) is its same-recipe comparison
+    study.tables.append("reference", [{"study": study.name, "method": "ablation", "seed": s, "trial_number": 7,
+                                       "inner_acc": a, "holdout_acc": a, "params": 2000, "classes": list(range(10))}
+                                      for s, a in _shifted([0.01] * 5, NONE_ACC).items()])
+    hinton = next(m for m in analyse(study.root)["methods"]["methods"] if m["method"] == "hinton")
+    assert (hinton["compared_with"], hinton["compared_trial"]) == ("ablation", 7)
+    assert hinton["vs"]["diff_mean"] == pytest.approx(0.02)
+    assert hinton["differs"] == "KD term only (same recipe, seeds, folds)"
+    assert hinton["sides"]["same_recipe"] and hinton["sides"]["same_size"]
 
 
 def test_accuracy_against_trainable_parameters_lists_every_complete_trial_and_the_references(
@@ -998,7 +1036,7 @@ def test_accuracy_against_trainable_parameters_lists_every_complete_trial_and_th
     assert "| teacher_0 | 20,000 | 5 | 97.00 ± 1.58 % |" in section
     assert f"![Holdout accuracy against trainable parameters]({PLOT_FILES['params']})" in text
 
-    from results import markdown
+    from results import markdown_methods as markdown
 
     monkeypatch.setattr(markdown, "MAX_SIZE_ROWS", 2)  # a large study: one row per method and size
     text = Path(analyse(tmp_path / "sizes")["report"]).read_text()
@@ -1040,9 +1078,13 @@ def test_kdtune_analyse_prints_teachers_classes_sizes_and_methods(tmp_path: Path
     assert main(["analyse", str(methods.root)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "trainable parameters: student 4,000 (projector 1,000), baseline 2,000, teacher_0 20,000" in out
-    lo, hi = _ci(SIMKD_DIFFS)
-    assert (f"kd.method simkd: best trial 0, holdout 94.40 ± 2.51 %, 4,000 params, head {REUSED}; vs none "
-            f"+2.40 points [{100 * lo:+.2f}, {100 * hi:+.2f}], p = 0.0625") in out
+    # SimKD's Δ is against its own ablation now; the CLI (tune/cli.py) still labels every Δ with the study's
+    # comparator (`against`), so only Hinton's line, whose comparator is that `none` trial, is checked whole
+    assert any(line.startswith(f"kd.method simkd: best trial 0, holdout 94.40 ± 2.51 %, 4,000 params, head {REUSED}")
+               for line in out)
+    lo, hi = _ci(HINTON_DIFFS)
+    assert (f"kd.method hinton: best trial 2, holdout 92.00 ± 1.87 %, 2,000 params, head student; vs none "
+            f"+0.00 points [{100 * lo:+.2f}, {100 * hi:+.2f}], p = 1") in out
     assert "kd.method none: best trial 3, holdout 92.00 ± 1.58 %, 2,000 params, head student" in out
     assert out[-1].startswith("report: ")
     assert main(["analyse", str(methods.root), "--json"]) == 0
