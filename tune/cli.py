@@ -48,13 +48,6 @@ def configure_logging() -> None:
         logging.getLogger(name).setLevel(level)
 
 
-def _parse_seeds(text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.replace(" ", "").split(",") if s]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, but got {text!r}") from None
-
-
 def _parse_batch(text: str) -> int | None:
     if text.lower() in ("full", "none", "null"):
         return None
@@ -103,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", type=_parse_set, metavar="KEY=VALUE",
                    help="override any setting by dotted path, e.g. --set student.lr=0.003 (repeatable)")
     p.add_argument("--protocol", choices=PROTOCOLS)
-    p.add_argument("--seeds", type=_parse_seeds, help="comma-separated, default 0,10,1234,99,2021")
+    p.add_argument("--seeds", help="comma-separated, default 0,10,1234,99,2021")
     p.add_argument("--alpha", type=float)
     p.add_argument("--temperature", type=float)
     p.add_argument("--kd-method", choices=list(KD_METHODS))
@@ -171,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KDCoreError, KDTuneError, ResultsError) as exc:
         print(f"kdtune {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:  # a full disk, a quota, a read-only or forbidden folder: the environment's fault
         fault = storage_fault(exc)
         if fault is None:
@@ -186,9 +182,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if study is not None and (Path(study) / "study.json").is_file() else "")
         print(f"kdtune {args.command}: interrupted{hint}", file=sys.stderr)
         return signals.exit_code()
-    except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 if __name__ == "__main__":

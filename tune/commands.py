@@ -20,6 +20,7 @@ import kdcore
 from kdcore import one_line, safe_load
 from search_spaces import builtin_spaces, load_space
 from tune import signals
+from tune.arguments import parse_seeds
 from tune.cluster import ClusterSpec
 from tune.errors import KDTuneError
 from tune.plan import RunOptions, SearchSettings, check_task, plan_study
@@ -78,6 +79,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise KDTuneError(f"--threads must be >= 1, but got {args.threads}")
     origin: dict[str, Any] | None = None
+    if args.seeds is not None:
+        args.seeds = parse_seeds(args.seeds)
     if args.from_study is not None:
         _refuse_recipe_flags(args)
         config, data_spec, origin = study_trial_config(args.from_study, trial=args.trial, rank=args.rank,
