@@ -32,7 +32,7 @@ from tune.progress import study_progress
 from tune.recorder import ResultsRecorder
 from tune.reference import record_ablation, train_references
 from tune.scheduler import RungASHA
-from tune.searcher import EVAL_KEY, SCHEDULER_KEY, PruneAwareOptunaSearch
+from tune.searcher import ASHA_KEY, SCHEDULER_KEY, PruneAwareOptunaSearch
 from tune.study import (
     StudyMeta,
     StudyPaths,
@@ -132,7 +132,7 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: SearchSpace, tables:
         sampler=SAMPLERS[meta.sampler](sampler_seed), study_name=meta.name,
         storage=journal_storage(paths),
     )
-    scheduler = RungASHA(time_attr=EVAL_KEY, metric=SCHEDULER_KEY, mode=mode, max_t=meta.max_t,
+    scheduler = RungASHA(time_attr=ASHA_KEY, metric=SCHEDULER_KEY, mode=mode, max_t=meta.max_t,
                          grace_period=meta.grace_period, reduction_factor=meta.reduction_factor)
     resources = {"cpu": meta.cpus_per_trial, "gpu": meta.gpus_per_trial}
     knobs = [k.path for k in space.knobs]
