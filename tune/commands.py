@@ -213,7 +213,27 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _finish(with_tuned_baseline(outcome, paths, StudyMeta.read(paths), options), args.json)
 
 
+def refresh_report(study_dir: str | Path) -> None:
+    """(Re)write ``DIR/NAME/analysis/report.md`` at the end of a run, quietly (no stdout, no library
+    warnings); a failure to analyse never fails the run: one warning line on stderr."""
+    import contextlib
+    import io
+    import warnings
+
+    from results.report import analyse
+
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            analyse(study_dir)
+    except Exception as exc:  # noqa: BLE001 - the trials are recorded; the report can be made later
+        print(f"kdtune: warning: report.md was not rewritten ({one_line(exc)[:200]}); run "
+              f"`kdtune analyse {study_dir}`", file=sys.stderr)
+
+
 def _finish(outcome: SearchOutcome, as_json: bool) -> int:
+    if (Path(outcome.study_dir) / "results").is_dir():
+        refresh_report(outcome.study_dir)
     if outcome.extra.get("note") and not as_json:
         print(outcome.extra["note"])
     print_outcome(outcome.to_dict(), as_json)

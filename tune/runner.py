@@ -18,7 +18,7 @@ from ray import tune
 from search_spaces import SearchSpace
 from tune import cluster, signals
 from tune.errors import KDTuneError
-from tune.outcome import SearchOutcome, counted, end_stale_trials, read_outcome
+from tune.outcome import SearchOutcome, best_value, counted, end_stale_trials, read_outcome
 from tune.plan import (  # noqa: F401 - re-exported: the runner is where users look for them
     DEFAULT_REDUCTION_FACTOR,
     SAMPLER_NAMES,
@@ -148,7 +148,8 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: SearchSpace, tables:
         run_config=tune.RunConfig(
             name=meta.name, storage_path=str(paths.storage), verbose=0,
             callbacks=[ResultsRecorder(tables, searcher, meta.name, space.objective.metric, knobs, paths.root),
-                       study_progress(budget, options, knobs, searcher.optuna_number, METRIC)],
+                       study_progress(budget, options, knobs, searcher.optuna_number, METRIC,
+                                      best_value(load_optuna_study(paths, meta), METRIC))],
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
         ),
     )
