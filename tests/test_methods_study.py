@@ -36,9 +36,9 @@ def test_a_real_digits_simkd_study_compares_its_methods(tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     from tune.cli import main
 
-    # A grace period beyond the trials' evaluations: no ASHA rung.
+    # No ASHA rung (--no-pruning).
     run_search("--data", "builtin:digits", "--space", str(_small_space(tmp_path)), "--name", "m", "--storage",
-               str(tmp_path), "--num-samples", "3", "--grace-period", "1000", "--num-cpus", "2")
+               str(tmp_path), "--num-samples", "3", "--no-pruning", "--num-cpus", "2")
     trials = read_table(tmp_path / "m", "trials")
     assert len(trials) == 3 and set(trials["status"]) <= {"COMPLETE", "PRUNED"}
     assert main(["analyse", str(tmp_path / "m"), "--json"]) == 0

@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Optuna's TPE (default) or random search, e.g. as a yardstick for TPE")
     p.add_argument("--grace-period", type=int,
                    help="ASHA: evaluations before a trial can stop (default: two thirds of the student's epochs)")
+    p.add_argument("--no-pruning", dest="pruning", action="store_false",
+                   help="ASHA off: every trial runs to its end")
     p.add_argument("--reduction-factor", type=int, default=DEFAULT_REDUCTION_FACTOR,
                    help=f"ASHA: keep 1 in this many per rung (default {DEFAULT_REDUCTION_FACTOR})")
     p.add_argument("--max-t", type=int, help="ASHA: most evaluations (default: from the space)")

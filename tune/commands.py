@@ -23,7 +23,7 @@ from tune import signals
 from tune.arguments import parse_seeds
 from tune.cluster import ClusterSpec
 from tune.errors import KDTuneError
-from tune.plan import RunOptions, SearchSettings, check_task, plan_study
+from tune.plan import SELF_DISTILLATION, RunOptions, SearchSettings, check_task, plan_study, self_distillation
 from tune.progress import ProgressLine
 from tune.render import describe_origin, format_method_table, print_analysis, print_outcome
 from tune.rerun import check_data, study_trial_config
@@ -98,6 +98,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_data(origin, dataset.fingerprint(), dataset.source)
         if not args.json:
             print(describe_origin(origin), flush=True)
+    note = SELF_DISTILLATION if self_distillation(config, dataset.n_domains) else None
+    if note is not None and args.json:
+        print(f"kdtune train: note: {note}", file=sys.stderr, flush=True)
     torch.set_num_threads(args.threads)
     progress = ProgressLine(enabled=not args.quiet)
     totals = {"baseline": config.baseline.epochs,
@@ -120,6 +123,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"data {dataset.source} (sha256 {result['data']['fingerprint'][:12]}), protocol {config.protocol}, "
               f"seeds {list(config.seeds)}")
         print(format_method_table(result))
+        if note is not None:
+            print(f"note: {note}")
         if config.protocol == "seed":
             print("protocol 'seed': checkpoints were selected on the same validation set that is reported "
                   "(as published); these figures are optimistic.")
@@ -189,10 +194,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         gpus_per_trial=args.gpus_per_trial, address=args.address, seed=args.seed,
         grace_period=args.grace_period, reduction_factor=args.reduction_factor, max_t=args.max_t,
         max_failures=args.max_failures, tune_baseline=args.tune_baseline, sampler=args.sampler,
-        num_cpus=args.num_cpus,
+        num_cpus=args.num_cpus, pruning=args.pruning,
     )
     paths, meta = plan_study(settings)
     args.study_dir = paths.root  # for the resume hint, however the run ends
+    if meta.self_distillation:
+        print(f"kdtune search: note: {SELF_DISTILLATION}", file=sys.stderr, flush=True)
     from tune.baseline import with_tuned_baseline
     from tune.runner import run_study
 

@@ -45,6 +45,7 @@ class SearchSettings:
     tune_baseline: int = 0
     sampler: str = "tpe"
     num_cpus: int | None = None  # a local Ray's CPUs (default: every core); not with ``address``
+    pruning: bool = True  # False (--no-pruning): no ASHA rung, every trial runs to its end
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -75,8 +76,13 @@ class SearchSettings:
 
 
 def max_evaluations(space: Any) -> int:
-    """The most evaluations (reports) any trial of ``space`` can make: ASHA's ``max_t``. Each KD method the
-    space may run says how many epochs each of its phases lasts at most (``kdcore.METHODS``)."""
+    """ASHA's ``max_t``: ``trial_evaluations`` and two of slack, so that it never cuts a trial's last report."""
+    return trial_evaluations(space) + 2
+
+
+def trial_evaluations(space: Any) -> int:
+    """The most evaluations any trial of ``space`` makes in the phase its objective measures (each method's
+    last; ``kdcore.METHODS[m].phase_epochs`` says how many epochs each phase lasts at most): what ASHA counts."""
     from types import SimpleNamespace
 
     from kdcore import METHODS
@@ -103,7 +109,7 @@ def max_evaluations(space: Any) -> int:
     # method is judged at the same point of its own schedule (``measured_phase_start``).
     phases = [METHODS[m].phase_epochs(SimpleNamespace(**{k: most(m, k, v) for k, v in base.kd.to_dict().items()}),
                                       epochs) for m in methods]
-    return max(math.ceil(p[-1] / every) for p in phases) + 2
+    return max(math.ceil(p[-1] / every) for p in phases)
 
 
 # What the rung and max_t count, in the study's record (``StudyMeta.asha_counts``), for the report to say.
@@ -132,6 +138,19 @@ def default_grace(space: Any) -> int:
     base = space.base
     return max(1, 2 * math.ceil(base.student.epochs / base.eval_every) // 3)
 
+
+
+SELF_DISTILLATION = ("the data has one group and the task names no teachers, so its one teacher learns from the "
+                     "same data as the baseline (self-distillation); name class-subset teachers under `task:` "
+                     "to distil from experts")
+
+
+def self_distillation(config: Any, n_groups: int) -> bool:
+    """Whether ``config``'s one teacher learns from the same data as the baseline: the default task (one
+    teacher per group) on data of one group, and a KD method that learns from teachers."""
+    from kdcore import METHODS
+
+    return n_groups == 1 and config.task.is_default and METHODS[config.kd.method].uses_teachers(config.kd)
 
 
 def _versions() -> dict[str, str]:
@@ -171,6 +190,18 @@ def check_task(config: Any, dataset: Any, *, absolute: bool = True, methods: tup
         load_teacher(teacher, tuple(dataset.x_train.shape[1:]), (0,))
 
 
+def check_gpus(gpus_per_trial: float, address: str | None, flag: str = "--gpus-per-trial") -> None:
+    """A GPU request on a local Ray is refused before Ray starts (seconds, not Ray's start-up) when torch sees
+    no CUDA device here; a cluster (``address``) is asked once it is joined (``tune.runner``)."""
+    if gpus_per_trial <= 0 or address is not None:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise KDTuneError(f"{flag} {gpus_per_trial:g} asks for a GPU per trial, but this machine has no CUDA device "
+                          "torch can use; leave it at 0, or join a cluster that has GPUs with --address HOST:PORT")
+
+
 def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
     """Validate every input and describe the study; writes nothing (``run_study`` writes once Ray is up)."""
     paths = StudyPaths(settings.storage.expanduser().resolve() / settings.name)
@@ -183,6 +214,7 @@ def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
     if unwritable is not None:  # a read-only mount or a forbidden folder: refused before Ray starts
         raise KDTuneError(f"--storage {paths.storage}: {unwritable}; give a folder this machine can write")
     space = load_space(settings.space)
+    check_gpus(settings.gpus_per_trial, settings.address)
     if settings.tune_baseline:
         try:
             space.without_kd()
@@ -198,14 +230,27 @@ def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
     base = space.base
     task = resolve_task(base.task, base.teacher, dataset.n_classes, dataset.n_domains).describe()
     max_t = settings.max_t or max_evaluations(space)
+    length = min(max_t, trial_evaluations(space))
+    if settings.grace_period is not None and settings.grace_period >= length:
+        what = (f"--max-t {max_t}" if length == max_t and settings.max_t else
+                f"the trial's length, {length} evaluations of the student's last phase")
+        raise KDTuneError(
+            f"--grace-period {settings.grace_period} is at or beyond {what}: ASHA would never compare trials and "
+            f"nothing would be pruned; give a grace period below {length} (the default, two thirds of the "
+            f"student's evaluations, is {default_grace(space)}), or --no-pruning to run every trial to its end")
+    if not settings.pruning and settings.grace_period is not None:
+        raise KDTuneError(f"--no-pruning runs every trial to its end, so it takes no --grace-period, but got "
+                          f"--grace-period {settings.grace_period}")
+    grace = max_t if not settings.pruning else min(settings.grace_period or default_grace(space), max_t)
     meta = StudyMeta(
         name=settings.name, data=spec, data_source=dataset.source, fingerprint=dataset.fingerprint(),
         space_name=space.name, space_text=space.source_text, num_samples=settings.num_samples,
-        seed=settings.seed, max_t=max_t, grace_period=min(settings.grace_period or default_grace(space), max_t),
+        seed=settings.seed, max_t=max_t, grace_period=grace,  # grace == max_t: no rung (results.asha)
         reduction_factor=settings.reduction_factor, cpus_per_trial=settings.cpus_per_trial,
         gpus_per_trial=settings.gpus_per_trial, max_concurrent=settings.max_concurrent or 0,
         versions=_versions(), tune_baseline=settings.tune_baseline, sampler=settings.sampler,
         task=task, input_shape=list(dataset.feature_shape), asha_counts=ASHA_COUNTS,
+        self_distillation=dataset.n_domains == 1 and base.task.is_default,
     )
     return paths, meta
 

@@ -112,6 +112,8 @@ class StudyMeta:
     # What ASHA's rung (grace_period) and max_t count (tune.plan.ASHA_COUNTS); None: a study of an older
     # kdtune, whose ASHA counted every evaluation, the phases before the measured one included.
     asha_counts: str | None = None
+    # The default task on data of one group: the one teacher learns from the baseline's data (tune.plan).
+    self_distillation: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
