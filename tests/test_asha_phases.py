@@ -99,3 +99,4 @@ def test_a_new_study_records_what_its_rung_counts(tmp_path: Any) -> None:
     _, meta = plan_study(SearchSettings(data="builtin:d0.5", space="smoke", name="s", storage=tmp_path,
                                         num_samples=2))
     assert meta.asha_counts == ASHA_COUNTS and "last phase" in ASHA_COUNTS
+

@@ -153,6 +153,26 @@ def self_distillation(config: Any, n_groups: int) -> bool:
     return n_groups == 1 and config.task.is_default and METHODS[config.kd.method].uses_teachers(config.kd)
 
 
+def evaluation_sizes(config: Any, dataset: Any) -> dict[str, Any]:
+    """How many points the figures rest on: the holdout (the given validation set; one point is 1 / that of
+    the holdout accuracy) and each seed's inner selection set (its fold, the inner split, or, under protocol
+    seed, the validation set again), in the order of ``config.seeds``."""
+    import numpy as np
+
+    from kdcore import inner_folds, inner_split
+
+    holdout = int(dataset.y_valid.size)
+    if config.protocol == "seed":
+        inner = [holdout] * len(config.seeds)
+    elif config.inner == "split":
+        inner = [int(inner_split(dataset, config.inner_fraction, config.split_seed).select.size)] * len(config.seeds)
+    else:
+        folds = inner_folds(dataset, config.n_folds, config.split_seed)
+        sizes = np.bincount(folds, minlength=config.n_folds)
+        inner = [int(sizes[config.fold_of(j)]) for j in range(len(config.seeds))]
+    return {"holdout_points": holdout, "inner_points_per_seed": inner, "seeds": list(config.seeds)}
+
+
 def _versions() -> dict[str, str]:
     from importlib.metadata import version
 
@@ -251,6 +271,7 @@ def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
         versions=_versions(), tune_baseline=settings.tune_baseline, sampler=settings.sampler,
         task=task, input_shape=list(dataset.feature_shape), asha_counts=ASHA_COUNTS,
         self_distillation=dataset.n_domains == 1 and base.task.is_default,
+        evaluation_sizes=evaluation_sizes(base, dataset),
     )
     return paths, meta
 

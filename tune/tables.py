@@ -41,7 +41,7 @@ def study_tables(paths: StudyPaths, meta: StudyMeta, space: SearchSpace) -> Stud
         "objective": space.objective.to_dict(), "versions": meta.versions,
         "task": meta.task, "models": _models(meta, space),
         "self_distillation": meta.self_distillation,
-        "asha_counts": meta.asha_counts,
+        "asha_counts": meta.asha_counts, "evaluation_sizes": meta.evaluation_sizes,
     }
     return StudyTables(paths.results, space_param_types(space), metadata)
 

@@ -1,5 +1,6 @@
-"""A task with one group and the default teachers (one per group) trains one teacher on the baseline's data:
-self-distillation. ``kdtune train`` and ``kdtune search`` say so (one line), and the study's record holds it."""
+"""What a study's record says for the report to show: a task with one group and the default teachers (one per
+group) trains one teacher on the baseline's data, self-distillation (``kdtune train`` and ``kdtune search``
+say so in one line), and how many points the holdout and each seed's inner selection set hold."""
 
 from __future__ import annotations
 
@@ -42,3 +43,18 @@ def test_a_search_on_digits_without_a_task_records_it(tmp_path: Path) -> None:
     _, meta = plan_study(SearchSettings(data="builtin:d0.5", space="smoke", name="s", storage=tmp_path,
                                         num_samples=2))
     assert not meta.self_distillation
+
+
+def test_a_new_study_records_the_points_its_figures_rest_on(tmp_path: Path) -> None:
+    """The report says what one point is worth: the holdout's size and each seed's inner selection set."""
+    import kdcore
+    from tune.plan import SearchSettings, plan_study
+
+    _, meta = plan_study(SearchSettings(data="builtin:d0.5", space="smoke", name="s", storage=tmp_path,
+                                        num_samples=2))
+    data, base = kdcore.load_data("builtin:d0.5"), meta.space().base
+    sizes = meta.evaluation_sizes
+    assert sizes is not None and sizes["holdout_points"] == data.y_valid.size
+    assert sizes["seeds"] == list(base.seeds) and len(sizes["inner_points_per_seed"]) == len(base.seeds)
+    n, k = data.y_train.size, base.n_folds  # folds: each seed selects on one of K folds
+    assert all(n // k <= m <= -(-n // k) for m in sizes["inner_points_per_seed"])
