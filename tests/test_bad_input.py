@@ -241,6 +241,10 @@ MORE = {
                                                      "--grace-period 20 is at or beyond the trial's length"),
     "search-grace-period-beyond-max-t": Case(_search("--grace-period", "8", "--max-t", "8"),
                                              "--grace-period 8 is at or beyond --max-t 8"),
+    # A digits space on 2-D data said only that a class is missing, not which data the space is for.
+    "search-space-for-other-data": Case(lambda w: ["search", "--data", "builtin:d0.5", "--space", "digits-subsets",
+                                                   "--name", "new", "--storage", str(w.storage)],
+                                        "the space 'digits-subsets' was written for --data builtin:digits"),
     "search-no-pruning-with-a-grace-period": Case(_search("--no-pruning", "--grace-period", "3"),
                                                   "--no-pruning runs every trial to its end"),
 }

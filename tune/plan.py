@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import kdcore
+from kdcore import KDCoreError, one_line
 from search_spaces import SpaceError, load_space
 from tune.cluster import ClusterSpec
 from tune.errors import KDTuneError
@@ -244,7 +245,13 @@ def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
     spec = settings.data if settings.data.startswith("builtin:") else str(Path(settings.data).resolve())
     dataset = kdcore.load_data(spec)
     sampled = tuple(str(c) for k in space.knobs if k.path == "kd.method" for c in getattr(k, "choices", ()))
-    check_task(space.base, dataset, methods=sampled)
+    try:
+        check_task(space.base, dataset, methods=sampled)
+    except (KDCoreError, KDTuneError) as exc:
+        if not space.data or space.data == settings.data:
+            raise
+        raise KDTuneError(f"the space {space.name!r} was written for --data {space.data}, and {settings.data} "
+                          f"does not fit it: {one_line(exc)}") from None
     from kdcore import resolve_task
 
     base = space.base
