@@ -52,8 +52,25 @@ def _read_yaml(path: str) -> dict[str, Any]:
     return data
 
 
+def config_from_yaml(path: str) -> Any:
+    """The experiment of a ``--config`` file: nested sections (``student: {lr: 0.01}``) and, at the top level,
+    dotted keys (``student.lr: 0.01``, applied on top as ``--set`` would); a setting given both ways is
+    refused with one line saying to give it once."""
+    data = _read_yaml(path)
+    dotted = {str(k): v for k, v in data.items() if isinstance(k, str) and "." in k}
+    nested = {k: v for k, v in data.items() if not (isinstance(k, str) and "." in k)}
+    for key in dotted:
+        section, _, rest = key.partition(".")
+        inner = nested.get(section)
+        if isinstance(inner, dict) and rest.split(".")[0] in inner:
+            raise KDTuneError(f"{path}: {key} is given twice, as the dotted key {key!r} and nested under "
+                              f"{section}:; give it once (either `{key}: ...` or `{section}: {{{rest}: ...}}`)")
+    config = kdcore.ExperimentConfig.from_dict(nested)
+    return config.with_overrides(dotted) if dotted else config
+
+
 def _train_config(args: argparse.Namespace) -> Any:
-    config = kdcore.ExperimentConfig.from_dict(_read_yaml(args.config)) if args.config else kdcore.ExperimentConfig()
+    config = config_from_yaml(args.config) if args.config else kdcore.ExperimentConfig()
     overrides: dict[str, Any] = {}
     methods = ("baseline", "teacher", "student")
     for flag, key in (("epochs", "epochs"), ("lr", "lr"), ("optimizer", "optimizer"), ("patience", "patience")):
@@ -181,6 +198,17 @@ def cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_name(space: str, now: float | None = None) -> str:
+    """A study name for ``search`` without ``--name``, as ``make demo`` makes one: ``<space>-YYYYMMDD-HHMMSS``
+    (the space's file name without ``.yaml`` when it is a file; characters a name cannot hold become '-')."""
+    import re
+    import time
+
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "-", Path(space).name.removesuffix(".yaml").removesuffix(".yml"))
+    stem = stem.lstrip("._-")[:40] or "study"
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     # Everything that can be checked without Ray is checked before Ray is imported (tune.plan is light).
     if "://" in args.storage:
@@ -188,6 +216,9 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"--storage must be a folder every node mounts at the same path (NFS, Lustre, ...), but got the URI "
             f"{args.storage!r}: the Optuna journal and the teacher cache need POSIX file locks, which object "
             "stores lack; copy finished results there afterwards (see the README)")
+    named = args.name is None
+    if named:
+        args.name = default_name(args.space)
     settings = SearchSettings(
         data=args.data, space=args.space, name=args.name, storage=Path(args.storage),
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
@@ -198,6 +229,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     paths, meta = plan_study(settings)
     args.study_dir = paths.root  # for the resume hint, however the run ends
+    if named:  # said once the plan holds, so that bad input stays one line
+        print(f"kdtune search: no --name given, so the study is named {args.name} ({paths.root})", file=sys.stderr,
+              flush=True)
     if meta.self_distillation:
         print(f"kdtune search: note: {SELF_DISTILLATION}", file=sys.stderr, flush=True)
     from tune.baseline import with_tuned_baseline
