@@ -259,17 +259,29 @@ def refresh_report(study_dir: str | Path) -> None:
     warnings); a failure to analyse never fails the run: one warning line on stderr."""
     import contextlib
     import io
+    import os
+    import shutil
+    import tempfile
     import warnings
 
-    from results.report import analyse
-
+    # A search writes nothing outside its storage and temp dir: matplotlib's config and font cache (in HOME
+    # by default) go to a temp folder unless the user chose a place for them.
+    scratch = None if "MPLCONFIGDIR" in os.environ else tempfile.mkdtemp(prefix="kdtune-mpl-")
+    if scratch is not None:
+        os.environ["MPLCONFIGDIR"] = scratch
     try:
+        from results.report import analyse
+
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             analyse(study_dir)
     except Exception as exc:  # noqa: BLE001 - the trials are recorded; the report can be made later
         print(f"kdtune: warning: report.md was not rewritten ({one_line(exc)[:200]}); run "
               f"`kdtune analyse {study_dir}`", file=sys.stderr)
+    finally:
+        if scratch is not None:
+            del os.environ["MPLCONFIGDIR"]
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _finish(outcome: SearchOutcome, as_json: bool) -> int:
