@@ -21,7 +21,7 @@ from search_spaces.knobs import Knob, Trial, knob_from_dict, same_value
 MODES = ("max", "min")
 # The holdout is never an objective: choosing on it is what the honest protocol exists to prevent.
 METRICS = ("inner_acc", "inner_loss")
-TOP_LEVEL_KEYS = ("name", "description", "fixed", "objective", "knobs")
+TOP_LEVEL_KEYS = ("name", "description", "data", "fixed", "objective", "knobs")
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,18 @@ class Objective:
         return "maximize" if self.mode == "max" else "minimize"
 
 
+def _check_data(data: Any) -> None:
+    """``data:`` names a ``--data`` value: ``builtin:NAME`` of a built-in set, or a path or description."""
+    from kdcore import BUILTIN_NAMES
+
+    if not isinstance(data, str):
+        raise SpaceError(f"data must be a string naming the data the space is for (e.g. builtin:digits), but got "
+                         f"{data!r}")
+    if data.startswith("builtin:") and data.removeprefix("builtin:") not in BUILTIN_NAMES:
+        raise SpaceError(f"data must name a built-in data set ({', '.join('builtin:' + n for n in BUILTIN_NAMES)}) "
+                         f"or your own, but got {data!r}")
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """Knobs (sampled in order) over an experiment built from ``fixed`` (dotted paths, flattened here).
@@ -72,6 +84,9 @@ class SearchSpace:
     description: str = ""
     fixed: dict[str, Any] = field(default_factory=dict, hash=False)
     objective: Objective = field(default_factory=Objective)
+    # The data the space was written for (a --data value, e.g. "builtin:digits"; "" when not said): named in
+    # the error when a space does not fit the data it is run on.
+    data: str = ""
     source: str = field(default="<dict>", compare=False)
     source_text: str = field(default="", compare=False, repr=False)
 
@@ -88,6 +103,7 @@ class SearchSpace:
             raise SpaceError(f"name must be a non-empty string, but got {self.name!r}")
         if not isinstance(self.description, str):
             raise SpaceError(f"description must be a string, but got {self.description!r}")
+        _check_data(self.data)
         if not isinstance(self.objective, Objective):
             raise SpaceError(f"objective must be an Objective, but got {self.objective!r}")
         if not isinstance(self.fixed, Mapping):
@@ -142,6 +158,7 @@ class SearchSpace:
         ablation = METHODS[self.base.kd.method].ablation(self.base.kd)
         fixed.update({f"kd.{key}": value for key, value in ablation.items() if key in ("method", "alpha")})
         return SearchSpace(name=f"{self.name}-ce", knobs=tuple(kept), fixed=fixed, objective=self.objective,
+                           data=self.data,
                            description=f"{self.name} without distillation (CE only): the tuned baseline",
                            source=f"{self.source} (CE only)")
 
@@ -210,6 +227,7 @@ class SearchSpace:
             knobs=parsed,
             fixed=_or_empty(data.get("fixed")),
             objective=objective,
+            data=data.get("data") or "",
             source=source,
             source_text=source_text,
         )
@@ -219,6 +237,7 @@ class SearchSpace:
         return {
             "name": self.name,
             "description": self.description,
+            **({"data": self.data} if self.data else {}),
             "fixed": dict(self.fixed),
             "objective": self.objective.to_dict(),
             "knobs": {k.path: k.to_dict() for k in self.knobs},

@@ -236,6 +236,17 @@ MORE = {
                                                  "`--cpus-per-trial <= --num-cpus` must hold"),
     "resume-num-cpus-zero": Case(lambda w: ["resume", str(w.study), "--num-cpus", "0"], "--num-cpus must be >= 1"),
     "resume-folder-holding-only-a-lock": Case(_unborn_study, "holds no study.json"),
+    # 20 student epochs, evaluated every epoch: a rung at 20 is never reached (pruning silently off before)
+    "search-grace-period-at-the-trials-length": Case(_search("--grace-period", "20"),
+                                                     "--grace-period 20 is at or beyond the trial's length"),
+    "search-grace-period-beyond-max-t": Case(_search("--grace-period", "8", "--max-t", "8"),
+                                             "--grace-period 8 is at or beyond --max-t 8"),
+    # A digits space on 2-D data said only that a class is missing, not which data the space is for.
+    "search-space-for-other-data": Case(lambda w: ["search", "--data", "builtin:d0.5", "--space", "digits-subsets",
+                                                   "--name", "new", "--storage", str(w.storage)],
+                                        "the space 'digits-subsets' was written for --data builtin:digits"),
+    "search-no-pruning-with-a-grace-period": Case(_search("--no-pruning", "--grace-period", "3"),
+                                                  "--no-pruning runs every trial to its end"),
 }
 
 # Refused before Ray (or torch) is imported: a second, not the seconds Ray's import takes.
@@ -356,3 +367,25 @@ def test_tmpdir_too_long_for_ray_sockets_is_one_line(ws: Workspace) -> None:
     # folder's contents count.
     assert list(long_tmp.iterdir()) == []
     assert {k: v for k, v in changes(before, snapshot(ws.root)).items() if k != long_tmp.name} == {}
+
+
+def test_a_gpu_request_without_a_gpu_is_refused_before_ray_starts(ws: Workspace, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """``--gpus-per-trial 1`` on a machine without CUDA was refused only once Ray had started (18 s)."""
+    import torch
+
+    from tune.cli import main
+    from tune.cluster import RAY_ENV
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    started: list[object] = []
+    monkeypatch.setattr("tune.cluster.start", lambda *a, **k: started.append(a))
+    for key, value in RAY_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(ws.root)
+    args = _search("--gpus-per-trial", "1")(ws)
+    before = snapshot(ws.root)
+    rc = main(args)
+    out, err = capsys.readouterr()
+    assert_one_line_error("search", rc, err, "--gpus-per-trial 1 asks for a GPU", "no CUDA device", out=out)
+    assert started == [] and changes(before, snapshot(ws.root)) == {}

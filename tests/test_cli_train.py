@@ -128,7 +128,11 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
     "alpha out of range": (["--alpha", "2"], ["alpha", "2"]),
     "negative temperature": (["--temperature", "-1"], ["temperature"]),
     "zero epochs": (["--epochs", "0"], ["epochs must be >= 1"]),
-    "duplicate seeds": (["--seeds", "0,0"], ["seeds must be distinct"]),
+    "duplicate seeds": (["--seeds", "0,0"], ["--seeds must name each seed once", "0 appears"]),
+    "duplicate seeds across separators": (["--seeds", "0,10 0"], ["--seeds must name each seed once"]),
+    "a seed that is not a number": (["--seeds", "0 x"], ["--seeds takes non-negative integers", "'0 x'"]),
+    "seeds with a semicolon": (["--seeds", "0;1"], ["--seeds takes"]),
+    "no seeds": (["--seeds", " "], ["--seeds takes"]),
     "weight decay with adam": (["--set", "student.weight_decay=0.1"], ["adamw"]),
     "bad device": (["--device", "tpu"], ["--device"]),
     "unknown builtin": (["--data", "builtin:d0.3"], ["unknown built-in dataset"]),
@@ -157,6 +161,20 @@ def test_bad_data_file_contents(tmp_path: Path, capsys: pytest.CaptureFixture[st
     path = _write(tmp_path, "garbage.pkl", b"\x00\xffnot a pickle")
     rc, _, err = _main(capsys, "--data", path, "--epochs", "1", "--seeds", "0", "--quiet")
     assert_one_line_error("train", rc, err, "not a readable dataset pickle")
+
+
+@pytest.mark.parametrize("text", ["0 10 1234", "0,10, 1234", " 0 ,10\t1234 "])
+def test_seeds_split_on_commas_and_whitespace(text: str) -> None:
+    """ "0 10 1234" once trained the single seed 101234 (the spaces were dropped, the digits joined)."""
+    from tune.arguments import parse_seeds
+
+    assert parse_seeds(text) == [0, 10, 1234]
+
+
+def test_seeds_with_spaces_train_those_seeds(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = _main(capsys, *[a for a in FAST if a != "0" and a != "--seeds"], "--seeds", "0 10", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["seeds"] == [0, 10]
 
 
 CONFIG_CASES: dict[str, tuple[str, list[str]]] = {

@@ -36,9 +36,9 @@ def test_a_real_digits_simkd_study_compares_its_methods(tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     from tune.cli import main
 
-    # A grace period beyond the trials' evaluations: no ASHA rung.
+    # No ASHA rung (--no-pruning).
     run_search("--data", "builtin:digits", "--space", str(_small_space(tmp_path)), "--name", "m", "--storage",
-               str(tmp_path), "--num-samples", "3", "--grace-period", "1000", "--num-cpus", "2")
+               str(tmp_path), "--num-samples", "3", "--no-pruning", "--num-cpus", "2")
     trials = read_table(tmp_path / "m", "trials")
     assert len(trials) == 3 and set(trials["status"]) <= {"COMPLETE", "PRUNED"}
     assert main(["analyse", str(tmp_path / "m"), "--json"]) == 0
@@ -60,6 +60,16 @@ def test_a_real_digits_simkd_study_compares_its_methods(tmp_path: Path,
     complete = trials[trials["status"] == "COMPLETE"]
     assert complete["student_params"].notna().all() and complete["head"].notna().all()
     assert len(summary["accuracy_vs_params"]["trials"]) == len(complete)
+    # Each method's best COMPLETE trial (but `none`, its own ablation) has its ablation, beside the study's best's
+    column = "param_kd__method"
+    best_of = {m: int(g.sort_values(["inner_acc_mean", "number"], ascending=[False, True])["number"].iloc[0])
+               for m, g in complete.groupby(column)}
+    overall = int(complete.sort_values(["inner_acc_mean", "number"], ascending=[False, True])["number"].iloc[0])
+    reference = read_table(tmp_path / "m", "reference")
+    ablations = reference[reference["method"] == "ablation"]
+    assert set(ablations["trial_number"]) == {overall, *(n for m, n in best_of.items() if m != "none")}
+    assert int(ablations["trial_number"].iloc[0]) == overall  # the study's best first, as before
+    assert ablations.groupby("trial_number")["seed"].apply(sorted).tolist() == [[0, 1]] * ablations.trial_number.nunique()
     assert main(["analyse", str(tmp_path / "m")]) == 0
     out = capsys.readouterr().out
     assert all(f"kd.method {m}:" in out for m in ("simkd", "hinton", "none"))

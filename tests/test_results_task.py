@@ -196,9 +196,9 @@ def test_a_real_overlap_study_reports_teachers_classes_and_sizes(tmp_path: Path)
     space["fixed"]["student"]["milestones"] = [2]
     small = tmp_path / "digits-overlap-small.yaml"
     small.write_text(yaml.safe_dump(space, sort_keys=False))
-    # A grace period beyond the trials' evaluations: no ASHA rung, so both trials COMPLETE.
+    # No ASHA rung (--no-pruning), so both trials COMPLETE.
     run_search("--data", "builtin:digits", "--space", str(small), "--name", "real", "--storage",
-               str(tmp_path), "--num-samples", "2", "--grace-period", "1000", "--num-cpus", "2")
+               str(tmp_path), "--num-samples", "2", "--no-pruning", "--num-cpus", "2")
     result = analyse(tmp_path / "real")
     assert result["trials"]["COMPLETE"] == 2
     sizes = set(read_table(tmp_path / "real", "trials")["student_params"])

@@ -352,9 +352,9 @@ def test_resume_of_a_finished_study_runs_nothing_and_more_extends_it(killed_stud
 def test_killed_trial_worker_is_retried_and_the_study_completes(session: Session) -> None:
     space = session.write("space.yaml", SPACE.format(low=60, high=80))
     err = session.root / "search.err"
-    # No pruning (grace period beyond max_t): each trial runs 60-80 epochs, so the kill lands mid-trial.
+    # No pruning (--no-pruning): each trial runs 60-80 epochs, so the kill lands mid-trial.
     proc = session.start("search", "--space", str(space), "--name", "w", "--storage", "studies",
-                         "--num-samples", "3", "--grace-period", "100", "--json", stderr=err)
+                         "--num-samples", "3", "--no-pruning", "--json", stderr=err)
     study = session.root / "studies" / "w"
 
     def training_worker() -> int | None:

@@ -433,7 +433,7 @@ def test_fixed_settings_kdcore_rejects_are_reported_with_the_file(
         ("name: t\nknobs: {kd.alpha: {type: float, low: 0, high: [1}\n", "invalid YAML at line 2"),
         (
             "- just\n- a list\n",
-            "must be a mapping with keys ['name', 'description', 'fixed', 'objective', 'knobs']",
+            "must be a mapping with keys ['name', 'description', 'data', 'fixed', 'objective', 'knobs']",
         ),
         ("", "but got an empty document"),
         ("name: t\nknob: {}\n", "unknown top-level key(s) ['knob']; valid keys are"),
@@ -482,3 +482,17 @@ def test_exponent_without_a_dot_is_a_float(tmp_path: Path) -> None:
     path.write_text("name: e\nknobs:\n  student.lr: {type: float, low: 1e-4, high: 1e-2, log: true}\n")
     knob = load_space(str(path)).knobs[0]
     assert (knob.low, knob.high) == (1e-4, 1e-2)
+
+
+def test_a_space_names_the_data_it_was_written_for() -> None:
+    from search_spaces import load_space, parse_space
+
+    for name in ("digits-subsets", "digits-overlap", "digits-simkd"):
+        assert load_space(name).data == "builtin:digits"
+    assert load_space("smoke").data == ""  # for any data
+    text = "name: s\ndata: builtin:digits\nknobs:\n  kd.alpha: {type: float, low: 0.0, high: 1.0}\n"
+    assert parse_space(text).to_dict()["data"] == "builtin:digits"
+    with pytest.raises(SpaceError, match="data must name a built-in data set"):
+        parse_space(text.replace("builtin:digits", "builtin:digit"))
+    with pytest.raises(SpaceError, match="data must be a string"):
+        parse_space(text.replace("builtin:digits", "[1, 2]"))

@@ -252,7 +252,7 @@ def _bad_cases(tmp_path: Path, study: Path) -> dict[str, tuple[list[str], list[s
                                       ["but got --alpha, --epochs, --protocol"]),
         "--trial without --from": (["--trial", "1"], ["--trial", "needs --from"]),
         "--rank without --from": (["--rank", "1"], ["--rank", "needs --from"]),
-        "duplicate --seeds": (["--from", s, "--seeds", "1,1"], ["seeds must be distinct"]),
+        "duplicate --seeds": (["--from", s, "--seeds", "1,1"], ["--seeds must name each seed once"]),
     }
 
 

@@ -48,13 +48,6 @@ def configure_logging() -> None:
         logging.getLogger(name).setLevel(level)
 
 
-def _parse_seeds(text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.replace(" ", "").split(",") if s]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, but got {text!r}") from None
-
-
 def _parse_batch(text: str) -> int | None:
     if text.lower() in ("full", "none", "null"):
         return None
@@ -74,9 +67,41 @@ def _parse_set(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"--set {key}: value {value!r} is not valid YAML") from None
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default: argparse's own where the help does not say it, "off" / "on"
+    for a switch (options whose default is None say theirs in words)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        if isinstance(action, argparse._StoreFalseAction):
+            return f"{text} (default: on)"
+        return text if action.default is None else f"{text} (default: %(default)s)"
+
+
+def data_help() -> str:
+    """What ``--data`` takes, from the same names as the README's "Data" line: the built-in sets
+    (``kdcore.BUILTIN_NAMES``), an NPZ file, a CIFAR-10/100 folder, a reference-format pickle."""
+    from kdcore import BUILTIN_NAMES
+
+    return ("the data: " + ", ".join(f"builtin:{n}" for n in BUILTIN_NAMES)
+            + " (2-D reference family, scikit-learn's 8x8 digits), a .npz file, a CIFAR-10/100 folder, or a "
+              "reference-format pickle (README, 'Your own data')")
+
+
+def space_help() -> str:
+    """What ``--space`` takes: the built-in spaces (``search_spaces.builtin_spaces``) or a YAML file."""
+    from search_spaces import builtin_spaces
+
+    return f"a built-in search space ({', '.join(builtin_spaces())}; `kdtune spaces` shows their knobs) or a YAML file"
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     """Options of every command that runs trials (search, resume)."""
-    p.add_argument("--address", help="join this Ray cluster (default: start Ray locally)")
+    p.add_argument("--address", help="join this Ray cluster, HOST:PORT (default: start Ray locally)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose worker died")
     p.add_argument("--json", action="store_true", help="print the outcome as one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -86,76 +111,98 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kdcore import KD_METHODS, __version__
+    from kdcore import KD_METHODS, ExperimentConfig, __version__
 
+    base = ExperimentConfig()  # the defaults of `kdtune train` without --config
+    seeds = ",".join(str(s) for s in base.seeds)
     # No prefix matching: `--num-sample 5` must not silently mean --num-samples (nor a future flag).
     parser = argparse.ArgumentParser(prog="kdtune", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"kdtune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", allow_abbrev=False, help="run one configuration over all seeds and print mean ± std per method")
-    p.add_argument("--data", help=f"builtin:d0.25|d0.5|d0.75|d1.0 or a pickle path (default {DEFAULT_DATA})")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, allow_abbrev=False, help=text, description=text, formatter_class=_HelpFormatter)
+
+    p = command("train", "run one configuration over all seeds and print mean ± std per method")
+    p.add_argument("--data", help=f"{data_help()} (default: {DEFAULT_DATA})")
     p.add_argument("--from", dest="from_study", metavar="DIR/NAME",
-                   help="re-train a trial of this study exactly: its params, fixed settings, data and seeds")
-    p.add_argument("--trial", type=int, help="with --from: the Optuna trial number (COMPLETE or PRUNED)")
-    p.add_argument("--rank", type=int, help="with --from: the K-th best COMPLETE trial (default 1, the best)")
-    p.add_argument("--config", help="YAML file of experiment settings (see kdcore/config.py)")
+                   help="re-train a trial of this study exactly: its params, fixed settings, data and seeds "
+                        "(default: none, train the settings given here)")
+    p.add_argument("--trial", type=int, help="with --from: the Optuna trial number, COMPLETE or PRUNED "
+                                             "(default: the best, see --rank)")
+    p.add_argument("--rank", type=int, help="with --from: the K-th best COMPLETE trial (default: 1, the best)")
+    p.add_argument("--config", help="YAML file of experiment settings, nested (student: {lr: 0.01}) or dotted "
+                                    "(student.lr: 0.01), the names --set takes (default: kdcore's defaults)")
     p.add_argument("--set", action="append", type=_parse_set, metavar="KEY=VALUE",
-                   help="override any setting by dotted path, e.g. --set student.lr=0.003 (repeatable)")
-    p.add_argument("--protocol", choices=PROTOCOLS)
-    p.add_argument("--seeds", type=_parse_seeds, help="comma-separated, default 0,10,1234,99,2021")
-    p.add_argument("--alpha", type=float)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--kd-method", choices=list(KD_METHODS))
-    p.add_argument("--epochs", type=int, help="epochs for baseline, teachers and student")
-    p.add_argument("--lr", type=float, help="learning rate for baseline, teachers and student")
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
-    p.add_argument("--batch-size", type=_parse_batch, default=False, help="an integer or 'full'")
-    p.add_argument("--patience", type=int)
-    p.add_argument("--eval-every", type=int)
+                   help="override any setting by dotted path, e.g. --set student.lr=0.003 (repeatable; "
+                        "default: none)")
+    p.add_argument("--protocol", choices=PROTOCOLS,
+                   help=f"honest: select on inner folds, report the holdout; seed: as published "
+                        f"(default: {base.protocol})")
+    p.add_argument("--seeds", help=f"integers separated by commas or spaces (default: {seeds})")
+    p.add_argument("--alpha", type=float, help=f"kd.alpha, the weight of the KD term (default: {base.kd.alpha})")
+    p.add_argument("--temperature", type=float, help=f"kd.temperature (default: {base.kd.temperature})")
+    p.add_argument("--kd-method", choices=list(KD_METHODS), help=f"kd.method (default: {base.kd.method})")
+    p.add_argument("--epochs", type=int, help=f"epochs for baseline, teachers and student "
+                                              f"(default: {base.student.epochs})")
+    p.add_argument("--lr", type=float, help=f"learning rate for baseline, teachers and student "
+                                            f"(default: {base.student.lr})")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"for baseline, teachers and student "
+                                                           f"(default: {base.student.optimizer})")
+    p.add_argument("--batch-size", type=_parse_batch, default=False,
+                   help=f"an integer or 'full' (default: {base.student.batch_size})")
+    p.add_argument("--patience", type=int, help="epochs without improvement before stopping early "
+                                                f"(default: {base.student.patience or 'never stop early'})")
+    p.add_argument("--eval-every", type=int, help=f"evaluate every this many epochs (default: {base.eval_every})")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("search", allow_abbrev=False, help="run an Optuna-guided (TPE) Ray Tune study with ASHA")
-    p.add_argument("--data", default=DEFAULT_DATA, help="builtin:d0.25|d0.5|d0.75|d1.0 or a pickle path")
-    p.add_argument("--space", default="default", help="a built-in space (kdtune spaces) or a YAML file")
-    p.add_argument("--name", required=True, help="the study's name (a folder under --storage)")
-    p.add_argument("--storage", default="studies", help="the folder that holds studies (default ./studies)")
-    p.add_argument("--num-samples", type=int, default=20, help="how many trials (default 20)")
+    p = command("search", "run an Optuna-guided (TPE) Ray Tune study with ASHA")
+    p.add_argument("--data", default=DEFAULT_DATA, help=data_help())
+    p.add_argument("--space", default="default", help=space_help())
+    p.add_argument("--name", help="the study's name, a folder under --storage (default: SPACE-YYYYMMDD-HHMMSS, "
+                                  "printed)")
+    p.add_argument("--storage", default="studies", help="the folder that holds studies")
+    p.add_argument("--num-samples", type=int, default=20, help="how many trials")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as resources allow)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.25")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each trial (and reference job) holds")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs each trial holds; fractions allowed, "
+                                                                     "e.g. 0.25")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     p.add_argument("--sampler", choices=SAMPLER_NAMES, default="tpe",
-                   help="Optuna's TPE (default) or random search, e.g. as a yardstick for TPE")
+                   help="Optuna's TPE, or random search as a yardstick for TPE")
     p.add_argument("--grace-period", type=int,
-                   help="ASHA: evaluations before a trial can stop (default: two thirds of the student's epochs)")
+                   help="ASHA: evaluations of the student's last phase before a trial can stop, below the "
+                        "trial's length (default: two thirds of the student's evaluations)")
+    p.add_argument("--no-pruning", dest="pruning", action="store_false",
+                   help="ASHA off: every trial runs to its end (default: ASHA stops weak trials at its rung)")
     p.add_argument("--reduction-factor", type=int, default=DEFAULT_REDUCTION_FACTOR,
-                   help=f"ASHA: keep 1 in this many per rung (default {DEFAULT_REDUCTION_FACTOR})")
-    p.add_argument("--max-t", type=int, help="ASHA: most evaluations (default: from the space)")
+                   help="ASHA: keep 1 in this many per rung")
+    p.add_argument("--max-t", type=int, help="ASHA: most evaluations of the student's last phase "
+                                             "(default: from the space)")
     p.add_argument("--tune-baseline", type=int, default=0, metavar="N",
                    help="also tune the no-KD baseline: a CE-only search of N trials with the same sampler, "
-                        "in DIR/NAME/ce-baseline, reported beside the best student (default 0: none)")
+                        "in DIR/NAME/ce-baseline, reported beside the best student (default: 0, none)")
     _add_run_options(p)
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("resume", allow_abbrev=False, help="continue an interrupted study, or extend a finished one (--more N)")
+    p = command("resume", "continue an interrupted study, or extend a finished one (--more N)")
     p.add_argument("study", help="the study folder, DIR/NAME")
     p.add_argument("--more", type=int, default=0, help="add N trials to the study's budget")
     _add_run_options(p)
     p.set_defaults(func=cmd_resume)
 
-    p = sub.add_parser("analyse", allow_abbrev=False, help="report a study from its Parquet tables: top K, baseline, importance, plots")
+    p = command("analyse", "report a study from its Parquet tables: top K, baseline, importance, plots")
     p.add_argument("study", help="the study folder, DIR/NAME (running, interrupted or finished)")
-    p.add_argument("--top-k", type=int, default=5, help="how many configurations to rank (default 5)")
-    p.add_argument("--out", help="where to write report.md and the plots (default DIR/NAME/analysis)")
+    p.add_argument("--top-k", type=int, default=5, help="how many configurations to rank")
+    p.add_argument("--out", help="where to write report.md and the plots (default: DIR/NAME/analysis)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     p.set_defaults(func=cmd_analyse)
 
-    p = sub.add_parser("spaces", allow_abbrev=False, help="list the built-in search spaces")
+    p = command("spaces", "list the built-in search spaces")
     p.set_defaults(func=cmd_spaces)
     return parser
 
@@ -171,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KDCoreError, KDTuneError, ResultsError) as exc:
         print(f"kdtune {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:  # a full disk, a quota, a read-only or forbidden folder: the environment's fault
         fault = storage_fault(exc)
         if fault is None:
@@ -186,9 +236,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if study is not None and (Path(study) / "study.json").is_file() else "")
         print(f"kdtune {args.command}: interrupted{hint}", file=sys.stderr)
         return signals.exit_code()
-    except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ import kdcore
 from kdcore import one_line, safe_load
 from search_spaces import builtin_spaces, load_space
 from tune import signals
+from tune.arguments import parse_seeds
 from tune.cluster import ClusterSpec
 from tune.errors import KDTuneError
-from tune.plan import RunOptions, SearchSettings, check_task, plan_study
+from tune.plan import SELF_DISTILLATION, RunOptions, SearchSettings, check_task, plan_study, self_distillation
 from tune.progress import ProgressLine
 from tune.render import describe_origin, format_method_table, print_analysis, print_outcome
 from tune.rerun import check_data, study_trial_config
@@ -51,8 +52,25 @@ def _read_yaml(path: str) -> dict[str, Any]:
     return data
 
 
+def config_from_yaml(path: str) -> Any:
+    """The experiment of a ``--config`` file: nested sections (``student: {lr: 0.01}``) and, at the top level,
+    dotted keys (``student.lr: 0.01``, applied on top as ``--set`` would); a setting given both ways is
+    refused with one line saying to give it once."""
+    data = _read_yaml(path)
+    dotted = {str(k): v for k, v in data.items() if isinstance(k, str) and "." in k}
+    nested = {k: v for k, v in data.items() if not (isinstance(k, str) and "." in k)}
+    for key in dotted:
+        section, _, rest = key.partition(".")
+        inner = nested.get(section)
+        if isinstance(inner, dict) and rest.split(".")[0] in inner:
+            raise KDTuneError(f"{path}: {key} is given twice, as the dotted key {key!r} and nested under "
+                              f"{section}:; give it once (either `{key}: ...` or `{section}: {{{rest}: ...}}`)")
+    config = kdcore.ExperimentConfig.from_dict(nested)
+    return config.with_overrides(dotted) if dotted else config
+
+
 def _train_config(args: argparse.Namespace) -> Any:
-    config = kdcore.ExperimentConfig.from_dict(_read_yaml(args.config)) if args.config else kdcore.ExperimentConfig()
+    config = config_from_yaml(args.config) if args.config else kdcore.ExperimentConfig()
     overrides: dict[str, Any] = {}
     methods = ("baseline", "teacher", "student")
     for flag, key in (("epochs", "epochs"), ("lr", "lr"), ("optimizer", "optimizer"), ("patience", "patience")):
@@ -78,6 +96,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise KDTuneError(f"--threads must be >= 1, but got {args.threads}")
     origin: dict[str, Any] | None = None
+    if args.seeds is not None:
+        args.seeds = parse_seeds(args.seeds)
     if args.from_study is not None:
         _refuse_recipe_flags(args)
         config, data_spec, origin = study_trial_config(args.from_study, trial=args.trial, rank=args.rank,
@@ -95,6 +115,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_data(origin, dataset.fingerprint(), dataset.source)
         if not args.json:
             print(describe_origin(origin), flush=True)
+    note = SELF_DISTILLATION if self_distillation(config, dataset.n_domains) else None
+    if note is not None and args.json:
+        print(f"kdtune train: note: {note}", file=sys.stderr, flush=True)
     torch.set_num_threads(args.threads)
     progress = ProgressLine(enabled=not args.quiet)
     totals = {"baseline": config.baseline.epochs,
@@ -117,6 +140,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"data {dataset.source} (sha256 {result['data']['fingerprint'][:12]}), protocol {config.protocol}, "
               f"seeds {list(config.seeds)}")
         print(format_method_table(result))
+        if note is not None:
+            print(f"note: {note}")
         if config.protocol == "seed":
             print("protocol 'seed': checkpoints were selected on the same validation set that is reported "
                   "(as published); these figures are optimistic.")
@@ -173,6 +198,17 @@ def cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_name(space: str, now: float | None = None) -> str:
+    """A study name for ``search`` without ``--name``, as ``make demo`` makes one: ``<space>-YYYYMMDD-HHMMSS``
+    (the space's file name without ``.yaml`` when it is a file; characters a name cannot hold become '-')."""
+    import re
+    import time
+
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "-", Path(space).name.removesuffix(".yaml").removesuffix(".yml"))
+    stem = stem.lstrip("._-")[:40] or "study"
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     # Everything that can be checked without Ray is checked before Ray is imported (tune.plan is light).
     if "://" in args.storage:
@@ -180,16 +216,24 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"--storage must be a folder every node mounts at the same path (NFS, Lustre, ...), but got the URI "
             f"{args.storage!r}: the Optuna journal and the teacher cache need POSIX file locks, which object "
             "stores lack; copy finished results there afterwards (see the README)")
+    named = args.name is None
+    if named:
+        args.name = default_name(args.space)
     settings = SearchSettings(
         data=args.data, space=args.space, name=args.name, storage=Path(args.storage),
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, address=args.address, seed=args.seed,
         grace_period=args.grace_period, reduction_factor=args.reduction_factor, max_t=args.max_t,
         max_failures=args.max_failures, tune_baseline=args.tune_baseline, sampler=args.sampler,
-        num_cpus=args.num_cpus,
+        num_cpus=args.num_cpus, pruning=args.pruning,
     )
     paths, meta = plan_study(settings)
     args.study_dir = paths.root  # for the resume hint, however the run ends
+    if named:  # said once the plan holds, so that bad input stays one line
+        print(f"kdtune search: no --name given, so the study is named {args.name} ({paths.root})", file=sys.stderr,
+              flush=True)
+    if meta.self_distillation:
+        print(f"kdtune search: note: {SELF_DISTILLATION}", file=sys.stderr, flush=True)
     from tune.baseline import with_tuned_baseline
     from tune.runner import run_study
 
@@ -210,7 +254,39 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _finish(with_tuned_baseline(outcome, paths, StudyMeta.read(paths), options), args.json)
 
 
+def refresh_report(study_dir: str | Path) -> None:
+    """(Re)write ``DIR/NAME/analysis/report.md`` at the end of a run, quietly (no stdout, no library
+    warnings); a failure to analyse never fails the run: one warning line on stderr."""
+    import contextlib
+    import io
+    import os
+    import shutil
+    import tempfile
+    import warnings
+
+    # A search writes nothing outside its storage and temp dir: matplotlib's config and font cache (in HOME
+    # by default) go to a temp folder unless the user chose a place for them.
+    scratch = None if "MPLCONFIGDIR" in os.environ else tempfile.mkdtemp(prefix="kdtune-mpl-")
+    if scratch is not None:
+        os.environ["MPLCONFIGDIR"] = scratch
+    try:
+        from results.report import analyse
+
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            analyse(study_dir)
+    except Exception as exc:  # noqa: BLE001 - the trials are recorded; the report can be made later
+        print(f"kdtune: warning: report.md was not rewritten ({one_line(exc)[:200]}); run "
+              f"`kdtune analyse {study_dir}`", file=sys.stderr)
+    finally:
+        if scratch is not None:
+            del os.environ["MPLCONFIGDIR"]
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _finish(outcome: SearchOutcome, as_json: bool) -> int:
+    if (Path(outcome.study_dir) / "results").is_dir():
+        refresh_report(outcome.study_dir)
     if outcome.extra.get("note") and not as_json:
         print(outcome.extra["note"])
     print_outcome(outcome.to_dict(), as_json)

@@ -26,10 +26,11 @@ class SearchOutcome:
     interrupted: bool = False
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    budget: int | None = None  # the study's num_samples: what ``trials["total"]`` counts against
 
     def to_dict(self) -> dict[str, Any]:
         out = {"study": self.study_dir, "trials": self.trials, "best": self.best,
-               "interrupted": self.interrupted, "seconds": round(self.seconds, 2)}
+               "interrupted": self.interrupted, "seconds": round(self.seconds, 2), "budget": self.budget}
         if "tuned_baseline" in self.extra:
             out["tuned_baseline"] = self.extra["tuned_baseline"]
         return out
@@ -48,7 +49,15 @@ def read_outcome(paths: StudyPaths, meta: StudyMeta) -> SearchOutcome:
         best = {"number": bt.number, "params": bt.params, "inner_acc_mean": attrs.get("inner_acc", bt.value),
                 "inner_acc_std": attrs.get("inner_acc_std"), "holdout_acc_mean": attrs.get("holdout_acc"),
                 "holdout_acc_std": attrs.get("holdout_acc_std"), "best_epoch_mean": attrs.get("best_epoch")}
-    return SearchOutcome(str(paths.root), counts, best)
+    return SearchOutcome(str(paths.root), counts, best, budget=meta.num_samples)
+
+
+def best_value(study: Any, key: str = "inner_acc") -> float | None:
+    """The highest ``key`` (a COMPLETE trial's recorded seed mean, else its value) over every COMPLETE trial
+    of the Optuna study, earlier runs included: what the status line starts from on resume."""
+    values = [t.user_attrs.get(key, t.value) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    values = [float(v) for v in values if isinstance(v, (int, float))]
+    return max(values) if values else None
 
 
 def counted(paths: StudyPaths, meta: StudyMeta) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import kdcore
+from kdcore import KDCoreError, one_line
 from search_spaces import SpaceError, load_space
 from tune.cluster import ClusterSpec
 from tune.errors import KDTuneError
@@ -45,6 +46,7 @@ class SearchSettings:
     tune_baseline: int = 0
     sampler: str = "tpe"
     num_cpus: int | None = None  # a local Ray's CPUs (default: every core); not with ``address``
+    pruning: bool = True  # False (--no-pruning): no ASHA rung, every trial runs to its end
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -75,8 +77,13 @@ class SearchSettings:
 
 
 def max_evaluations(space: Any) -> int:
-    """The most evaluations (reports) any trial of ``space`` can make: ASHA's ``max_t``. Each KD method the
-    space may run says how many epochs each of its phases lasts at most (``kdcore.METHODS``)."""
+    """ASHA's ``max_t``: ``trial_evaluations`` and two of slack, so that it never cuts a trial's last report."""
+    return trial_evaluations(space) + 2
+
+
+def trial_evaluations(space: Any) -> int:
+    """The most evaluations any trial of ``space`` makes in the phase its objective measures (each method's
+    last; ``kdcore.METHODS[m].phase_epochs`` says how many epochs each phase lasts at most): what ASHA counts."""
     from types import SimpleNamespace
 
     from kdcore import METHODS
@@ -99,9 +106,26 @@ def max_evaluations(space: Any) -> int:
         return max(int(max(knob.extremes())), fixed)
 
     every = base.eval_every
+    # ASHA counts the evaluations of the phase the objective measures (each method's last), so that every
+    # method is judged at the same point of its own schedule (``measured_phase_start``).
     phases = [METHODS[m].phase_epochs(SimpleNamespace(**{k: most(m, k, v) for k, v in base.kd.to_dict().items()}),
                                       epochs) for m in methods]
-    return max(sum(math.ceil(e / every) for e in p) for p in phases) + 2
+    return max(math.ceil(p[-1] / every) for p in phases)
+
+
+# What the rung and max_t count, in the study's record (``StudyMeta.asha_counts``), for the report to say.
+ASHA_COUNTS = "evaluations of the student's last phase (the one the objective measures)"
+
+
+def measured_phase_start(kd: Any, student_epochs: int, eval_every: int) -> int:
+    """How many evaluations a trial makes before the phase its objective measures (its method's last,
+    ``kdcore.METHODS[kd.method].phase_epochs``): 0 for one-phase methods, phase 1's for annealing KD.
+    The earlier phases run to their end (no early stopping), evaluating every ``eval_every`` epochs and
+    at their last epoch, as ``kdcore.loop.run_phase`` does."""
+    from kdcore import METHODS
+
+    phases = METHODS[kd.method].phase_epochs(kd, student_epochs)
+    return sum(math.ceil(e / eval_every) for e in phases[:-1])
 
 
 def default_grace(space: Any) -> int:
@@ -115,6 +139,39 @@ def default_grace(space: Any) -> int:
     base = space.base
     return max(1, 2 * math.ceil(base.student.epochs / base.eval_every) // 3)
 
+
+
+SELF_DISTILLATION = ("the data has one group and the task names no teachers, so its one teacher learns from the "
+                     "same data as the baseline (self-distillation); name class-subset teachers under `task:` "
+                     "to distil from experts")
+
+
+def self_distillation(config: Any, n_groups: int) -> bool:
+    """Whether ``config``'s one teacher learns from the same data as the baseline: the default task (one
+    teacher per group) on data of one group, and a KD method that learns from teachers."""
+    from kdcore import METHODS
+
+    return n_groups == 1 and config.task.is_default and METHODS[config.kd.method].uses_teachers(config.kd)
+
+
+def evaluation_sizes(config: Any, dataset: Any) -> dict[str, Any]:
+    """How many points the figures rest on: the holdout (the given validation set; one point is 1 / that of
+    the holdout accuracy) and each seed's inner selection set (its fold, the inner split, or, under protocol
+    seed, the validation set again), in the order of ``config.seeds``."""
+    import numpy as np
+
+    from kdcore import inner_folds, inner_split
+
+    holdout = int(dataset.y_valid.size)
+    if config.protocol == "seed":
+        inner = [holdout] * len(config.seeds)
+    elif config.inner == "split":
+        inner = [int(inner_split(dataset, config.inner_fraction, config.split_seed).select.size)] * len(config.seeds)
+    else:
+        folds = inner_folds(dataset, config.n_folds, config.split_seed)
+        sizes = np.bincount(folds, minlength=config.n_folds)
+        inner = [int(sizes[config.fold_of(j)]) for j in range(len(config.seeds))]
+    return {"holdout_points": holdout, "inner_points_per_seed": inner, "seeds": list(config.seeds)}
 
 
 def _versions() -> dict[str, str]:
@@ -154,6 +211,18 @@ def check_task(config: Any, dataset: Any, *, absolute: bool = True, methods: tup
         load_teacher(teacher, tuple(dataset.x_train.shape[1:]), (0,))
 
 
+def check_gpus(gpus_per_trial: float, address: str | None, flag: str = "--gpus-per-trial") -> None:
+    """A GPU request on a local Ray is refused before Ray starts (seconds, not Ray's start-up) when torch sees
+    no CUDA device here; a cluster (``address``) is asked once it is joined (``tune.runner``)."""
+    if gpus_per_trial <= 0 or address is not None:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise KDTuneError(f"{flag} {gpus_per_trial:g} asks for a GPU per trial, but this machine has no CUDA device "
+                          "torch can use; leave it at 0, or join a cluster that has GPUs with --address HOST:PORT")
+
+
 def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
     """Validate every input and describe the study; writes nothing (``run_study`` writes once Ray is up)."""
     paths = StudyPaths(settings.storage.expanduser().resolve() / settings.name)
@@ -166,6 +235,7 @@ def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
     if unwritable is not None:  # a read-only mount or a forbidden folder: refused before Ray starts
         raise KDTuneError(f"--storage {paths.storage}: {unwritable}; give a folder this machine can write")
     space = load_space(settings.space)
+    check_gpus(settings.gpus_per_trial, settings.address)
     if settings.tune_baseline:
         try:
             space.without_kd()
@@ -175,20 +245,40 @@ def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
     spec = settings.data if settings.data.startswith("builtin:") else str(Path(settings.data).resolve())
     dataset = kdcore.load_data(spec)
     sampled = tuple(str(c) for k in space.knobs if k.path == "kd.method" for c in getattr(k, "choices", ()))
-    check_task(space.base, dataset, methods=sampled)
+    try:
+        check_task(space.base, dataset, methods=sampled)
+    except (KDCoreError, KDTuneError) as exc:
+        if not space.data or space.data == settings.data:
+            raise
+        raise KDTuneError(f"the space {space.name!r} was written for --data {space.data}, and {settings.data} "
+                          f"does not fit it: {one_line(exc)}") from None
     from kdcore import resolve_task
 
     base = space.base
     task = resolve_task(base.task, base.teacher, dataset.n_classes, dataset.n_domains).describe()
     max_t = settings.max_t or max_evaluations(space)
+    length = min(max_t, trial_evaluations(space))
+    if settings.grace_period is not None and settings.grace_period >= length:
+        what = (f"--max-t {max_t}" if length == max_t and settings.max_t else
+                f"the trial's length, {length} evaluations of the student's last phase")
+        raise KDTuneError(
+            f"--grace-period {settings.grace_period} is at or beyond {what}: ASHA would never compare trials and "
+            f"nothing would be pruned; give a grace period below {length} (the default, two thirds of the "
+            f"student's evaluations, is {default_grace(space)}), or --no-pruning to run every trial to its end")
+    if not settings.pruning and settings.grace_period is not None:
+        raise KDTuneError(f"--no-pruning runs every trial to its end, so it takes no --grace-period, but got "
+                          f"--grace-period {settings.grace_period}")
+    grace = max_t if not settings.pruning else min(settings.grace_period or default_grace(space), max_t)
     meta = StudyMeta(
         name=settings.name, data=spec, data_source=dataset.source, fingerprint=dataset.fingerprint(),
         space_name=space.name, space_text=space.source_text, num_samples=settings.num_samples,
-        seed=settings.seed, max_t=max_t, grace_period=min(settings.grace_period or default_grace(space), max_t),
+        seed=settings.seed, max_t=max_t, grace_period=grace,  # grace == max_t: no rung (results.asha)
         reduction_factor=settings.reduction_factor, cpus_per_trial=settings.cpus_per_trial,
         gpus_per_trial=settings.gpus_per_trial, max_concurrent=settings.max_concurrent or 0,
         versions=_versions(), tune_baseline=settings.tune_baseline, sampler=settings.sampler,
-        task=task, input_shape=list(dataset.feature_shape),
+        task=task, input_shape=list(dataset.feature_shape), asha_counts=ASHA_COUNTS,
+        self_distillation=dataset.n_domains == 1 and base.task.is_default,
+        evaluation_sizes=evaluation_sizes(base, dataset),
     )
     return paths, meta
 

@@ -96,10 +96,13 @@ def describe_trial(trial: Any, status: str, result: dict[str, Any], knobs: list[
     return f"{label} {status}: {score}; {took}; {params}"
 
 
-def study_progress(total: int, options: RunOptions, knobs: list[str], number_of: Any, metric: str) -> Any:
+def study_progress(total: int, options: RunOptions, knobs: list[str], number_of: Any, metric: str,
+                   best: float | None = None) -> Any:
     """A Tune callback for a study of ``total`` trials: one status line (trials done / running / pruned /
-    failed, the best ``metric`` so far, time and ETA) and, with ``--verbose``, a line per finished trial
-    (``number_of`` turns a Tune trial id into its Optuna number)."""
+    failed, the study's best ``metric`` so far, time and ETA) and, with ``--verbose``, a line per finished
+    trial (``number_of`` turns a Tune trial id into its Optuna number). ``best``: the study's best before this
+    run (``kdtune resume``), so the line shows the study's best, not this run's."""
+    earlier = best
     from ray import tune
 
     from tune.searcher import trial_status
@@ -108,7 +111,7 @@ def study_progress(total: int, options: RunOptions, knobs: list[str], number_of:
         def __init__(self) -> None:
             self.line = ProgressLine(options.stream, enabled=not options.quiet)
             self.ends: Counter[str] = Counter()
-            self.best: float | None = None
+            self.best: float | None = earlier
             self.start = time.monotonic()
 
         def _show(self, trials: list[Any], force: bool = False, ended: Any = None) -> None:

@@ -1,5 +1,6 @@
 """A study's references, trained as Ray work with one trial's resources: the fixed mixed baseline and the
-teachers (once per study, before any trial), and the ablation of the best configuration (after the trials).
+teachers (once per study, before any trial), and the ablations (after the trials): of the best configuration
+and, when the space samples ``kd.method``, of each method's best, so each is compared with its own recipe.
 
 The ablation is the study's best configuration retrained without its distillation term (Hinton KD with
 alpha = 0; for annealing KD, phase 2 alone), same recipe, same seeds and folds: the one comparison that
@@ -15,7 +16,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from kdcore import KDCoreError, one_line
+from kdcore import METHODS, KDCoreError, one_line
 from results.reader import read_table
 from results.writer import StudyTables
 from tune import cluster
@@ -111,26 +112,49 @@ def train_references(paths: StudyPaths, meta: StudyMeta, tables: StudyTables, op
     tables.append("reference", rows)
 
 
-def ablation_needed(paths: StudyPaths, meta: StudyMeta, tables: StudyTables) -> Any:
-    """The best COMPLETE trial if its ablation is not recorded yet (None when there is nothing to do)."""
-    if not meta.references:
-        return None
+def ablation_trials(paths: StudyPaths, meta: StudyMeta) -> list[Any]:
+    """The trials whose ablations the study records: its best COMPLETE trial first, then, when the space
+    samples ``kd.method``, the best COMPLETE trial of each method that learns from teachers (so that each
+    method can be set against the same recipe without KD), each once; [] when nothing is COMPLETE."""
     study = load_optuna_study(paths, meta)
-    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
-        return None
-    best = study.best_trial
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if not complete:
+        return []
+    out = [study.best_trial]
+    space = meta.space(paths)
+    if any(k.path == "kd.method" for k in space.knobs):
+        pick = max if space.objective.mode == "max" else min
+        for method in METHODS:
+            mine = [t for t in complete if space.experiment(dict(t.params)).kd.method == method]
+            if not mine:
+                continue
+            best = pick(mine, key=lambda t: (t.value, -t.number))  # ties: the earliest, as Optuna's best
+            if best.number not in {t.number for t in out} and METHODS[method].uses_teachers(
+                    space.experiment(dict(best.params)).kd):
+                out.append(best)
+    return out
+
+
+def ablation_needed(paths: StudyPaths, meta: StudyMeta, tables: StudyTables) -> tuple[list[Any], bool]:
+    """The trials whose ablation is to be trained, and whether the recorded ablations are replaced (one is of
+    a trial no longer wanted: the best changed) rather than added to; ([], False) when nothing is to do."""
+    if not meta.references:
+        return [], False
+    wanted = ablation_trials(paths, meta)
+    recorded: set[int] = set()
     if ABLATION in tables.methods():
         ref = read_table(paths.root, "reference")
-        numbers = ref.loc[ref["method"] == ABLATION, "trial_number"].tolist()
-        if numbers and all(n == best.number for n in numbers):
-            return None
-    return best
+        recorded = {int(n) for n in ref.loc[ref["method"] == ABLATION, "trial_number"].dropna()}
+    numbers = {t.number for t in wanted}
+    if recorded - numbers:
+        return wanted, True
+    return [t for t in wanted if t.number not in recorded], False
 
 
 def record_missing_ablation(paths: StudyPaths, meta: StudyMeta, options: RunOptions) -> str | None:
-    """For a study whose trials are all done: train the ablation if it is missing or of an older best."""
+    """For a study whose trials are all done: train the ablations that are missing or of an older best."""
     tables = study_tables(paths, meta, meta.space(paths))
-    if ablation_needed(paths, meta, tables) is None:
+    if not ablation_needed(paths, meta, tables)[0]:
         return None
     handle = cluster.start(options.cluster)
     try:
@@ -140,20 +164,28 @@ def record_missing_ablation(paths: StudyPaths, meta: StudyMeta, options: RunOpti
 
 
 def record_ablation(paths: StudyPaths, meta: StudyMeta, tables: StudyTables, options: RunOptions) -> str | None:
-    """Retrain the best COMPLETE trial without its KD term (unless its ablation is recorded); a note if not.
+    """Retrain the best COMPLETE trial, and each kd.method's best, without its KD term (unless recorded);
+    a note if that fails.
 
-    A failure here (the ablation diverged, a worker died) is reported, never fatal: the trials are kept.
+    The rows of the study's best come first, as before there were several. A failure here (an ablation
+    diverged, a worker died) is reported, never fatal: the trials are kept.
     """
-    best = ablation_needed(paths, meta, tables)
-    if best is None:
+    trials, replace = ablation_needed(paths, meta, tables)
+    if not trials:
         return None
+    numbers = ", ".join(str(t.number) for t in trials)
     try:
-        done = run_jobs(paths, meta, [(ABLATION, dict(best.params))],
-                        label=f"ablation: best trial {best.number} without its KD term", options=options)
+        done = run_jobs(paths, meta, [(ABLATION, dict(t.params)) for t in trials],
+                        label=(f"ablation: trial{'s' if len(trials) > 1 else ''} {numbers} without "
+                               f"{'their' if len(trials) > 1 else 'its'} KD term"), options=options)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - a reference that fails must not cost the study its trials
-        return (f"the ablation of trial {best.number} failed: {one_line(exc)[:300]}; "
+        return (f"the ablation of trial{'s' if len(trials) > 1 else ''} {numbers} failed: {one_line(exc)[:300]}; "
                 "`kdtune resume` tries it again")
-    tables.replace_method(reference_rows(meta.name, ABLATION, done[0][1], best.number), ABLATION)
+    rows = [row for t, (_, summary) in zip(trials, done) for row in reference_rows(meta.name, ABLATION, summary, t.number)]
+    if replace:
+        tables.replace_method(rows, ABLATION)
+    else:
+        tables.append("reference", rows)
     return None

@@ -108,6 +108,25 @@ def analysis_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+# Trial states that use no budget: a trial a stop cut off (ended FAIL, marked interrupted) and its rerun,
+# queued in Optuna as WAITING until a run takes it.
+_OFF_BUDGET = ("INTERRUPTED", "WAITING")
+
+
+def outcome_line(outcome: dict[str, Any]) -> str:
+    """``study DIR/NAME: 3 of 4 trials done (2 complete, 1 pruned), 1 interrupted and will rerun, in 12 s``:
+    the trials that used the budget, counted against it, and apart those a stop cut off."""
+    trials = outcome["trials"]
+    done, budget = trials.get("total", 0), outcome.get("budget")
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in trials.items() if k not in ("total", *_OFF_BUDGET))
+    head = f"{done} of {budget} trials done" if budget else f"{done} trials done"
+    line = f"study {outcome['study']}: {head}" + (f" ({counts})" if counts else "")
+    rerun = trials.get("WAITING", 0) or (trials.get("INTERRUPTED", 0) if outcome.get("interrupted") else 0)
+    if rerun:
+        line += f", {rerun} interrupted and will rerun"
+    return line + f", in {outcome['seconds']:.0f} s"
+
+
 def print_outcome(outcome: dict[str, Any], as_json: bool) -> None:
     """The outcome of ``search`` or ``resume``: one JSON object, or the counts, the best trial and how to
     re-train it."""
@@ -115,9 +134,7 @@ def print_outcome(outcome: dict[str, Any], as_json: bool) -> None:
         json.dump(outcome, sys.stdout)
         sys.stdout.write("\n")
         return
-    counts = ", ".join(f"{v} {k.lower()}" for k, v in outcome["trials"].items() if k != "total") or "none"
-    print(f"study {outcome['study']}: {outcome['trials'].get('total', 0)} trials ({counts}) "
-          f"in {outcome['seconds']:.0f} s")
+    print(outcome_line(outcome))
     if outcome.get("interrupted"):
         print(f"stopped before all trials ran; continue with: kdtune resume {outcome['study']}")
     best = outcome.get("best")

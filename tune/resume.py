@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from tune.errors import KDTuneError
 from tune.faults import writable_folder
 from tune.outcome import SearchOutcome, end_stale_trials, is_interrupted, read_outcome, trial_counts
-from tune.plan import RunOptions
+from tune.plan import RunOptions, check_gpus
 from tune.recorder import rows_from_optuna
 from tune.reference import record_missing_ablation
 from tune.runner import run_study
@@ -76,6 +76,7 @@ def resume(study_dir: str | Path, *, more: int = 0, options: RunOptions | None =
         raise KDTuneError(f"{paths.root} holds no {STUDY_FILE}: a search stopped before it was set up; "
                           f"`kdtune search --name {paths.name}` starts it afresh there")
     meta = StudyMeta.read(paths)
+    check_gpus(meta.gpus_per_trial, options.cluster.address, "the study's gpus_per_trial")
     unwritable = writable_folder(paths.root)
     if unwritable is not None:  # refused before Ray starts; nothing is touched
         raise KDTuneError(f"cannot resume {paths.root}: {unwritable}; make it writable or copy the study folder "

@@ -18,7 +18,7 @@ from ray import tune
 from search_spaces import SearchSpace
 from tune import cluster, signals
 from tune.errors import KDTuneError
-from tune.outcome import SearchOutcome, counted, end_stale_trials, read_outcome
+from tune.outcome import SearchOutcome, best_value, counted, end_stale_trials, read_outcome
 from tune.plan import (  # noqa: F401 - re-exported: the runner is where users look for them
     DEFAULT_REDUCTION_FACTOR,
     SAMPLER_NAMES,
@@ -32,7 +32,7 @@ from tune.progress import study_progress
 from tune.recorder import ResultsRecorder
 from tune.reference import record_ablation, train_references
 from tune.scheduler import RungASHA
-from tune.searcher import EVAL_KEY, SCHEDULER_KEY, PruneAwareOptunaSearch
+from tune.searcher import ASHA_KEY, SCHEDULER_KEY, PruneAwareOptunaSearch
 from tune.study import (
     StudyMeta,
     StudyPaths,
@@ -132,7 +132,7 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: SearchSpace, tables:
         sampler=SAMPLERS[meta.sampler](sampler_seed), study_name=meta.name,
         storage=journal_storage(paths),
     )
-    scheduler = RungASHA(time_attr=EVAL_KEY, metric=SCHEDULER_KEY, mode=mode, max_t=meta.max_t,
+    scheduler = RungASHA(time_attr=ASHA_KEY, metric=SCHEDULER_KEY, mode=mode, max_t=meta.max_t,
                          grace_period=meta.grace_period, reduction_factor=meta.reduction_factor)
     resources = {"cpu": meta.cpus_per_trial, "gpu": meta.gpus_per_trial}
     knobs = [k.path for k in space.knobs]
@@ -148,7 +148,8 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: SearchSpace, tables:
         run_config=tune.RunConfig(
             name=meta.name, storage_path=str(paths.storage), verbose=0,
             callbacks=[ResultsRecorder(tables, searcher, meta.name, space.objective.metric, knobs, paths.root),
-                       study_progress(budget, options, knobs, searcher.optuna_number, METRIC)],
+                       study_progress(budget, options, knobs, searcher.optuna_number, METRIC,
+                                      best_value(load_optuna_study(paths, meta), METRIC))],
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
         ),
     )

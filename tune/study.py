@@ -109,6 +109,14 @@ class StudyMeta:
     # feature shape, for the tables' metadata; None in a study of an older kdtune.
     task: dict[str, Any] | None = None
     input_shape: list[int] | None = None
+    # What ASHA's rung (grace_period) and max_t count (tune.plan.ASHA_COUNTS); None: a study of an older
+    # kdtune, whose ASHA counted every evaluation, the phases before the measured one included.
+    asha_counts: str | None = None
+    # The default task on data of one group: the one teacher learns from the baseline's data (tune.plan).
+    self_distillation: bool = False
+    # {"holdout_points": n, "inner_points_per_seed": [...], "seeds": [...]} (tune.plan.evaluation_sizes): what
+    # one point of holdout or inner accuracy is worth; None in a study of an older kdtune.
+    evaluation_sizes: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -40,6 +40,8 @@ def study_tables(paths: StudyPaths, meta: StudyMeta, space: SearchSpace) -> Stud
         "fold_start": base.fold_start, "split_seed": base.split_seed,
         "objective": space.objective.to_dict(), "versions": meta.versions,
         "task": meta.task, "models": _models(meta, space),
+        "self_distillation": meta.self_distillation,
+        "asha_counts": meta.asha_counts, "evaluation_sizes": meta.evaluation_sizes,
     }
     return StudyTables(paths.results, space_param_types(space), metadata)
 

@@ -10,8 +10,11 @@ here; reporting each of a trial's ~150 evaluations cost a quarter of its time. S
 blocks: a report goes out at each of ASHA's rungs (exactly at the rung's evaluation, so the scheduler
 decides on the same value as with one report per evaluation), at least every ``REPORT_EVERY_S`` seconds
 (the progress line stays live), and at the end. Each report carries ``evals``: every evaluation since the
-previous report, each with its number ``evaluation`` (1, 2, ...; ASHA's time attribute and Optuna's step)
-and its ``epoch``; the report's own metrics are those of its last evaluation. The searcher and the results
+previous report, each with its number ``evaluation`` (1, 2, ...; Optuna's step and the epochs table's
+iteration) and its ``epoch``; the report's own metrics are those of its last evaluation. ASHA's time
+attribute is ``measured_evaluation``, the number within the phase the objective measures (annealing KD's
+phase 2; 0 during phase 1), and ASHA's value is the best so far in that phase: every method is judged at the
+same point of its own schedule. The searcher and the results
 recorder unpack ``evals`` (``tune.searcher.evaluations``), so Optuna's intermediate values and the epochs
 table still hold every evaluation.
 A trial cut off from outside (Ctrl-C, a lost worker) loses the evaluations it had not sent yet, at most
@@ -45,7 +48,16 @@ from kdcore import (
     round_acc,
     train_student,
 )
-from tune.searcher import AT_KEY, EVAL_KEY, EVALS_KEY, FINAL_KEY, METRICS, SCHEDULER_KEY, STARTED_KEY
+from tune.searcher import (
+    ASHA_KEY,
+    AT_KEY,
+    EVAL_KEY,
+    EVALS_KEY,
+    FINAL_KEY,
+    METRICS,
+    SCHEDULER_KEY,
+    STARTED_KEY,
+)
 from tune.study import StudyMeta, StudyPaths
 from tune.trial_log import TrialLog
 
@@ -91,14 +103,28 @@ def asha_rungs(grace_period: int, reduction_factor: int, max_t: int) -> frozense
     return frozenset(rungs(grace_period, reduction_factor, max_t))
 
 
+def asha_offset(meta: StudyMeta, exp: ExperimentConfig) -> int:
+    """The evaluations ASHA does not count (``tune.plan.measured_phase_start``): those of the phases before the
+    measured one, in a study whose record says its rung counts the last phase's (``meta.asha_counts``); a
+    study planned by an older kdtune counted every evaluation, and keeps doing so."""
+    from tune.plan import measured_phase_start
+
+    if meta.asha_counts is None:
+        return 0
+    return measured_phase_start(exp.kd, exp.student.epochs, exp.eval_every)
+
+
 class _Reporter:
     """Sends evaluations to Tune in blocks (see the module docstring): at ASHA's rungs and ``max_t``, at
     least every ``REPORT_EVERY_S`` seconds, and at the end."""
 
     def __init__(self, report: Any, rungs: frozenset[int], max_t: int, extra: dict[str, Any],
                  seeds: tuple[int, ...], objective: tuple[str, str] = (METRIC, "max"),
-                 log: TrialLog | None = None) -> None:
+                 log: TrialLog | None = None, before: int = 0) -> None:
         self._report = report
+        # Evaluations of the phases before the one the objective measures (annealing KD's phase 1): ASHA's
+        # clock (ASHA_KEY) and its best-so-far value start after them; EVAL_KEY still numbers them all.
+        self._before = before
         self._log = log
         self._objective = objective  # (metric, mode): SCHEDULER_KEY is its best value so far
         self._best: float | None = None
@@ -115,7 +141,7 @@ class _Reporter:
         """A new evaluation: the one held back until now is not the last, so it can go."""
         if self._held is not None:
             metrics = self._queue(self._held)
-            step = metrics[EVAL_KEY]
+            step = metrics[ASHA_KEY]
             if step in self._rungs or step >= self._max_t or time.monotonic() - self._sent >= REPORT_EVERY_S:
                 self._send(metrics, final=False)
         self._held = (report, time.time())
@@ -123,16 +149,20 @@ class _Reporter:
     def _queue(self, held: tuple[EpochReport, float]) -> dict[str, Any]:
         report, at = held
         self._count += 1
-        metrics = {EVAL_KEY: self._count, AT_KEY: at, **_metrics(report, self._seeds)}
+        metrics = {EVAL_KEY: self._count, ASHA_KEY: self._measured(), AT_KEY: at, **_metrics(report, self._seeds)}
         if self._log is not None:
             self._log.evaluation(metrics)
         metric, mode = self._objective
         value = metrics[metric]
-        if math.isfinite(value) and (self._best is None or (value > self._best if mode == "max" else value < self._best)):
+        if metrics[ASHA_KEY] > 0 and math.isfinite(value) and (self._best is None or (value > self._best if mode == "max" else value < self._best)):
             self._best = value
         metrics[SCHEDULER_KEY] = self._best if self._best is not None else value
         self._block.append({k: metrics[k] for k in _EVAL_FIELDS})
         return metrics
+
+    def _measured(self) -> int:
+        """The number of the current evaluation within the measured phase (0 before it)."""
+        return max(0, self._count - self._before)
 
     def _send(self, metrics: dict[str, Any], *, final: bool, **more: Any) -> None:
         block, self._block = self._block, []
@@ -155,7 +185,8 @@ class _Reporter:
         if self._held is not None:
             metrics = self._queue(self._held)
         else:
-            metrics = {EVAL_KEY: self._count, AT_KEY: time.time(), "epoch": 0, "seeds": list(self._seeds)}
+            metrics = {EVAL_KEY: self._count, ASHA_KEY: self._measured(), AT_KEY: time.time(), "epoch": 0,
+                       "seeds": list(self._seeds)}
         for key in (*METRICS, SCHEDULER_KEY):  # inner_acc or inner_loss may be the objective
             metrics.setdefault(key, float("nan"))
         self._send(metrics, final=False, trial_error=error, trial_seconds=seconds)
@@ -217,7 +248,8 @@ def _run_trial(config: dict[str, Any], paths: StudyPaths, meta: StudyMeta, space
              f"seeds {list(exp.seeds)}; params "
              + ", ".join(f"{k}={v}" for k, v in config.items() if k != STUDY_KEY))
     reporter = _Reporter(tune.report, asha_rungs(meta.grace_period, meta.reduction_factor, meta.max_t), meta.max_t,
-                         where, exp.seeds, (space.objective.metric, space.objective.mode), log)
+                         where, exp.seeds, (space.objective.metric, space.objective.mode), log,
+                         before=asha_offset(meta, exp))
     try:
         result = train_student(prep, exp, teachers.models if teachers else None, reporter.evaluation)
     except TrainingError as exc:
