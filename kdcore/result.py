@@ -73,14 +73,15 @@ class FitResult:
     params_detail: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, object]:
-        """Seed means and sample standard deviations (ddof=1; 0 for a single seed) plus per-seed rows.
+        """Seed means and sample standard deviations (ddof=1; None for a single seed, which has no spread:
+        kdtune's one rule, as ``results.stats.sample_std``) plus per-seed rows.
 
         Accuracies are rounded to ``ACC_DECIMALS`` (far below any evaluation set's resolution), so that
         0.974 is 0.974 in JSON and Parquet, not 0.9740000000000001.
         """
 
-        def std(a: np.ndarray) -> float:
-            return round_acc(a.std(ddof=1)) if a.size > 1 else 0.0
+        def std(a: np.ndarray) -> float | None:
+            return round_acc(a.std(ddof=1)) if a.size > 1 else None
 
         def per_class(i: int) -> list[float | None]:
             if self.class_acc is None:

@@ -1,5 +1,5 @@
 """A KD task resolved against its data: the teachers (what each is trained on, which classes it knows) and
-the routing (which teachers give each sample its target). DESIGN.md, "The tasks it serves".
+the routing (which teachers give each sample its target). docs/design.md, "The tasks it serves".
 
 ``TaskConfig`` (kdcore.task_config) says what the user asked for; ``resolve`` checks it against the data's
 classes and groups and returns a ``Task``. The multi-domain task is the default configuration: one teacher

@@ -1,5 +1,5 @@
 """Who teaches: the task's settings (``TaskConfig``), its teachers (``TeacherSpec``) and how samples are
-routed to them. Checked against the data by ``kdcore.task.resolve`` (DESIGN.md, "The tasks it serves")."""
+routed to them. Checked against the data by ``kdcore.task.resolve`` (docs/design.md, "The tasks it serves")."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ PER_GROUP = "per_group"
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """Who teaches, and which teachers give each sample its target (DESIGN.md, "The tasks it serves").
+    """Who teaches, and which teachers give each sample its target (docs/design.md, "The tasks it serves").
 
     ``teachers``: ``"per_group"`` (one teacher per group of the data, each trained on its group and knowing
     every class: the multi-domain task) or a list of ``TeacherSpec``. ``routing``: ``group`` (the teachers

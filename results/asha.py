@@ -39,6 +39,12 @@ class AshaSettings:
     grace_period: int
     reduction_factor: int
     max_t: int
+    counts: str | None = None  # what the rungs count (study.json ``asha_counts``); None: every evaluation
+
+    @property
+    def measured_phase(self) -> bool:
+        """True when the rungs count only the evaluations of the student's last phase (the measured one)."""
+        return self.counts is not None
 
     def rungs(self) -> list[int]:
         """Milestones (evaluations reported) at which ASHA compares trials (``asha_rungs``)."""
@@ -56,8 +62,37 @@ def iterations_reached(study: StudyData) -> pd.DataFrame:
     out = trials.drop_duplicates("trial_id", keep="last").set_index("trial_id")
     from_epochs = reached.reindex(out.index)
     out["iterations"] = from_epochs.fillna(pd.to_numeric(out["iterations"], errors="coerce")).fillna(0)
+    if study.asha is not None and study.asha.measured_phase:  # the rungs count the last phase only
+        out["iterations"] = (out["iterations"] - _earlier_phases(study, out)).clip(lower=0)
     out["iterations"] = out["iterations"].astype("int64")
     return out.reset_index()
+
+
+def _earlier_phases(study: StudyData, trials: pd.DataFrame) -> list[int]:
+    """Per trial (rows of ``trials``, indexed by trial id), the evaluations its method ran before its last
+    phase (annealing KD's phase 1): what ASHA did not count. The method says (``kdcore.METHODS``)."""
+    import math
+
+    from kdcore import METHODS
+    from results.cells import knob_value, plain
+
+    if study.space is None:
+        return [0] * len(trials)
+    rows = study.trials.drop_duplicates("trial_id", keep="last").set_index("trial_id")
+    knobs = {k.path: k for k in study.space.knobs}
+    out = []
+    for trial_id in trials.index:
+        row = rows.loc[trial_id]
+        params = {path: knob_value(plain(row.get(column)), knobs.get(path))
+                  for column, path in study.param_columns().items() if plain(row.get(column)) is not None}
+        try:
+            config = study.space.experiment(params)
+        except Exception:  # noqa: BLE001 - a row the space no longer builds: count it as one phase
+            out.append(0)
+            continue
+        phases = METHODS[config.kd.method].phase_epochs(config.kd, config.student.epochs)
+        out.append(sum(math.ceil(e / config.eval_every) for e in phases[:-1]))
+    return out
 
 
 def rung_outcomes(study: StudyData) -> list[dict[str, int]] | None:

@@ -323,7 +323,8 @@ def _provenance_section(study: StudyData, summary: Summary) -> list[str]:
     if study.asha is not None:
         a = study.asha
         rows.append(("ASHA", (f"grace period {a.grace_period}, reduction factor {a.reduction_factor}, "
-                              f"max_t {a.max_t}; rungs at {a.rungs()} evaluations")))
+                              f"max_t {a.max_t}; rungs at {a.rungs()} evaluations; the rung and max_t count "
+                              f"{a.counts or 'every evaluation of the student (phase 1 of annealing KD included)'}")))
     versions = meta.get("versions") or {}
     rows += [(f"{name} (study)", version) for name, version in sorted(versions.items())]
     rows += [(f"{name} (analysis)", version) for name, version in _analysis_versions().items()]

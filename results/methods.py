@@ -178,6 +178,9 @@ def method_comparison(study: StudyData, ranked: pd.DataFrame | None = None) -> M
         theirs = accuracies[NO_KD]
     else:
         rows = study.reference[study.reference["method"] == "ablation"]
+        if len(ranked) and "trial_number" in rows:  # a study may hold the ablation of each method's best
+            best_rows = rows[rows["trial_number"] == plain(ranked.iloc[0].get("number"))]
+            rows = best_rows if len(best_rows) else rows
         theirs = seed_accuracies(rows)
         if theirs:
             number = first_int(rows["trial_number"])

@@ -143,7 +143,7 @@ def _study_record(root: Path) -> tuple[AshaSettings | None, int | None]:
     planned = int(planned) if isinstance(planned, int) and planned > 0 else None
     try:
         asha = AshaSettings(int(record["grace_period"]), int(record["reduction_factor"]),
-                            int(record["max_t"]))
+                            int(record["max_t"]), record.get("asha_counts") or None)
     except (KeyError, TypeError, ValueError):
         return None, planned
     valid = asha.grace_period >= 1 and asha.reduction_factor >= 2 and asha.max_t >= asha.grace_period

@@ -175,3 +175,43 @@ def test_a_one_seed_point_draws_no_spread(tmp_path: Path) -> None:
     frame = pd.DataFrame({"trial_id": ["a", "b"], "holdout_acc_std": [0.0, 0.02]})
     sd = plots._spread(frame, "holdout_acc_std", pd.Series({"a": 1, "b": 3}))
     assert np.isnan(sd[0]) and sd[1] == pytest.approx(2.0)  # one seed: no bar, never a bar of 0
+
+
+ANNEALING_SPACE = """
+name: anneal-rungs
+fixed:
+  seeds: [0, 10, 1234, 99, 2021]
+  eval_every: 1
+  student: {epochs: 6}
+  kd: {method: annealing, tau_max: 2}
+objective: {metric: inner_acc, mode: max}
+knobs:
+  kd.anneal_epochs: {type: int, low: 2, high: 10}
+"""
+
+
+@pytest.mark.parametrize("counts", [None, "evaluations of the student's last phase (the one the objective measures)"])
+def test_asha_rungs_of_annealing_trials_count_the_measured_phase(tmp_path: Path, counts: str | None) -> None:
+    """grace 2, reduction factor 3: rungs at 2 and 6. A trial of 10 phase-1 evaluations that ASHA stopped after
+    2 of phase 2 reported 12 evaluations: recorded by a kdtune whose rungs count phase 2 (``asha_counts``),
+    it stopped at rung 1; recorded by one that counted every evaluation, it reached both rungs."""
+    import json
+
+    study = FakeStudy(tmp_path / "anneal", space_text=ANNEALING_SPACE)
+    if counts is not None:
+        record = json.loads((study.root / "study.json").read_text())
+        (study.root / "study.json").write_text(json.dumps({**record, "asha_counts": counts}))
+    holdout = _shifted([0.0] * 5)
+    study.trial(0, "PRUNED", {"kd.anneal_epochs": 10}, holdout, iterations=12)
+    study.trial(1, "COMPLETE", {"kd.anneal_epochs": 2}, holdout, iterations=8)  # 2 + the 6 of phase 2
+    loaded = load_study(study.root)
+    outcomes = rung_outcomes(loaded)
+    assert outcomes is not None
+    if counts is None:
+        assert [o["reached"] for o in outcomes] == [2, 2]
+    else:
+        assert outcomes[0] == {"milestone": 2, "reached": 2, "stopped": 1, "failed": 0, "promoted": 1, "ended": 0,
+                               "before": 0}
+        assert outcomes[1]["reached"] == 1
+        text = Path(analyse(study.root)["report"]).read_text()
+        assert "the rung and max_t count evaluations of the student's last phase" in text

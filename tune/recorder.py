@@ -37,8 +37,10 @@ def _num(value: Any) -> float | None:
 
 
 def _sample_std(values: list[float]) -> float | None:
+    """Sample std (ddof=1) over seeds; None below two seeds (one seed has no spread: kdtune's one rule,
+    ``results.stats.sample_std``)."""
     if len(values) < 2:
-        return 0.0 if values else None
+        return None
     mean = sum(values) / len(values)
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 

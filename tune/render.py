@@ -19,7 +19,7 @@ def format_method_table(result: dict[str, Any]) -> str:
     rows = [f"{'method':<11} {label + ' acc %':>17} {'inner acc %':>13} {'best epoch':>11}"]
     for name, m in result["methods"].items():
         rows.append(
-            f"{name:<11} {100 * m['holdout_acc_mean']:>8.2f} ± {100 * m['holdout_acc_std']:<6.2f} "
+            f"{name:<11} {_table_pm(m['holdout_acc_mean'], m['holdout_acc_std'])} "
             f"{100 * m['inner_acc_mean']:>13.2f} {m['best_epoch_mean']:>11.0f}"
         )
     return "\n".join(rows)
@@ -46,23 +46,35 @@ def print_analysis(summary: dict[str, Any]) -> None:
     print(f"study {summary['study']}: {summary['trials'].get('total', 0)} trials ({counts})")
     best, base = summary.get("best"), summary.get("baseline")
     if best:
-        print(f"best: trial {best['number']}, holdout {100 * best['holdout_acc_mean']:.2f} ± "
-              f"{100 * (best['holdout_acc_std'] or 0):.2f} %, inner {100 * best['inner_acc_mean']:.2f} %")
+        print(f"best: trial {best['number']}, holdout {_pm(best['holdout_acc_mean'], best['holdout_acc_std'])}, "
+              f"inner {100 * best['inner_acc_mean']:.2f} %")
     if base:
-        print(f"mixed baseline: holdout {100 * base['holdout_acc_mean']:.2f} ± {100 * (base['holdout_acc_std'] or 0):.2f} %")
-    for i, (method, vs) in enumerate((summary.get("comparisons") or {}).items()):
+        print(f"mixed baseline: holdout {_pm(base['holdout_acc_mean'], base['holdout_acc_std'])}")
+    reported = summary.get("comparison")
+    for method, vs in (summary.get("comparisons") or {}).items():
         interval = vs.get("ci95")
         ci = f", 95 % CI [{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]" if interval else ""
-        tag = " (the comparison reported)" if i == 0 else ""
+        tag = " (the comparison reported)" if method == reported else ""
+        differs = f"; differs: {vs['differs']}" if vs.get("differs") else ""
         print(f"best - {method}{tag}: {100 * vs['diff_mean']:+.2f} points{ci}, p = {vs['p_value']:.3g}; "
-              f"{method} holdout {100 * vs['holdout_acc_mean']:.2f} %")
+              f"{method} holdout {100 * vs['holdout_acc_mean']:.2f} %{differs}")
     for line in analysis_lines(summary):
         print(line)
     print(f"report: {summary['report']}")
 
 
 def _pm(mean: float | None, std: float | None) -> str:
-    return "-" if mean is None else f"{100 * mean:.2f} ± {100 * (std or 0):.2f} %"
+    """``92.00 ± 1.58 %``; without a spread (one seed) ``92.00 % (one seed: no spread)``, never ``± 0.00``."""
+    from results.stats import ONE_SEED  # numpy and scipy: only once there is a figure to show
+
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.2f} % ({ONE_SEED})" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f} %"
+
+
+def _table_pm(mean: float, std: float | None) -> str:
+    """``_pm`` in the train table's fixed-width column."""
+    return f"{100 * mean:>8.2f} ± {100 * std:<6.2f}" if std is not None else f"{100 * mean:>8.2f} (1 seed)"
 
 
 def analysis_lines(summary: dict[str, Any]) -> list[str]:
@@ -100,10 +112,16 @@ def analysis_lines(summary: dict[str, Any]) -> list[str]:
         line = (f"kd.method {entry['method']}: best trial {best['number']}, holdout "
                 f"{_pm(best['holdout_acc_mean'], best['holdout_acc_std'])}, "
                 f"{'-' if total is None else f'{total:,}'} params, head {best['head'] or '-'}")
-        if vs is not None and against is not None:
+        if vs is not None and (entry.get("compared_with") or against) is not None:
             ci = vs.get("ci95")
             interval = f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else ""
-            line += f"; vs {against['method']} {100 * vs['diff_mean']:+.2f} points{interval}, p = {vs['p_value']:.3g}"
+            other = entry.get("compared_with") or against["method"]
+            trial = f" #{entry['compared_trial']}" if entry.get("compared_trial") is not None else ""
+            line += f"; vs {other}{trial} {100 * vs['diff_mean']:+.2f} points{interval}, p = {vs['p_value']:.3g}"
+            if entry.get("differs"):
+                line += f" (differs: {entry['differs']})"
+        elif entry.get("differs"):
+            line += f"; {entry['differs']}"
         lines.append(line)
     return lines
 
@@ -142,7 +160,7 @@ def print_outcome(outcome: dict[str, Any], as_json: bool) -> None:
         print("no trial completed, so there is no best configuration yet")
         return
     hold = best.get("holdout_acc_mean")
-    hold_text = f", holdout {100 * hold:.2f} ± {100 * (best.get('holdout_acc_std') or 0):.2f} %" if hold else ""
+    hold_text = f", holdout {_pm(hold, best.get('holdout_acc_std'))}" if hold else ""
     print(f"best: trial {best['number']}, inner acc {100 * best['inner_acc_mean']:.2f} %{hold_text}")
     for key, value in best["params"].items():
         print(f"  {key} = {value:.4g}" if isinstance(value, float) else f"  {key} = {value}")
