@@ -20,7 +20,7 @@ from kdcore.methods import METHODS, Method
 from kdcore.result import FitResult
 from kdcore.student import StudentRun
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_trainer_that_is_not_there_is_one_line() -> None:

@@ -135,7 +135,7 @@ def test_a_read_only_folder_is_found_by_writing_not_by_permission_bits(tmp_path:
 
 # ------------------------------------------------------------------ through the command line, real studies
 
-GOLDEN_STUDY = Path(__file__).resolve().parent / "golden" / "study"  # a finished 4-trial smoke study
+GOLDEN_STUDY = Path(__file__).resolve().parents[1] / "golden" / "study"  # a finished 4-trial smoke study
 
 
 def _kdtune(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -144,7 +144,7 @@ def _kdtune(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_", "TUNE_"))}
     env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONDONTWRITEBYTECODE="1")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     return subprocess.run([sys.executable, "-m", "tune.cli", *args], cwd=root, env=env, capture_output=True,
                           text=True, timeout=timeout, check=False)
 
@@ -195,7 +195,7 @@ def test_a_read_only_storage_folder_is_refused_before_ray_is_imported(tmp_path: 
         probe = ("import sys; from tune.cli import main; code = main(['search', '--space', 'smoke', '--name', 'x', "
                  f"'--storage', {str(ro / 'studies')!r}, '--num-samples', '2']); "
                  "print('ray' in sys.modules, code)")
-        root = Path(__file__).resolve().parents[1]
+        root = Path(__file__).resolve().parents[2]
         proc = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120,
                               check=False)
         assert proc.stdout.split() == ["False", "2"], proc.stderr
@@ -239,7 +239,7 @@ def test_a_disk_that_fills_during_a_search_is_one_line_and_a_later_resume_finds_
     import sys
 
     with _tmpfs(tmp_path / "disk", "size=64m") as disk:
-        root = Path(__file__).resolve().parents[1]
+        root = Path(__file__).resolve().parents[2]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_", "TUNE_"))}
         env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONDONTWRITEBYTECODE="1")
         proc = subprocess.Popen([sys.executable, "-m", "tune.cli", "search", "--space", "smoke", "--name", "s",
@@ -282,7 +282,7 @@ def test_enospc_in_a_table_write_names_the_file_and_leaves_what_was_written(tmp_
 
     from results.reader import read_table
     from results.writer import StudyTables
-    from tests.test_results_tables import PARAMS, rows
+    from tests.results.test_results_tables import PARAMS, rows
 
     tables = StudyTables(tmp_path / "results", PARAMS, {"study": "s"})
     for n in range(3):

@@ -19,9 +19,9 @@ from results import plots
 from results.asha import rung_outcomes
 from results.report import analyse
 from results.study_data import load_study
-from tests.test_results_analysis import BASELINE, PNG_MAGIC, FakeStudy, _shifted
+from tests.results.test_results_analysis import BASELINE, PNG_MAGIC, FakeStudy, _shifted
 
-GOLDEN = Path(__file__).resolve().parent / "golden" / "study"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "study"
 SMOKE = {"kd.alpha": 0.5, "kd.temperature": 4.0, "student.optimizer": "adamw"}
 
 

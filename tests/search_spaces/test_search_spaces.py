@@ -23,7 +23,7 @@ from search_spaces import (
     parse_space,
 )
 
-SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
 
 class EdgeTrial:

@@ -155,7 +155,7 @@ class Run:
         table = _listening_sockets()
         # The run's own TMPDIR and storage, plus the code it runs (the venv and the checkout, which may
         # themselves live under /tmp, e.g. a fresh clone there): reading those is not writing outside.
-        repo = str(Path(__file__).resolve().parents[1])
+        repo = str(Path(__file__).resolve().parents[2])
         allowed = (f"{self.tmp}/", f"{self.base}/", f"{sys.prefix}/", f"{repo}/")
         for pid in tree:
             links = _open_files(pid)
@@ -756,7 +756,7 @@ def test_max_evaluations_default_space_counts_the_annealing_knob() -> None:
     from tune.plan import max_evaluations
 
     # annealing: phase 1 (kd.anneal_epochs <= 100 epochs) then phase 2 (200 student epochs), every epoch;
-    # ASHA counts phase 2's evaluations only (tests/test_asha_phases.py)
+    # ASHA counts phase 2's evaluations only (tests/tune/test_asha_phases.py)
     assert 200 <= max_evaluations(_space("default")) <= 202
 
 

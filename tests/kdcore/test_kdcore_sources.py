@@ -24,7 +24,7 @@ import pytest
 from kdcore import dataset, sources
 from kdcore.errors import DataError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _one_line_error(spec: str | Path, match: str) -> str:

@@ -104,7 +104,7 @@ def test_a_space_that_samples_simkd_for_several_teachers_is_refused_before_ray(t
     from tune.plan import SearchSettings, plan_study
 
     space = tmp_path / "bad.yaml"
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     space.write_text((root / "search_spaces/digits-subsets.yaml").read_text().replace(
         "knobs:\n", "knobs:\n  kd.method: {type: categorical, choices: [hinton, simkd]}\n"))
     with pytest.raises(ConfigError, match="kd.method 'simkd' distils one teacher that knows every class"):

@@ -33,7 +33,7 @@ from tune.render import print_outcome
 from tune.rerun import study_trial_config
 from tune.study import StudyMeta, StudyPaths, load_optuna_study
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE_SEEDS = [0, 10]  # smoke.yaml's fixed seeds
 RERUN_LINE = re.compile(r"^re-run it: (kdtune train --from .+ --trial \d+)$", re.MULTILINE)
 

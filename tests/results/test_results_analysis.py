@@ -39,7 +39,7 @@ from results.study_data import StudyData
 from results.writer import StudyTables
 from search_spaces import parse_space
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEEDS = [0, 10, 1234, 99, 2021]
 BASELINE = {0: 0.90, 10: 0.91, 1234: 0.92, 99: 0.93, 2021: 0.94}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

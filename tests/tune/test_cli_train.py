@@ -19,7 +19,7 @@ from cli_errors import assert_one_line_error
 import kdcore
 from tune.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 METHOD_KEYS = {"holdout_acc_mean", "holdout_acc_std", "inner_acc_mean", "best_epoch_mean", "per_seed"}
 FAST = ["--data", "builtin:d0.5", "--epochs", "2", "--seeds", "0", "--batch-size", "512", "--quiet"]
 

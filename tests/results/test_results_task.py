@@ -189,7 +189,7 @@ def test_a_real_overlap_study_reports_teachers_classes_and_sizes(tmp_path: Path)
     from results.report import analyse
 
     # digits-overlap with two seeds and three epochs per network: the same task and knobs, seconds per trial.
-    space = yaml.safe_load((Path(__file__).resolve().parents[1] / "search_spaces/digits-overlap.yaml").read_text())
+    space = yaml.safe_load((Path(__file__).resolve().parents[2] / "search_spaces/digits-overlap.yaml").read_text())
     space["fixed"]["seeds"] = [0, 1]
     for part in ("teacher", "baseline", "student"):
         space["fixed"][part]["epochs"] = 3
