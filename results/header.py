@@ -1,8 +1,8 @@
 """What the report's figures rest on, said before any of them: how many holdout samples there are (so what
 one sample is worth), what ± means, and the inner − holdout gap of the best trial beside the baseline's.
 
-The holdout size is read from the metadata (``holdout_size``, ``holdout_class_counts``) where the study
-recorded it. Otherwise it is inferred: an accuracy on n samples is a whole number of samples out of n, so
+The holdout size is read from the metadata where the study recorded it (``evaluation_sizes``:
+``holdout_points``, ``holdout_class_points``, as ``tune.plan.evaluation_sizes`` writes them). Otherwise it is inferred: an accuracy on n samples is a whole number of samples out of n, so
 every recorded holdout accuracy (over every class: students and the references that predict every class)
 is a multiple of 1/d for a d that divides n, and each class's accuracy likewise gives its count. The
 inference says so, because a larger multiple of what it finds cannot be ruled out.
@@ -74,7 +74,9 @@ def report_header(study: StudyData, best: TopTrial | None, baseline: ReferenceSt
 def holdout_size(study: StudyData) -> HoldoutSize:
     """The holdout's size: recorded in the metadata, else inferred from the accuracies, else unknown."""
     meta = study.metadata
-    recorded, per_class = meta.get("holdout_size"), meta.get("holdout_class_counts")
+    sizes = meta.get("evaluation_sizes") if isinstance(meta.get("evaluation_sizes"), dict) else {}
+    recorded = meta.get("holdout_size", sizes.get("holdout_points"))  # tune.plan.evaluation_sizes records it
+    per_class = meta.get("holdout_class_counts", sizes.get("holdout_class_points"))
     counts = tuple(int(c) for c in per_class) if isinstance(per_class, list) and per_class else None
     if isinstance(recorded, int) and recorded > 0:
         return HoldoutSize(recorded, counts, "recorded", 1 / recorded, "recorded by the study")

@@ -171,7 +171,9 @@ def evaluation_sizes(config: Any, dataset: Any) -> dict[str, Any]:
         folds = inner_folds(dataset, config.n_folds, config.split_seed)
         sizes = np.bincount(folds, minlength=config.n_folds)
         inner = [int(sizes[config.fold_of(j)]) for j in range(len(config.seeds))]
-    return {"holdout_points": holdout, "inner_points_per_seed": inner, "seeds": list(config.seeds)}
+    per_class = [int(c) for c in np.bincount(dataset.y_valid, minlength=dataset.n_classes)]
+    return {"holdout_points": holdout, "holdout_class_points": per_class, "inner_points_per_seed": inner,
+            "seeds": list(config.seeds)}
 
 
 def _versions() -> dict[str, str]:

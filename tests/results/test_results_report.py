@@ -137,6 +137,12 @@ def test_the_holdout_size_is_read_from_the_metadata_else_inferred_else_unknown(t
     recorded.trial(0, "COMPLETE", SMOKE, _shifted([0.0] * 5))
     header = analyse(recorded.root)["header"]["holdout"]
     assert (header["n"], header["class_counts"], header["source"]) == (250, [120, 130], "recorded")
+    sizes = {"evaluation_sizes": {"holdout_points": 250, "holdout_class_points": [120, 130],
+                                  "inner_points_per_seed": [40] * 5, "seeds": [0, 10, 1234, 99, 2021]}}
+    by_tune = FakeStudy(tmp_path / "by-tune", extra_metadata=sizes)  # the key kdtune search writes
+    by_tune.trial(0, "COMPLETE", SMOKE, _shifted([0.0] * 5))
+    header = analyse(by_tune.root)["header"]["holdout"]
+    assert (header["n"], header["class_counts"], header["source"]) == (250, [120, 130], "recorded")
 
     inferred = FakeStudy(tmp_path / "inferred")
     inferred.trial(0, "COMPLETE", SMOKE, {s: (180 + i) / 200 for i, s in enumerate(BASELINE)})
