@@ -16,10 +16,23 @@ from collections.abc import Sequence
 
 import torch
 
+from kdcore.config import AUGMENTATIONS
 from kdcore.errors import ConfigError
 
-# name -> (padding in pixels, horizontal flips)
-AUGMENTATIONS: dict[str, tuple[int, bool]] = {"none": (0, False), "crop_flip": (4, True), "shift": (1, False)}
+AUGMENT_SEED_OFFSET = 0x5EED_A06  # seed s draws its crops from Generator(s + this), apart from its shuffling
+
+
+def generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One augmentation generator per seed, independent of the seed's batch shuffling."""
+    return [torch.Generator().manual_seed(int(s) + AUGMENT_SEED_OFFSET) for s in seeds]
+
+
+def black(x: torch.Tensor) -> torch.Tensor:
+    """(C,) the padding of images x (N, C, H, W): each channel's darkest value, which for normalised images
+    (CIFAR's constants or computed statistics, the digits) is where a black raw pixel lands."""
+    if x.dim() != 4:
+        raise ConfigError(f"augmentation needs images (N, C, H, W), but the features have shape {tuple(x.shape)}")
+    return x.amin(dim=(0, 2, 3))
 
 
 def draw(kind: str, generators: Sequence[torch.Generator], batch: int) -> tuple[torch.Tensor, torch.Tensor]:

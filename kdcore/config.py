@@ -30,6 +30,10 @@ KD_METHODS = tuple(METHODS)  # the registry's names (kdcore.methods), in its ord
 PLACEMENTS = ("last", "last_two")
 FEATURE_LOSSES = ("mse", "cosine")
 PROTOCOLS = ("honest", "seed")
+# Training-time augmentation of image batches (kdcore.augment): name -> (padding in pixels, horizontal flips).
+# crop_flip is the CIFAR standard of the KD literature (RandomCrop(32, padding=4) + RandomHorizontalFlip);
+# shift a small translation without flips, for 8x8 digits (a flipped digit is another digit).
+AUGMENTATIONS: dict[str, tuple[int, bool]] = {"none": (0, False), "crop_flip": (4, True), "shift": (1, False)}
 INNER = ("folds", "split")
 
 
@@ -50,7 +54,9 @@ class FitConfig:
     these epochs, as ``MultiStepLR``). ``patience`` counts epochs (not evaluations).
     The architecture is ``model`` with ``hidden``/``batch_norm``/``channels``/``width``/``depth`` (see
     ``ModelSpec``). ``momentum`` and ``nesterov`` are read by ``sgd`` only; weight decay needs an optimizer
-    that decays (``adamw``, ``adam_coupled``, ``sgd``).
+    that decays (``adamw``, ``adam_coupled``, ``sgd``). ``augment`` (``AUGMENTATIONS``) transforms each
+    training batch of images on the device, every seed drawing its own crops and flips; the teacher of a
+    distilled student sees the same augmented batch.
     """
 
     model: str = "mlp"
@@ -75,6 +81,7 @@ class FitConfig:
     max_lr: float = 1e-2
     cycle_epochs: int = 20
     pct_start: float = 0.3
+    augment: str = "none"
 
     def __post_init__(self) -> None:
         where = "fit settings"
@@ -117,6 +124,7 @@ class FitConfig:
             raise ConfigError(f"{where}: restore_best must be true or false, but got {self.restore_best!r}")
         choice(self.optimizer, "optimizer", OPTIMIZERS)
         choice(self.schedule, "schedule", SCHEDULES)
+        choice(self.augment, "augment", tuple(AUGMENTATIONS))
         for name in ("lr", "weight_decay", "momentum", "gamma", "max_lr", "pct_start"):
             object.__setattr__(self, name, number(getattr(self, name), name))
         for name in ("epochs", "step_size", "cycle_epochs"):
@@ -184,7 +192,7 @@ class FitConfig:
 
 
 # Settings added after teacher-cache format 1: left out of a key while at their defaults.
-FIT_V2_SETTINGS = ("model", "channels", "width", "depth", "momentum", "nesterov", "milestones")
+FIT_V2_SETTINGS = ("model", "channels", "width", "depth", "momentum", "nesterov", "milestones", "augment")
 
 
 @dataclass(frozen=True)

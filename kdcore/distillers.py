@@ -33,11 +33,11 @@ def hinton(run: StudentRun) -> FitResult:
     if not kd.alpha > 0:
         return hard_labels(run)
     model = run.new_model()
-    targets = run.targets(train)  # (S, N, R, C) routed by the task
+    targets = None if run.augmenting else run.targets(train)  # (S, N, R, C) routed by the task
     _, select_ce = run.hard_label_losses()
 
-    def hinton_loss(logits: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
-        t = targets.rows(idx)
+    def hinton_loss(logits: torch.Tensor, idx: torch.Tensor, epoch: int, x: torch.Tensor) -> torch.Tensor:
+        t = run.batch_targets(targets, idx, x)  # type: ignore[arg-type]  # None only when augmenting
         return losses.subset_hinton_kd(logits, t.logits, t.mask, t.weight, train.take(train.y, idx), kd.alpha,
                                        kd.temperature)
 
@@ -49,12 +49,13 @@ def annealing(run: StudentRun) -> FitResult:
     teacher), phase 2 trains on hard labels from phase 1's best weights, its LR schedule restarted."""
     kd, select = run.kd, run.prep.select
     model = run.new_model()
-    full = run.targets(run.prep.fit).logits[:, :, 0]  # (S, N, C): the one routed teacher of each sample
+    fit_targets = None if run.augmenting else run.targets(run.prep.fit)
     select_targets = run.targets(select).logits[:, :, 0]
 
-    def phase1_loss(logits: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+    def phase1_loss(logits: torch.Tensor, idx: torch.Tensor, epoch: int, x: torch.Tensor) -> torch.Tensor:
         phi = annealing_phi(epoch, epochs=kd.anneal_epochs, tau_max=kd.tau_max)
-        return losses.annealing_mse(logits, losses.annealing_target(run.rows(full, idx), phi))
+        full = run.batch_targets(fit_targets, idx, x).logits[:, :, 0]  # type: ignore[arg-type]
+        return losses.annealing_mse(logits, losses.annealing_target(full, phi))  # the one routed teacher
 
     def phase1_select(logits: torch.Tensor) -> torch.Tensor:
         return losses.annealing_mse(logits, select_targets, select.weight)
@@ -82,15 +83,16 @@ def simkd(run: StudentRun) -> FitResult:
     cache: tuple[torch.Tensor, list[torch.Tensor]] | None = None
     probe_logits, probe_maps = run.teacher_outputs(teacher, train.inputs(0, 1), stages)
     per_row = sum(m[0, 0].numel() for m in probe_maps) + probe_logits.shape[-1]
-    if per_row * len(train) * len(run.config.seeds) <= SIMKD_CACHE_ELEMENTS:  # no augmentation: compute once
-        cache = run.teacher_outputs(teacher, train, stages)
+    if not run.augmenting and per_row * len(train) * len(run.config.seeds) <= SIMKD_CACHE_ELEMENTS:
+        cache = run.teacher_outputs(teacher, train, stages)  # the same inputs every epoch: computed once
 
-    def batch_loss(out: tuple[torch.Tensor, list[torch.Tensor]], idx: torch.Tensor, epoch: int) -> torch.Tensor:
+    def batch_loss(out: tuple[torch.Tensor, list[torch.Tensor]], idx: torch.Tensor, epoch: int,
+                   x: torch.Tensor) -> torch.Tensor:
         logits, projected = out
         if cache is not None:
             t_logits, t_maps = run.rows(cache[0], idx), [run.rows(m, idx) for m in cache[1]]
-        else:
-            t_logits, t_maps = run.teacher_outputs(teacher, train.take_x(idx), stages)
+        else:  # on the batch the student saw (augmented, when the fit augments)
+            t_logits, t_maps = run.teacher_outputs(teacher, x, stages)
         return simkd_parts.simkd_loss(logits, projected, t_maps, t_logits, train.take(train.y, idx),
                                       kind=kd.feature_loss, prev_weight=kd.prev_weight, use_labels=kd.use_labels,
                                       ce_weight=kd.ce_weight, logit_weight=kd.logit_weight,

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdcore import augment
 from kdcore.batching import SeedModel
 from kdcore.config import FitConfig
 from kdcore.errors import TrainingError, one_line
@@ -34,8 +35,9 @@ from kdcore.result import EpochReport, FitResult, ReportFn
 from kdcore.schedules import lr_at
 
 # A batch loss maps (the model's training output: logits (S, B, C), or what ``train_forward`` returns; sample
-# indices (S, B) into the fit set; epoch) -> per-seed loss (S,).
-BatchLoss = Callable[[Any, torch.Tensor, int], torch.Tensor]
+# indices (S, B) into the fit set; epoch; the batch the model saw, augmented if the fit augments) -> per-seed
+# loss (S,). A loss that needs the teacher on the batch runs it on that x.
+BatchLoss = Callable[[Any, torch.Tensor, int, torch.Tensor], torch.Tensor]
 # A selection loss maps logits on the selection set (S, M, C) -> per-seed loss (S,).
 SelectLoss = Callable[[torch.Tensor], torch.Tensor]
 # What the batch loss receives of a model on a batch x (default: ``model(x)``, the logits).
@@ -124,6 +126,9 @@ def run_phase(phase: Phase, train: Subset, select: Subset, holdout: Subset,
     step = 0
     epoch = 0
     whole = train.inputs() if full_batch else None  # a full batch is every row, every step: gathered once
+    augmenting = fit.augment != "none"
+    if augmenting:  # each seed draws its own crops and flips, from its own generator
+        crops, fill = augment.generators(seeds), augment.black(train.x)
     for epoch in range(1, epochs + 1):
         model.train()
         if full_batch:
@@ -137,8 +142,10 @@ def run_phase(phase: Phase, train: Subset, select: Subset, holdout: Subset,
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x = whole if whole is not None else train.take_x(idx)  # (N, ...) or (S, N, ...), or (S, B, ...)
+                if augmenting:
+                    x = augment.augment(x, fit.augment, crops, fill, n_seeds)  # (S, B, C, H, W)
                 out = model(x) if phase.train_forward is None else phase.train_forward(model, x)
-                loss = phase.batch_loss(out, idx, epoch - 1).sum()
+                loss = phase.batch_loss(out, idx, epoch - 1, x).sum()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from kdcore.batching import SeedModel
 from kdcore.config import ExperimentConfig, FitConfig, KDConfig
 from kdcore.errors import TrainingError
@@ -62,6 +64,19 @@ class StudentRun:
             raise TrainingError(f"teachers have {targets.logits.shape[0]} seeds, but the student has "
                                 f"{len(self.config.seeds)}")
         return targets
+
+    @property
+    def augmenting(self) -> bool:
+        """Whether the student's batches are augmented (then the teachers run on each augmented batch)."""
+        return self.student.augment != "none"
+
+    def batch_targets(self, targets: Targets, idx: torch.Tensor, x: torch.Tensor) -> Targets:
+        """The routed teachers' targets for the batch ``idx`` (S, B): rows of ``targets`` (computed once on
+        the fit set) when batches are not augmented, else the teachers run on the augmented batch ``x``."""
+        if not self.augmenting:
+            return targets.rows(idx)
+        train = self.prep.fit
+        return self.targets(Subset(x, train.take(train.y, idx), train.take(train.d, idx)))
 
     def hard_label_losses(self) -> tuple[BatchLoss, SelectLoss]:
         """Cross-entropy on the fit set's labels and on the selection set's."""

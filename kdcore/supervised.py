@@ -23,7 +23,7 @@ def new_model(prep: Prepared, fit: FitConfig, seeds: Sequence[int], n_out: int |
 
 def hard_label_losses(train: Subset, select: Subset) -> tuple[BatchLoss, SelectLoss]:
     """Cross-entropy on ``train``'s labels (the batch loss) and on ``select``'s real rows (the selection loss)."""
-    def batch_loss(logits: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+    def batch_loss(logits: torch.Tensor, idx: torch.Tensor, epoch: int, x: torch.Tensor) -> torch.Tensor:
         return losses.cross_entropy(logits, train.take(train.y, idx))
 
     def select_loss(logits: torch.Tensor) -> torch.Tensor:

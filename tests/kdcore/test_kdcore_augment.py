@@ -66,3 +66,72 @@ def test_none_is_the_batch_itself_and_a_bad_name_is_refused() -> None:
     assert set(AUGMENTATIONS) == {"none", "crop_flip", "shift"}
     with pytest.raises(ConfigError, match="augment must be one of"):
         augment(x, "mixup", _gens([0]), torch.zeros(1), 1)
+
+
+# ------------------------------------------------------------------ augmentation as a setting of a fit
+
+DIGITS_TASK = {
+    "seeds": [0, 10], "protocol": "seed",
+    "teacher": {"model": "cnn", "channels": [4, 8], "epochs": 1, "batch_size": 128},
+    "baseline": {"model": "cnn", "channels": [4, 8], "epochs": 1, "batch_size": 128},
+    "student": {"model": "cnn", "channels": [4, 8], "epochs": 2, "batch_size": 128, "augment": "shift"},
+    "kd": {"method": "hinton", "alpha": 0.5, "temperature": 2.0},
+}
+
+
+def _digits_run(spec: dict) -> dict:  # type: ignore[type-arg]
+    from kdcore import ExperimentConfig, builtin, run_experiment
+
+    return run_experiment(builtin("digits"), ExperimentConfig.from_dict(spec)).methods["student"].summary()
+
+
+def test_the_teacher_runs_on_the_augmented_batch_the_student_sees(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every batch a distillation loss takes its teacher's targets from is a batch that ``augment`` made
+    (the very tensor), and those targets are the teacher's on it, not rows of targets of the raw images."""
+    from kdcore import augment as augment_module
+    from kdcore.student import StudentRun
+
+    made: list[torch.Tensor] = []
+    seen: list[torch.Tensor] = []
+    real_augment, real_targets = augment_module.augment, StudentRun.batch_targets
+
+    def recording_augment(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out = real_augment(*args, **kwargs)
+        made.append(out)
+        return out
+
+    def recording_targets(self, targets, idx, x):  # type: ignore[no-untyped-def]
+        seen.append(x)
+        got = real_targets(self, targets, idx, x)
+        assert targets is None  # nothing precomputed on the raw images when batches are augmented
+        assert torch.equal(got.logits, self.targets(_batch(self, idx, x)).logits)
+        return got
+
+    def _batch(run, idx, x):  # type: ignore[no-untyped-def]
+        from kdcore.prepared import Subset
+
+        train = run.prep.fit
+        return Subset(x, train.take(train.y, idx), train.take(train.d, idx))
+
+    monkeypatch.setattr(augment_module, "augment", recording_augment)
+    monkeypatch.setattr(StudentRun, "batch_targets", recording_targets)
+    _digits_run(DIGITS_TASK)
+    assert seen and all(any(x is m for m in made) for x in seen)
+
+
+def test_an_augmented_fit_is_deterministic_and_differs_from_none() -> None:
+    first, again = _digits_run(DIGITS_TASK), _digits_run(DIGITS_TASK)
+    plain = _digits_run({**DIGITS_TASK, "student": {**DIGITS_TASK["student"], "augment": "none"}})
+    assert first["per_seed"] == again["per_seed"]
+    assert first["inner_loss_mean"] != plain["inner_loss_mean"]
+
+
+def test_augmenting_features_that_are_no_images_is_one_line() -> None:
+    from kdcore import ConfigError, ExperimentConfig, builtin, run_experiment
+
+    spec = {"seeds": [0], "protocol": "seed", "student": {"epochs": 1, "augment": "shift"},
+            "teacher": {"epochs": 1}, "baseline": {"epochs": 1}}
+    with pytest.raises(ConfigError, match="augmentation needs images"):
+        run_experiment(builtin("d0.5"), ExperimentConfig.from_dict(spec))
+    with pytest.raises(ConfigError, match="augment must be one of"):
+        ExperimentConfig.from_dict({"student": {"augment": "mixup"}})
