@@ -63,20 +63,18 @@ def fault_message(cause: str, path: str | None, study: Path | None, resumable: b
 
 
 def writable_folder(folder: Path) -> str | None:
-    """Why a study cannot be created under ``folder`` (the nearest folder of it that exists is tried with a
-    real file, since permission bits say nothing to root and nothing about a read-only mount); None if it
-    can."""
+    """Why a study cannot be written under ``folder`` (its nearest folder that exists is asked), or None.
+
+    Asked without writing anything: the file system's read-only flag (``statvfs``: a read-only mount, which
+    permission bits do not show, and which stops even root), then the permission to write (``os.access``,
+    for everyone but root)."""
     probe = folder
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
         return f"{probe} is not a folder"
-    name = probe / f".kdtune-write-probe-{os.getpid()}"
-    try:
-        fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except OSError as exc:
-        cause = CAUSES.get(exc.errno or 0, os.strerror(exc.errno or 0) or type(exc).__name__)
-        return f"{probe} is not writable: {cause}"
-    os.close(fd)
-    os.unlink(name)
+    if os.statvfs(probe).f_flag & os.ST_RDONLY:
+        return f"{probe} is not writable: {CAUSES[errno.EROFS]}"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable: {CAUSES[errno.EACCES]}"
     return None

@@ -126,7 +126,7 @@ def _tmpfs(where: Path, options: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-def test_a_read_only_folder_is_found_by_writing_not_by_permission_bits(tmp_path: Path) -> None:
+def test_a_read_only_folder_is_found_without_writing_and_whatever_the_permission_bits_say(tmp_path: Path) -> None:
     with _tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
         reason = writable_folder(ro / "not" / "yet")
         assert reason is not None and "read-only" in reason and str(ro) in reason
@@ -301,3 +301,12 @@ def test_enospc_in_a_table_write_names_the_file_and_leaves_what_was_written(tmp_
     after = read_table(tmp_path, "trials").sort_values("number").reset_index(drop=True)
     assert after.equals(before)
     assert not list((tmp_path / "results").rglob("*.tmp"))  # the half-written file did not stay
+
+
+def test_the_writability_check_writes_nothing(tmp_path: Path) -> None:
+    """A refused or accepted resume must leave the study folder as it was: the check only asks."""
+    import os
+
+    before = (os.stat(tmp_path).st_mtime_ns, sorted(p.name for p in tmp_path.iterdir()))
+    assert writable_folder(tmp_path) is None
+    assert (os.stat(tmp_path).st_mtime_ns, sorted(p.name for p in tmp_path.iterdir())) == before
