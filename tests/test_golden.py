@@ -54,6 +54,12 @@ def test_the_golden_study_run_again_gives_the_same_trials_seeds_references_and_a
     try:
         kdtune("search", *STUDY_ARGS, "--name", "g", "--storage", str(storage), "--quiet")
         _same(_golden("tables"), study_tables(storage / "g"))
-        _same(_golden("analyse"), analyse_json(storage / "g"))
+        again = analyse_json(storage / "g")
+        # A study made now records its holdout size, which the committed one (made before) did not: the size
+        # is the same (300), only where the report read it from differs.
+        assert again["header"]["holdout"]["n"] == _golden("analyse")["header"]["holdout"]["n"]
+        for key in ("source", "note"):
+            again["header"]["holdout"][key] = _golden("analyse")["header"]["holdout"][key]
+        _same(_golden("analyse"), again)
     finally:
         shutil.rmtree(storage, ignore_errors=True)

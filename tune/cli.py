@@ -221,8 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except OSError as exc:  # a full disk, a quota, a read-only or forbidden folder: the environment's fault
-        fault = storage_fault(exc)
+    except Exception as exc:  # a full disk, a quota, a read-only or forbidden folder: the environment's fault,
+        fault = storage_fault(exc)  # also when Ray wraps it (a TuneError carrying the journal's OSError)
         if fault is None:
             raise
         study = getattr(args, "study_dir", None)

@@ -310,3 +310,21 @@ def test_the_writability_check_writes_nothing(tmp_path: Path) -> None:
     before = (os.stat(tmp_path).st_mtime_ns, sorted(p.name for p in tmp_path.iterdir()))
     assert writable_folder(tmp_path) is None
     assert (os.stat(tmp_path).st_mtime_ns, sorted(p.name for p in tmp_path.iterdir())) == before
+
+
+def test_a_storage_fault_that_ray_wraps_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Ray Tune re-raises a callback's error as a TuneError whose text is the traceback, raised while the
+    OSError is being handled: main finds the fault in the chain and prints one line, exit 1."""
+    import tune.cli
+
+    def full_journal(args: object) -> int:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/s/optuna.journal")
+        except OSError:
+            raise RuntimeError("Traceback (most recent call last):\n  ...")
+
+    monkeypatch.setattr(tune.cli, "cmd_analyse", full_journal)
+    assert tune.cli.main(["analyse", "/s"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write /s/optuna.journal: no space left on the device" in err[0]
