@@ -187,6 +187,11 @@ class FitConfig:
         return out
 
     @property
+    def augments(self) -> bool:
+        """Whether ``augment`` changes a batch at all (``none`` pads nothing and flips nothing)."""
+        return AUGMENTATIONS[self.augment] != (0, False)
+
+    @property
     def model_spec(self) -> ModelSpec:
         return ModelSpec(self.model, self.hidden, self.batch_norm, self.channels, self.width, self.depth)
 

@@ -126,7 +126,7 @@ def run_phase(phase: Phase, train: Subset, select: Subset, holdout: Subset,
     step = 0
     epoch = 0
     whole = train.inputs() if full_batch else None  # a full batch is every row, every step: gathered once
-    augmenting = fit.augment != "none"
+    augmenting = fit.augments
     if augmenting:  # each seed draws its own crops and flips, from its own generator
         crops, fill = augment.generators(seeds), augment.black(train.x)
     for epoch in range(1, epochs + 1):

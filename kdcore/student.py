@@ -68,7 +68,7 @@ class StudentRun:
     @property
     def augmenting(self) -> bool:
         """Whether the student's batches are augmented (then the teachers run on each augmented batch)."""
-        return self.student.augment != "none"
+        return self.student.augments
 
     def batch_targets(self, targets: Targets, idx: torch.Tensor, x: torch.Tensor) -> Targets:
         """The routed teachers' targets for the batch ``idx`` (S, B): rows of ``targets`` (computed once on
