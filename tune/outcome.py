@@ -77,6 +77,9 @@ def end_stale_trials(study: Any, paths: StudyPaths) -> list[int]:
     Optuna's ``Study`` can neither set a finished trial's user attribute nor end a trial without a sampler
     callback and a log line per trial, so this goes through the study's storage API (``BaseStorage``), on a
     storage of its own over the same journal.
+
+    A driver killed while Optuna was recording a trial's suggestions (one journal write per knob) leaves a
+    trial with only its first knobs: those are enqueued, and the sampler draws the rest when it reruns.
     """
     storage = journal_storage(paths)
     study_id = storage.get_study_id_from_name(study.study_name)

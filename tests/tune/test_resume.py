@@ -304,7 +304,13 @@ def test_resume_after_sigkill_finishes_the_study(killed_study: dict[str, Any]) -
     for number, t in interrupted.items():
         assert t.state.name == "FAIL"
         reruns = [r for r in ended(trials) if r.user_attrs.get("rerun_of") == number]
-        assert len(reruns) == 1 and reruns[0].params == t.params, (number, t.params)
+        # A driver killed while Optuna was still recording a trial's suggestions (one journal write per
+        # knob) leaves only the first knobs: those are enqueued, and the rerun samples the rest.
+        assert len(reruns) == 1, (number, reruns)
+        rerun = reruns[0].params
+        assert {k: rerun[k] for k in t.params} == t.params and set(rerun) >= set(t.params), (number, t.params)
+        complete = next(r for r in ended(trials) if r.state.name == "COMPLETE")
+        assert set(rerun) == set(complete.params), "the rerun's configuration is incomplete"
 
     rows = {r["trial_id"]: r for r in check_tables_agree(study, N_KILL)}
     before = killed_study["rows_before"]
