@@ -32,7 +32,8 @@ PUBLIC: dict[str, tuple[str, str]] = {
     "resolve_task": ("kdcore.task", "resolve"),
     **{name: ("kdcore.task", name) for name in ("Task", "Teacher", "check_coverage")},
     # the KD methods: what each needs of a task, its phases, its epochs
-    **{name: ("kdcore.methods", name) for name in ("METHODS", "Method", "NO_KD", "check_method")},
+    **{name: ("kdcore.methods", name) for name in ("METHODS", "Method", "NO_KD", "check_method",
+                                                   "evaluations_before_measured_phase")},
     # networks
     "SeedModel": ("kdcore.batching", "SeedModel"),
     "parameter_count": ("kdcore.networks", "parameter_count"),
@@ -91,7 +92,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from kdcore.dataset import ARRAY_KEYS, ClassificationData, validate_arrays
     from kdcore.experiment import run_experiment
     from kdcore.generator import bayes_accuracy, generate
-    from kdcore.methods import METHODS, NO_KD, Method, check_method
+    from kdcore.methods import METHODS, NO_KD, Method, check_method, evaluations_before_measured_phase
     from kdcore.networks import parameter_count
     from kdcore.prepared import Prepared, Subset, prepare, task_of
     from kdcore.result import EpochReport, ExperimentResult, FitResult, round_acc

@@ -18,6 +18,7 @@ each trainer the prepared data, the task, the teachers' targets and the loop.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -165,6 +166,15 @@ def method_of(name: str) -> Method:
         return METHODS[name]
     except KeyError:
         raise ConfigError(f"kd.method must be one of {list(METHODS)}, but got {name!r}") from None
+
+
+def evaluations_before_measured_phase(kd: Any, student_epochs: int, eval_every: int) -> int:
+    """How many evaluations a student makes before the phase its objective measures (its method's last,
+    ``Method.phase_epochs``): 0 for one-phase methods, phase 1's for annealing KD. The earlier phases run to
+    their end (no early stopping), evaluating every ``eval_every`` epochs and at their last epoch, as
+    ``kdcore.loop.run_phase`` does; ASHA counts from there, and the report says so."""
+    phases = method_of(kd.method).phase_epochs(kd, student_epochs)
+    return sum(math.ceil(e / eval_every) for e in phases[:-1])
 
 
 def check_method(task: Task, method: str, student_model: str) -> None:

@@ -71,9 +71,7 @@ def iterations_reached(study: StudyData) -> pd.DataFrame:
 def _earlier_phases(study: StudyData, trials: pd.DataFrame) -> list[int]:
     """Per trial (rows of ``trials``, indexed by trial id), the evaluations its method ran before its last
     phase (annealing KD's phase 1): what ASHA did not count. The method says (``kdcore.METHODS``)."""
-    import math
-
-    from kdcore import METHODS
+    from kdcore import evaluations_before_measured_phase
     from results.cells import knob_value, plain
 
     if study.space is None:
@@ -90,8 +88,7 @@ def _earlier_phases(study: StudyData, trials: pd.DataFrame) -> list[int]:
         except Exception:  # noqa: BLE001 - a row the space no longer builds: count it as one phase
             out.append(0)
             continue
-        phases = METHODS[config.kd.method].phase_epochs(config.kd, config.student.epochs)
-        out.append(sum(math.ceil(e / config.eval_every) for e in phases[:-1]))
+        out.append(evaluations_before_measured_phase(config.kd, config.student.epochs, config.eval_every))
     return out
 
 

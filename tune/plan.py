@@ -107,7 +107,7 @@ def trial_evaluations(space: Any) -> int:
 
     every = base.eval_every
     # ASHA counts the evaluations of the phase the objective measures (each method's last), so that every
-    # method is judged at the same point of its own schedule (``measured_phase_start``).
+    # method is judged at the same point of its own schedule (``kdcore.evaluations_before_measured_phase``).
     phases = [METHODS[m].phase_epochs(SimpleNamespace(**{k: most(m, k, v) for k, v in base.kd.to_dict().items()}),
                                       epochs) for m in methods]
     return max(math.ceil(p[-1] / every) for p in phases)
@@ -115,17 +115,6 @@ def trial_evaluations(space: Any) -> int:
 
 # What the rung and max_t count, in the study's record (``StudyMeta.asha_counts``), for the report to say.
 ASHA_COUNTS = "evaluations of the student's last phase (the one the objective measures)"
-
-
-def measured_phase_start(kd: Any, student_epochs: int, eval_every: int) -> int:
-    """How many evaluations a trial makes before the phase its objective measures (its method's last,
-    ``kdcore.METHODS[kd.method].phase_epochs``): 0 for one-phase methods, phase 1's for annealing KD.
-    The earlier phases run to their end (no early stopping), evaluating every ``eval_every`` epochs and
-    at their last epoch, as ``kdcore.loop.run_phase`` does."""
-    from kdcore import METHODS
-
-    phases = METHODS[kd.method].phase_epochs(kd, student_epochs)
-    return sum(math.ceil(e / eval_every) for e in phases[:-1])
 
 
 def default_grace(space: Any) -> int:

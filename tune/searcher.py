@@ -26,7 +26,7 @@ FINAL_KEY = "is_final"
 EVAL_KEY = "evaluation"  # the number of the (last) evaluation a result stands for: Optuna's step, the epochs table's
 # ASHA's time attribute: the number of that evaluation within the phase the objective measures (the method's
 # last: annealing KD's phase 2), 0 during earlier phases, so every method is judged at the same point of its
-# own schedule (``tune.plan.measured_phase_start``).
+# own schedule (``kdcore.evaluations_before_measured_phase``).
 ASHA_KEY = "measured_evaluation"
 EVALS_KEY = "evals"  # the evaluations a result carries (since the previous result), oldest first
 AT_KEY = "at"  # when an evaluation was made, Unix seconds: the epochs table's ``ended_at``

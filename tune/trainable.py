@@ -104,14 +104,14 @@ def asha_rungs(grace_period: int, reduction_factor: int, max_t: int) -> frozense
 
 
 def asha_offset(meta: StudyMeta, exp: ExperimentConfig) -> int:
-    """The evaluations ASHA does not count (``tune.plan.measured_phase_start``): those of the phases before the
-    measured one, in a study whose record says its rung counts the last phase's (``meta.asha_counts``); a
+    """The evaluations ASHA does not count (``kdcore.evaluations_before_measured_phase``): those of the phases
+    before the measured one, in a study whose record says its rung counts the last phase's (``meta.asha_counts``); a
     study planned by an older kdtune counted every evaluation, and keeps doing so."""
-    from tune.plan import measured_phase_start
+    from kdcore import evaluations_before_measured_phase
 
     if meta.asha_counts is None:
         return 0
-    return measured_phase_start(exp.kd, exp.student.epochs, exp.eval_every)
+    return evaluations_before_measured_phase(exp.kd, exp.student.epochs, exp.eval_every)
 
 
 class _Reporter:

@@ -27,7 +27,7 @@ def _annealing(anneal_epochs: int, epochs: int = 81) -> ExperimentConfig:
 
 
 def test_the_measured_phase_starts_after_annealings_phase_1_and_at_once_for_one_phase_methods() -> None:
-    from tune.plan import measured_phase_start
+    from kdcore import evaluations_before_measured_phase as measured_phase_start
 
     config = _annealing(79)
     assert measured_phase_start(config.kd, config.student.epochs, 1) == 79
