@@ -14,6 +14,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The calling process's variables a child kdtune must not inherit: pytest's, Ray's, Tune's, torch's compiler's.
+FOREIGN = ("PYTEST", "RAY_", "TUNE_", "TORCHINDUCTOR_")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child ``kdtune`` (or ``ray``): this one without ``FOREIGN`` variables, Ray's
+    usage reporting off, no bytecode written into the checkout, then ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN)}
+    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONDONTWRITEBYTECODE="1", **extra)
+    return env
+
+
+def run_kdtune(*args: str, timeout: float = 600, **extra: str) -> subprocess.CompletedProcess[str]:
+    """``kdtune ARGS`` from the checkout in a child process (``child_env(**extra)``), its output captured."""
+    return subprocess.run([sys.executable, "-m", "tune.cli", *args], cwd=ROOT, env=child_env(**extra),
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def run_search(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -21,11 +37,8 @@ def run_search(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[
     (pytest's tmp_path is not) and no Ray or pytest variables of the calling process; fails the test if the
     search does not exit 0."""
     tmp = Path(tempfile.mkdtemp(prefix="kst-", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_", "TUNE_"))}
-    env.update(TMPDIR=str(tmp), RAY_USAGE_STATS_ENABLED="0", PYTHONDONTWRITEBYTECODE="1")
     try:
-        proc = subprocess.run([sys.executable, "-m", "tune.cli", "search", *args, "--quiet"], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=timeout, check=False)
+        proc = run_kdtune("search", *args, "--quiet", timeout=timeout, TMPDIR=str(tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if proc.returncode != 0:

@@ -79,7 +79,8 @@ def end_stale_trials(study: Any, paths: StudyPaths) -> list[int]:
     storage of its own over the same journal.
 
     A driver killed while Optuna was recording a trial's suggestions (one journal write per knob) leaves a
-    trial with only its first knobs: those are enqueued, and the sampler draws the rest when it reruns.
+    trial with only its first knobs: those are enqueued, and the sampler draws the rest when it reruns; one
+    killed before its first knob holds nothing to rerun.
     """
     storage = journal_storage(paths)
     study_id = storage.get_study_id_from_name(study.study_name)

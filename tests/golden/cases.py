@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from tests.study_runs import run_kdtune
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,16 +52,9 @@ STUDY_ARGS = ["--space", "smoke", "--num-samples", "4", "--max-concurrent", "1",
               "--tune-baseline", "2", "--num-cpus", "2"]
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_", "TUNE_"))}
-    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONDONTWRITEBYTECODE="1")
-    return env
-
-
 def kdtune(*args: str) -> str:
     """``kdtune ARGS`` from the checkout in a child process; its stdout (fails on a non-zero exit)."""
-    proc = subprocess.run([sys.executable, "-m", "tune.cli", *args], cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, check=False, timeout=900)
+    proc = run_kdtune(*args, timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"kdtune {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return proc.stdout

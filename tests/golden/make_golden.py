@@ -12,9 +12,7 @@ tables (trials, seeds, reference) and ``kdtune analyse --json`` are kept. Times 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,16 +22,16 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.golden.cases import STUDY_ARGS, TRAIN_CASES, analyse_json, study_tables, train_json
+from tests.study_runs import run_kdtune
 
 
 def main() -> None:
     train = {name: train_json(args, Path(tempfile.mkdtemp())) for name, args in TRAIN_CASES.items()}
     (HERE / "train.json").write_text(json.dumps(train, indent=1, sort_keys=True) + "\n")
     storage = Path(tempfile.mkdtemp(prefix="kdg-", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_", "TUNE_"))}
-    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONDONTWRITEBYTECODE="1")
-    subprocess.run([sys.executable, "-m", "tune.cli", "search", *STUDY_ARGS, "--name", "g", "--storage",
-                    str(storage), "--quiet"], cwd=ROOT, env=env, check=True)
+    proc = run_kdtune("search", *STUDY_ARGS, "--name", "g", "--storage", str(storage), "--quiet", timeout=1800)
+    if proc.returncode != 0:
+        raise SystemExit(f"the golden study failed:\n{proc.stderr[-3000:]}")
     study = HERE / "study"
     shutil.rmtree(study, ignore_errors=True)
     # What ``kdtune analyse`` reads: the record, the Optuna journal and the tables (also the CE baseline's).

@@ -26,6 +26,7 @@ import pytest
 from cli_errors import assert_one_line_error, changes, snapshot
 
 import kdcore
+from tests.study_runs import child_env
 
 GOOD_SPACE = """\
 name: bad-input-test
@@ -292,7 +293,7 @@ def test_bad_input_gets_one_line_exit_2_and_writes_nothing(case: Case, ws: Works
     command = args[0]
     before = snapshot(ws.root)
     token = secrets.token_hex(32)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_"))}
+    env = child_env()
     # A TMPDIR of its own (short: unix sockets) shows whether kdtune left a Ray temp dir behind.
     tmp = Path(tempfile.mkdtemp(prefix="k"))
     env.update(HOME=str(ws.home), RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0", TMPDIR=str(tmp),
@@ -342,7 +343,7 @@ def test_cheap_checks_come_before_heavy_imports(name: str, ws: Workspace) -> Non
     args = MORE[name].build(ws)
     code = ("import sys; from tune.cli import main; rc = main(sys.argv[1:]); "
             "print(sorted(m for m in ('ray', 'torch', 'optuna') if m in sys.modules)); sys.exit(rc)")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_"))}
+    env = child_env()
     env["HOME"] = str(ws.home)
     proc = subprocess.run([sys.executable, "-c", code, *args], cwd=ws.root, env=env, capture_output=True, text=True,
                           timeout=TIMEOUT_S, check=False)
@@ -357,7 +358,7 @@ def test_tmpdir_too_long_for_ray_sockets_is_one_line(ws: Workspace) -> None:
     long_tmp = ws.root / ("t" * 60)  # pytest's tmp_path plus 60 characters: well past Ray's 107
     long_tmp.mkdir()
     before = snapshot(ws.root)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_"))}
+    env = child_env()
     env.update(HOME=str(ws.home), TMPDIR=str(long_tmp), RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.run([*_kdtune_cmd(), *_search()(ws)], check=False, cwd=ws.root, env=env,
                           capture_output=True, text=True, timeout=TIMEOUT_S)

@@ -27,6 +27,8 @@ import pyarrow.parquet as pq
 import pytest
 from cli_errors import assert_one_line_error
 
+from tests.study_runs import child_env
+
 pytestmark = pytest.mark.slow
 
 # A trial must outlast the start of a worker process on the second node: Tune keeps one trial pending and
@@ -112,7 +114,7 @@ class TwoNodeCluster:
         self.home = self.base / "home"
         self.home.mkdir()
         self.token = secrets.token_hex(32)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_"))}
+        self.env = child_env()
         self.tmp = self.base / "t"  # TMPDIR of the kdtune driver: where its kdt-ray-* temp dir goes
         self.tmp.mkdir()
         self.env.update(HOME=str(self.home), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,

@@ -33,6 +33,7 @@ from cli_errors import assert_one_line_error
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from tests.study_runs import child_env
 from tune.cli import main
 from tune.study import StudyPaths, load_optuna_study
 
@@ -248,11 +249,8 @@ def start_kdtune(base: Path, tmp: Path, *args: str, env: dict[str, str] | None =
     home, cwd = base / "home", base / "cwd"
     home.mkdir(parents=True)
     cwd.mkdir(parents=True)
-    child_env = {k: v for k, v in os.environ.items()
-                 if not k.startswith(("PYTEST", "RAY_", "TUNE_", "TORCHINDUCTOR_"))}
-    child_env.update(HOME=str(home), TMPDIR=str(tmp), PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1",
-                     **(env or {}))
-    proc = subprocess.Popen([sys.executable, "-m", "tune.cli", *args], cwd=cwd, env=child_env, text=True,
+    env = child_env(HOME=str(home), TMPDIR=str(tmp), PYTHONUNBUFFERED="1", **(env or {}))
+    proc = subprocess.Popen([sys.executable, "-m", "tune.cli", *args], cwd=cwd, env=env, text=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     run = Run(proc, base, home, tmp, cwd)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +14,8 @@ import torch
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from tests.study_runs import child_env
+
 
 @pytest.mark.gpu
 @pytest.mark.slow
@@ -23,8 +24,7 @@ def test_search_trials_with_half_a_gpu_run_on_it(tmp_path: Path) -> None:
     storage = tmp_path / "studies"
     # Ray's Unix socket paths must stay under 108 characters: pytest's tmp_path is too long for TMPDIR.
     short_tmp = tempfile.mkdtemp(prefix="kst-", dir="/tmp")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_", "TUNE_"))}
-    env["TMPDIR"] = short_tmp
+    env = child_env(TMPDIR=short_tmp)
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "tune.cli", "search", "--space", "smoke", "--name", "gpu2",

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.study_runs import ROOT, child_env, run_kdtune
 from tune.faults import fault_message, storage_fault, writable_folder
 from tune.journal import TORN_SUFFIX, JournalCorrupt, corrupt_line, repair_tail
 
@@ -138,17 +139,6 @@ def test_a_read_only_folder_is_found_without_writing_and_whatever_the_permission
 GOLDEN_STUDY = Path(__file__).resolve().parents[1] / "golden" / "study"  # a finished 4-trial smoke study
 
 
-def _kdtune(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    import os
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_", "TUNE_"))}
-    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONDONTWRITEBYTECODE="1")
-    root = Path(__file__).resolve().parents[2]
-    return subprocess.run([sys.executable, "-m", "tune.cli", *args], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=timeout, check=False)
-
-
 def _copy_golden(where: Path) -> Path:
     import shutil
 
@@ -180,7 +170,7 @@ def test_a_corrupt_middle_line_of_a_study_s_journal_is_one_line_and_exit_2(tmp_p
     journal.write_bytes(b"".join(lines))
     before = journal.read_bytes()
     for command in (["train", "--from", str(study), "--quiet"], ["resume", str(study), "--quiet"]):
-        proc = _kdtune(*command)
+        proc = run_kdtune(*command)
         assert proc.returncode == 2, proc.stderr
         (line,) = proc.stderr.strip().splitlines()
         assert "line 4" in line and str(journal) in line and "Traceback" not in proc.stderr
@@ -210,7 +200,7 @@ def test_a_finished_study_with_a_torn_journal_resumes_to_exactly_one_more_trial(
     n = _trials(study)
     torn = b'{"op_code":6,"worker_id":"w","trial_id":2,"state":1,"val'
     journal.write_bytes(journal.read_bytes() + torn)
-    proc = _kdtune("resume", str(study), "--more", "1", "--quiet", "--json")
+    proc = run_kdtune("resume", str(study), "--more", "1", "--quiet", "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "its last line was cut off" in proc.stderr and "trial 2's state or value was lost" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -235,13 +225,10 @@ def test_a_disk_that_fills_during_a_search_is_one_line_and_a_later_resume_finds_
     """A real full disk (a tmpfs) filled while the search runs: the search ends with one line naming the
     cause and the command to continue, exit 1; once space is freed, ``kdtune resume`` finds every trial
     Optuna was told of and finishes the budget."""
-    import os
     import sys
 
     with _tmpfs(tmp_path / "disk", "size=64m") as disk:
-        root = Path(__file__).resolve().parents[2]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_", "TUNE_"))}
-        env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONDONTWRITEBYTECODE="1")
+        root, env = ROOT, child_env()
         proc = subprocess.Popen([sys.executable, "-m", "tune.cli", "search", "--space", "smoke", "--name", "s",
                                  "--storage", str(disk), "--num-samples", "8", "--max-concurrent", "1", "--quiet"],
                                 cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -263,7 +250,7 @@ def test_a_disk_that_fills_during_a_search_is_one_line_and_a_later_resume_finds_
         assert "no space left on the device" in line and f"kdtune resume {disk / 's'}" in line
         filler.unlink()
         finished_before = _finished(disk / "s")  # (a write the full disk tore is set aside first)
-        resumed = _kdtune("resume", str(disk / "s"), "--quiet", "--json")
+        resumed = run_kdtune("resume", str(disk / "s"), "--quiet", "--json")
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert json.loads(resumed.stdout)["trials"]["total"] == 8
         from results.reader import read_table
