@@ -57,3 +57,28 @@ def test_a_study_on_a_cifar_folder_records_its_normalisation(tmp_path: Path) -> 
     assert metas["standard"].data == f"{folder}:normalise=standard"  # the default, named: a resume loads the same
     assert metas["computed"].data == f"{folder}:normalise=computed"
     assert metas["standard"].fingerprint != metas["computed"].fingerprint  # so teacher-cache keys differ too
+
+
+def test_a_cifar_study_of_an_older_kdtune_still_loads_what_its_trials_trained_on(tmp_path: Path) -> None:
+    """Before the literature's constants became the default, a study recorded a CIFAR folder as its bare path
+    and kdtune standardised it with the training images' statistics: reading such a record gives the spec
+    that loads those arrays again, so a resume or `train --from` never mixes in other inputs."""
+    import json as _json
+
+    import kdcore
+    from tune.plan import SearchSettings, plan_study
+    from tune.study import StudyMeta
+
+    _write_cifar10(tmp_path / "cifar")
+    folder = (tmp_path / "cifar").resolve()
+    paths, meta = plan_study(SearchSettings(data=f"{folder}:normalise=computed", space="smoke", name="old",
+                                            storage=tmp_path / "s", num_samples=1))
+    paths.root.mkdir(parents=True)
+    meta.write(paths)
+    assert StudyMeta.read(paths) == meta  # a record of this kdtune reads as written
+    record = _json.loads(paths.meta.read_text())
+    record["data"] = str(folder)  # as an older kdtune wrote it
+    paths.meta.write_text(_json.dumps(record))
+    old = StudyMeta.read(paths)
+    assert old.data == f"{folder}:normalise=computed"
+    assert kdcore.load_data(old.data).fingerprint() == old.fingerprint
