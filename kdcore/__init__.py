@@ -24,6 +24,7 @@ PUBLIC: dict[str, tuple[str, str]] = {
     **{name: ("kdcore.task_config", name) for name in ("TaskConfig", "TeacherSpec", "ROUTINGS")},
     # data
     "load_data": ("kdcore.sources", "load"),
+    "data_spec": ("kdcore.sources", "canonical"),
     **{name: ("kdcore.sources", name) for name in ("load_pickle", "builtin", "BUILTIN_NAMES")},
     **{name: ("kdcore.dataset", name) for name in ("ClassificationData", "ARRAY_KEYS", "validate_arrays")},
     **{name: ("kdcore.generator", name) for name in ("generate", "bayes_accuracy")},
@@ -97,6 +98,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from kdcore.prepared import Prepared, Subset, prepare, task_of
     from kdcore.result import EpochReport, ExperimentResult, FitResult, round_acc
     from kdcore.sources import BUILTIN_NAMES, builtin, load_pickle
+    from kdcore.sources import canonical as data_spec
     from kdcore.sources import load as load_data
     from kdcore.splits import inner_folds, inner_split
     from kdcore.student import train_student

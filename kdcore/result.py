@@ -52,7 +52,9 @@ class FitResult:
     ``class_acc`` (S, len(classes)) is the holdout accuracy on each class at the selected weights (NaN for a
     class the holdout lacks); ``params`` counts one network's trainable parameters (``params_detail`` by
     part where there are several, e.g. SimKD's student and projector); ``head`` names the classifier whose
-    logits every metric is measured on.
+    logits every metric is measured on. ``loaded_from`` is the checkpoint file of a teacher that was loaded,
+    not trained (its summary says so beside its accuracy, so that a file that is not what its name claims
+    shows); None for every network trained here.
     """
 
     method: str
@@ -71,13 +73,15 @@ class FitResult:
     params: int = 0
     head: str = "student"
     params_detail: dict[str, int] = field(default_factory=dict)
+    loaded_from: str | None = None
 
     def summary(self) -> dict[str, object]:
         """Seed means and sample standard deviations (ddof=1; None for a single seed, which has no spread:
         kdtune's one rule, as ``results.stats.sample_std``) plus per-seed rows.
 
         Accuracies are rounded to ``ACC_DECIMALS`` (far below any evaluation set's resolution), so that
-        0.974 is 0.974 in JSON and Parquet, not 0.9740000000000001.
+        0.974 is 0.974 in JSON and Parquet, not 0.9740000000000001. A loaded teacher's summary adds
+        ``loaded_from`` (the networks trained here have no such key, as before there were loaded teachers).
         """
 
         def std(a: np.ndarray) -> float | None:
@@ -88,7 +92,9 @@ class FitResult:
                 return []
             return [None if np.isnan(v) else round_acc(v) for v in self.class_acc[i]]
 
+        loaded = {} if self.loaded_from is None else {"loaded_from": self.loaded_from}
         return {
+            **loaded,
             "holdout_acc_mean": round_acc(self.holdout_acc.mean()),
             "holdout_acc_std": std(self.holdout_acc),
             "inner_acc_mean": round_acc(self.inner_acc.mean()),

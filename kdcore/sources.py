@@ -2,8 +2,9 @@
 
 ``load(spec)`` dispatches: ``builtin:d0.25`` .. ``builtin:d1.0`` (``kdcore.generator``), ``builtin:digits``
 (scikit-learn's 8x8 handwritten digits, no download), an ``.npz`` archive of named arrays, a CIFAR-10 /
-CIFAR-100 "python version" folder, or else a reference-format pickle. Every problem with a file is one
-``DataError`` line. Pickles (the reference files, CIFAR's batches) are read only through the numpy-only
+CIFAR-100 "python version" folder (``kdcore.cifar``: the literature's constants normalise it, or with
+``FOLDER:normalise=computed`` the training images' statistics), or else a reference-format pickle. Every
+problem with a file is one ``DataError`` line. Pickles (the reference files, CIFAR's batches) are read only through the numpy-only
 unpickler (``kdcore.pickles``).
 """
 
@@ -11,10 +12,18 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from kdcore.cifar import (  # noqa: F401 - CIFAR's names, re-exported where the data forms are
+    CIFAR10_TEST,
+    CIFAR10_TRAIN,
+    CIFAR100_TEST,
+    CIFAR100_TRAIN,
+    DEFAULT_NORMALISATION,
+    NORMALISATIONS,
+    load_cifar,
+)
 from kdcore.dataset import GROUP_KEYS, REQUIRED_KEYS, ClassificationData, validate_arrays, validate_keys
 from kdcore.errors import DataError, one_line
 from kdcore.generator import BUILTIN_DISTANCES, BUILTIN_SEED, generate
@@ -27,13 +36,8 @@ _FORMS = "an .npz file, a CIFAR-10/100 folder, builtin:NAME or a reference-forma
 DIGITS_HOLDOUT_FRACTION = 0.3
 DIGITS_HOLDOUT_SEED = 1797
 
-CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
-CIFAR10_TEST = ("test_batch",)
-CIFAR100_TRAIN = ("train",)
-CIFAR100_TEST = ("test",)
-CIFAR_IMAGE = (3, 32, 32)  # channel-major: 1024 red, 1024 green, 1024 blue values, each a row-major 32x32
-_CIFAR_EXPECTED = ("data_batch_1 .. data_batch_5 and test_batch (CIFAR-10, as in cifar-10-batches-py/) or "
-                   "train and test (CIFAR-100, as in cifar-100-python/)")
+# ``--data FOLDER:normalise=computed``: the options a data spec may end with, and the values each takes.
+DATA_OPTIONS: dict[str, tuple[str, ...]] = {"normalise": NORMALISATIONS}
 _NPZ_LAYOUT = (f"numpy.savez(path, x_train=..., y_train=..., x_valid=..., y_valid=...), optionally with "
                f"{' and '.join(GROUP_KEYS)}")
 _ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members, an empty zip
@@ -57,14 +61,63 @@ def builtin(name: str) -> ClassificationData:
 
 
 def load(spec: str) -> ClassificationData:
-    """Every form ``--data`` takes: ``builtin:NAME``, a CIFAR-10/100 python-version folder, an ``.npz``
-    file, or else a reference-format pickle. Any problem is one DataError line."""
+    """Every form ``--data`` takes: ``builtin:NAME``, a CIFAR-10/100 python-version folder (optionally
+    ``FOLDER:normalise=computed``), an ``.npz`` file, or else a reference-format pickle. Any problem is one
+    DataError line."""
     if spec.startswith("builtin:"):
-        return builtin(spec.removeprefix("builtin:"))
-    path = Path(spec)
-    if path.is_dir() or path.suffix.lower() == ".npz":
-        return load_cifar(path) if path.is_dir() else load_npz(path)
-    return load_pickle(path)
+        name, options = split_options(spec.removeprefix("builtin:"))
+        _refuse_options(options, spec)
+        return builtin(name)
+    text, options = split_options(spec)
+    path = Path(text)
+    if path.is_dir():
+        return load_cifar(path, options.get("normalise", DEFAULT_NORMALISATION))
+    _refuse_options(options, text)
+    return load_npz(path) if path.suffix.lower() == ".npz" else load_pickle(path)
+
+
+def split_options(spec: str) -> tuple[str, dict[str, str]]:
+    """``'/data/cifar-100-python:normalise=computed'`` -> ``('/data/cifar-100-python', {'normalise':
+    'computed'})``: the options a spec ends with (``:KEY=VALUE``, each ``DATA_OPTIONS``' own), checked; a
+    spec without any as it is."""
+    options: dict[str, str] = {}
+    head = spec
+    while not Path(head).exists():  # a path that exists is a path, whatever its name holds
+        rest, sep, tail = head.rpartition(":")
+        key, eq, value = tail.partition("=")
+        if not (sep and eq and key.isidentifier() and "/" not in tail):
+            break
+        if key not in DATA_OPTIONS:
+            raise DataError(f"--data {spec}: unknown option {key!r}; a CIFAR folder takes "
+                            f"{', '.join(f':{k}=' + '|'.join(v) for k, v in DATA_OPTIONS.items())}")
+        if value not in DATA_OPTIONS[key]:
+            raise DataError(f"--data {spec}: {key} must be one of {list(DATA_OPTIONS[key])}, but got {value!r}")
+        if key in options:
+            raise DataError(f"--data {spec}: {key} is given twice; give it once")
+        options[key] = value
+        head = rest
+    return head, options
+
+
+def _refuse_options(options: dict[str, str], what: str) -> None:
+    if options:
+        given = ", ".join(f"{k}={v}" for k, v in options.items())
+        raise DataError(f"--data {what}: {given} applies to CIFAR folders only, and {what} is none; "
+                        "other data is used as it is")
+
+
+def canonical(spec: str) -> str:
+    """The spec a study records for ``spec``: ``builtin:NAME`` as given; a file's absolute path; a CIFAR
+    folder's absolute path with its normalisation named (``:normalise=standard`` when not given), so that
+    a change of the default can never change what a study's trials load."""
+    if spec.startswith("builtin:"):
+        return spec
+    text, options = split_options(spec)
+    path = Path(text).resolve()
+    if path.is_dir():
+        return f"{path}:normalise={options.get('normalise', DEFAULT_NORMALISATION)}"
+    _refuse_options(options, text)
+    return str(path)
 
 
 def load_pickle(path: str | Path) -> ClassificationData:
@@ -165,109 +218,3 @@ def load_npz(path: str | Path) -> ClassificationData:
                         f"({type(exc).__name__}: {one_line(exc)})") from None
     validate_arrays(arrays, str(path))
     return ClassificationData.from_arrays(arrays, source=str(path.resolve()))
-
-
-# ---------------------------------------------------------------------------------------------- CIFAR
-
-def load_cifar(path: str | Path) -> ClassificationData:
-    """A CIFAR-10 or CIFAR-100 "python version" folder; its test set is the holdout.
-
-    CIFAR-10 holds ``data_batch_1..5`` and ``test_batch`` (labels under b"labels"), CIFAR-100 ``train`` and
-    ``test`` (b"fine_labels"; the coarse labels are ignored); each file a Python 2 pickle of a dict with
-    b"data", a (n, 3072) uint8 array in channel-major order. Features are (N, 3, 32, 32) float32: pixels
-    / 255, then standardised per channel with the training images' mean and (population) standard
-    deviation, the same shift and scale applied to the holdout. No groups (d = 0).
-    """
-    path = Path(path)
-    train_files, test_files, label_key = _cifar_layout(path)
-    raw_train, y_train = _read_cifar_files(path, train_files, label_key)
-    raw_test, y_test = _read_cifar_files(path, test_files, label_key)
-    mean, std = _channel_moments(raw_train)
-    return ClassificationData.from_arrays(
-        {"x_train": _standardise(raw_train, mean, std), "y_train": y_train,
-         "x_valid": _standardise(raw_test, mean, std), "y_valid": y_test},
-        source=str(path.resolve()),
-    )
-
-
-def _cifar_layout(path: Path) -> tuple[tuple[str, ...], tuple[str, ...], bytes]:
-    """(training files, test files, label key) of the CIFAR folder at ``path``, or one line saying why not."""
-    if not path.is_dir():
-        raise DataError(f"data file not found: {path} is no folder; a CIFAR dataset is a folder holding "
-                        f"{_CIFAR_EXPECTED}")
-    layouts = (
-        ("CIFAR-10", CIFAR10_TRAIN, CIFAR10_TEST, b"labels"),
-        ("CIFAR-100", CIFAR100_TRAIN, CIFAR100_TEST, b"fine_labels"),
-    )
-    # only the names that matter are looked up: --data may name a large folder by mistake
-    names = {n for _, train, test, _ in layouts for n in train + test if (path / n).is_file()}
-    for _, train, test, label_key in layouts:
-        if names.issuperset(train + test):
-            return train, test, label_key
-    for kind, train, test, _ in layouts:
-        present = [n for n in train + test if n in names]
-        if present:
-            missing = [n for n in train + test if n not in names]
-            raise DataError(f"{path}: a {kind} python-version folder needs {', '.join(train + test)}, but "
-                            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing")
-    inside = [p.name for p in (path / "cifar-10-batches-py", path / "cifar-100-python") if p.is_dir()]
-    also = f" (it holds {inside[0]}/: give that folder)" if inside else ""
-    raise DataError(f"data file not found: {path} is a folder, but not a CIFAR-10 or CIFAR-100 python-version "
-                    f"folder, which holds {_CIFAR_EXPECTED}{also}; give such a folder, an .npz file, "
-                    "builtin:NAME or a reference-format pickle")
-
-
-def _read_cifar_files(folder: Path, names: tuple[str, ...], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 3072) uint8 pixels and (N,) int64 labels of the named batch files, concatenated in order."""
-    pixels: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    for name in names:
-        path = folder / name
-        batch = read_pickle(path, what="CIFAR batch pickle", encoding="bytes")
-        if not isinstance(batch, dict):
-            raise DataError(f"{path}: a CIFAR batch must be a dict, but the pickle holds {type(batch).__name__}")
-        data = _entry(batch, b"data", path)
-        if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
-                and data.shape[1] == 3 * 32 * 32):
-            got = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-            raise DataError(f"{path}: b'data' must be a uint8 array of shape (n, 3072), but got {got}")
-        y = np.asarray(_entry(batch, label_key, path))
-        if y.ndim != 1 or y.size != data.shape[0] or not np.issubdtype(y.dtype, np.integer):
-            raise DataError(f"{path}: {label_key!r} must be {data.shape[0]} integer labels, one per image, but "
-                            f"got {y.size} of dtype {y.dtype}")
-        pixels.append(data)
-        labels.append(y.astype(np.int64))
-    return np.concatenate(pixels), np.concatenate(labels)
-
-
-def _entry(batch: dict[Any, Any], key: bytes, path: Path) -> Any:
-    """``batch[key]``; files re-saved by Python 3 may use ``str`` keys, so those are accepted too."""
-    for k in (key, key.decode()):
-        if k in batch:
-            return batch[k]
-    raise DataError(f"{path}: a CIFAR batch needs the key {key!r}, but it has {sorted(map(repr, batch))}")
-
-
-def _channel_moments(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(3,) mean and population std of each channel of (N, 3072) uint8 pixels, on the [0, 1] scale.
-
-    Computed exactly from each channel's histogram of the 256 levels: no float32 sums, no large temporaries.
-    """
-    levels = np.arange(256, dtype=np.float64) / 255.0
-    mean, std = np.empty(3), np.empty(3)
-    for c in range(3):
-        counts = np.bincount(raw[:, c * 1024:(c + 1) * 1024].ravel(), minlength=256).astype(np.float64)
-        mean[c] = counts @ levels / counts.sum()
-        std[c] = np.sqrt(counts @ (levels - mean[c]) ** 2 / counts.sum())
-    return mean, np.where(std > 0, std, 1.0)  # a constant channel is only centred
-
-
-def _standardise(raw: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """(N, 3072) uint8 -> (N, 3, 32, 32) float32 ``(pixel / 255 - mean[c]) / std[c]``, by a per-channel table."""
-    images = raw.reshape(-1, *CIFAR_IMAGE)
-    table = ((np.arange(256, dtype=np.float64)[None] / 255.0 - mean[:, None]) / std[:, None]).astype(np.float32)
-    out = np.empty(images.shape, dtype=np.float32)
-    for c in range(3):
-        out[:, c] = table[c][images[:, c]]
-    return out
-

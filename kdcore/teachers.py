@@ -51,13 +51,15 @@ def teacher_outputs(teacher: SeedModel, x: torch.Tensor | Subset,
 
 
 def evaluate_teacher(prep: Prepared, teacher: Teacher, model: SeedModel, seconds: float = 0.0) -> FitResult:
-    """A teacher that was not trained here (a checkpoint): its metrics on its own classes' samples."""
+    """A teacher that was not trained here (a checkpoint): its metrics on its own classes' samples, marked
+    with the file it came from (``FitResult.loaded_from``)."""
     _, select, holdout = prep.part(teacher.classes, teacher.group)
     _, hold_logits, inner_acc, inner_ce, holdout_acc, holdout_ce = evaluate(model, select, holdout)
     class_acc = class_accuracy(hold_logits, holdout)
     zeros = np.zeros(model.n_seeds, dtype=np.int64)
     return FitResult(teacher.name, model.seeds, inner_acc, inner_ce, holdout_acc, holdout_ce, zeros, 0, seconds,
-                     model, classes=teacher.classes, class_acc=class_acc, params=trainable_parameters(model))
+                     model, classes=teacher.classes, class_acc=class_acc, params=trainable_parameters(model),
+                     loaded_from=teacher.checkpoint)
 
 
 def train_teachers(prep: Prepared, config: ExperimentConfig, on_epoch: ReportFn | None = None) -> list[FitResult]:

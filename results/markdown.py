@@ -192,8 +192,10 @@ def _reference_section(summary: Summary) -> list[str]:
                "classes (and group) only, so its accuracy is not comparable with the students' (every class "
                "of every group)."), "",
               "| method | seeds | parameters | inner acc | holdout acc |", "|---|---:|---:|---|---|"]
+    loaded = {t.method: t.checkpoint for t in summary.teachers if t.checkpoint}
     for r in ref:
-        lines.append(f"| {r.method} | {r.n_seeds} | {count(r.params)} | "
+        method = r.method + (f" (loaded from `{escape(str(loaded[r.method]))}`)" if r.method in loaded else "")
+        lines.append(f"| {method} | {r.n_seeds} | {count(r.params)} | "
                      f"{pm(r.inner_acc_mean, r.inner_acc_std, r.n_seeds)} | "
                      f"{pm(r.holdout_acc_mean, r.holdout_acc_std, r.n_seeds)} |")
     return lines + [""]
@@ -216,7 +218,7 @@ def _teacher_section(summary: Summary) -> list[str]:
                    "not known here."), ""]
     lines += ["| teacher | knows | parameters | seeds | inner acc | holdout acc |", "|---|---|---:|---:|---|---|"]
     for t in teachers:
-        knows = t.knows + (f" (checkpoint `{escape(str(t.checkpoint))}`)" if t.checkpoint else "")
+        knows = t.knows + (f" (loaded from `{escape(str(t.checkpoint))}`)" if t.checkpoint else "")
         lines.append(f"| {t.method} | {knows} | {count(t.params)} | {t.n_seeds} | "
                      f"{pm(t.inner_acc_mean, t.inner_acc_std, t.n_seeds)} | "
                      f"{pm(t.holdout_acc_mean, t.holdout_acc_std, t.n_seeds)} |")

@@ -88,8 +88,9 @@ def data_help() -> str:
     from kdcore import BUILTIN_NAMES
 
     return ("the data: " + ", ".join(f"builtin:{n}" for n in BUILTIN_NAMES)
-            + " (2-D reference family, scikit-learn's 8x8 digits), a .npz file, a CIFAR-10/100 folder, or a "
-              "reference-format pickle (README, 'Your own data')")
+            + " (2-D reference family, scikit-learn's 8x8 digits), a .npz file, a CIFAR-10/100 folder (normalised "
+              "with the literature's constants; FOLDER:normalise=computed: with its training images' statistics), "
+              "or a reference-format pickle (README, 'Your own data')")
 
 
 def space_help() -> str:

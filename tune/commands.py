@@ -25,7 +25,13 @@ from tune.cluster import ClusterSpec
 from tune.errors import KDTuneError
 from tune.plan import SELF_DISTILLATION, RunOptions, SearchSettings, check_task, plan_study, self_distillation
 from tune.progress import ProgressLine
-from tune.render import describe_origin, format_method_table, print_analysis, print_outcome
+from tune.render import (
+    describe_origin,
+    format_method_table,
+    loaded_teacher_lines,
+    print_analysis,
+    print_outcome,
+)
 from tune.rerun import check_data, study_trial_config
 from tune.study import StudyMeta, StudyPaths
 
@@ -140,6 +146,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"data {dataset.source} (sha256 {result['data']['fingerprint'][:12]}), protocol {config.protocol}, "
               f"seeds {list(config.seeds)}")
         print(format_method_table(result))
+        for line in loaded_teacher_lines(result):
+            print(line)
         if note is not None:
             print(f"note: {note}")
         if config.protocol == "seed":

@@ -233,7 +233,7 @@ def plan_study(settings: SearchSettings) -> tuple[StudyPaths, StudyMeta]:
         except SpaceError as exc:
             raise KDTuneError(f"--tune-baseline {settings.tune_baseline}: the space without its kd.* knobs is no "
                               f"search space ({exc})") from None
-    spec = settings.data if settings.data.startswith("builtin:") else str(Path(settings.data).resolve())
+    spec = kdcore.data_spec(settings.data)  # absolute, a CIFAR folder's normalisation named
     dataset = kdcore.load_data(spec)
     sampled = tuple(str(c) for k in space.knobs if k.path == "kd.method" for c in getattr(k, "choices", ()))
     try:

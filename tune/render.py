@@ -25,6 +25,22 @@ def format_method_table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def loaded_teacher_lines(result: dict[str, Any]) -> list[str]:
+    """A line for each teacher of ``kdtune train``'s result that was loaded from a file, not trained: the file
+    beside its accuracy on its own classes and the chance level there, so that a file that is not what its
+    name claims (another data set's teacher, other inputs, a truncated run) shows at once."""
+    label = "validation" if result["protocol"] == "seed" else "holdout"
+    lines = []
+    for name, m in result["methods"].items():
+        if m.get("loaded_from") is None:
+            continue
+        n = len(m.get("classes") or [])
+        chance = f", chance {100 / n:.2f} %" if n else ""
+        lines.append(f"{name} was loaded from {m['loaded_from']}, not trained here: {label} "
+                     f"{_pm(m['holdout_acc_mean'], m['holdout_acc_std'])} on its own {n} classes{chance}")
+    return lines
+
+
 def format_params(params: dict[str, Any]) -> str:
     return ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in params.items())
 
@@ -82,8 +98,9 @@ def analysis_lines(summary: dict[str, Any]) -> list[str]:
     a line each (what ``kdtune analyse`` adds to its headline; the report has the tables)."""
     lines = []
     for t in summary.get("teachers") or []:
-        lines.append(f"{t['method']}: {t['knows']}; holdout on its own classes {_pm(t['holdout_acc_mean'], t['holdout_acc_std'])}"
-                     f" ({t['n_seeds']} seeds)")
+        loaded = f", loaded from {t['checkpoint']}" if t.get("checkpoint") else ""
+        lines.append(f"{t['method']}: {t['knows']}{loaded}; holdout on its own classes "
+                     f"{_pm(t['holdout_acc_mean'], t['holdout_acc_std'])} ({t['n_seeds']} seeds)")
     per_class = summary.get("class_accuracy")
     if per_class:
         shared = set(per_class.get("shared_classes") or [])

@@ -18,6 +18,7 @@ hidden folder beside it, which is then renamed into place, so from the moment ``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -87,7 +88,7 @@ class StudyMeta:
     """The study's own record, written once at creation (and its budget raised by ``resume --more``)."""
 
     name: str
-    data: str  # "builtin:d0.5" or an absolute pickle path
+    data: str  # "builtin:d0.5", an absolute file path, or a CIFAR folder's with its normalisation named
     data_source: str
     fingerprint: str
     space_name: str
@@ -130,6 +131,7 @@ class StudyMeta:
         try:
             data: dict[str, Any] = json.loads(paths.meta.read_text())
             meta = cls(**data)
+            meta = dataclasses.replace(meta, data=recorded_data(meta.data))
         except (ValueError, TypeError) as exc:
             raise KDTuneError(f"{paths.meta} is damaged ({exc}); it is not a readable kdtune study record")
         if meta.format < FORMAT:
@@ -146,6 +148,18 @@ class StudyMeta:
         """The study's search space, from the text it was planned with; an error in it names ``paths``'
         ``study.json`` when given (else the study's name)."""
         return parse_space(self.space_text, source=f"{paths.meta if paths else self.name}:space")
+
+
+def recorded_data(spec: str) -> str:
+    """The data spec that loads what a study's record meant: ``spec`` itself, except a CIFAR folder recorded
+    without its normalisation, which only a kdtune from before the literature's constants became the default
+    wrote; that kdtune standardised with the training images' statistics, so its trials, a resume and
+    ``train --from`` load ``FOLDER:normalise=computed`` (the same arrays, the same fingerprint)."""
+    from kdcore.sources import split_options
+
+    if spec.startswith("builtin:") or split_options(spec)[1] or not Path(spec).is_dir():
+        return spec
+    return f"{spec}:normalise=computed"
 
 
 @contextlib.contextmanager

@@ -101,6 +101,8 @@ def test_an_experiment_distils_from_a_loaded_teacher(tmp_path: Path) -> None:
     result = run_experiment(_images(10, 0), config)
     loaded = result.methods["teacher_0"]
     assert loaded.epochs_run == 0 and loaded.classes == (2, 5, 9)
+    assert loaded.loaded_from == str(path) and result.methods["teacher_1"].loaded_from is None  # marked as loaded
+    assert loaded.summary()["loaded_from"] == str(path) and "loaded_from" not in result.methods["teacher_1"].summary()
     for seed in (0, 1):  # every seed's student distilled from the saved network, unchanged by training
         for name, state in net.state_dict().items():
             torch.testing.assert_close(loaded.model.seed_state(seed)[name], state)

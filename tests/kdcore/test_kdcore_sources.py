@@ -363,6 +363,8 @@ def _expected_images(raw: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.n
 
 def _check_cifar(data: dataset.ClassificationData, batches: dict[str, dict[bytes, Any]],
                  train: tuple[str, ...], test: tuple[str, ...], label_key: bytes) -> None:
+    """The folder's images and labels where the format puts them, standardised with the training images'
+    own statistics (``:normalise=computed``)."""
     raw_train = np.concatenate([batches[n][b"data"] for n in train])
     raw_test = np.concatenate([batches[n][b"data"] for n in test])
     assert data.x_train.shape == (raw_train.shape[0], 3, 32, 32)
@@ -384,21 +386,80 @@ def _check_cifar(data: dataset.ClassificationData, batches: dict[str, dict[bytes
 def test_cifar10_folder(tmp_path: Path, python2: bool) -> None:
     folder = tmp_path / "cifar-10-batches-py"
     batches = _write_cifar10(folder, python2)
-    data = sources.load(str(folder))
+    data = sources.load(f"{folder}:normalise=computed")
     _check_cifar(data, batches, sources.CIFAR10_TRAIN, sources.CIFAR10_TEST, b"labels")
     assert data.n_classes == 10 and data.x_train.shape[0] == 30 and data.x_valid.shape[0] == 6
-    assert data.source == str(folder.resolve())
-    assert sources.load(str(folder)).fingerprint() == data.fingerprint()
+    assert data.source == f"{folder.resolve()}:normalise=computed"
+    assert sources.load(data.source).fingerprint() == data.fingerprint()  # the source loads the same arrays
 
 
 @pytest.mark.parametrize("python2", [True, False])
 def test_cifar100_folder_uses_fine_labels(tmp_path: Path, python2: bool) -> None:
     folder = tmp_path / "cifar-100-python"
     batches = _write_cifar100(folder, python2)
-    data = sources.load(str(folder))
+    data = sources.load(f"{folder}:normalise=computed")
     _check_cifar(data, batches, sources.CIFAR100_TRAIN, sources.CIFAR100_TEST, b"fine_labels")
     assert data.y_valid.tolist() == [3, 1, 4, 1, 5]  # fine labels, not the coarse ones
     assert data.n_classes == 10
+
+
+# The literature's constants, written out here as the papers' code prints them (RepDistiller, mdistiller).
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+@pytest.mark.parametrize(("kind", "mean", "std"), [("cifar-100-python", CIFAR100_MEAN, CIFAR100_STD),
+                                                   ("cifar-10-batches-py", CIFAR10_MEAN, CIFAR10_STD)])
+def test_a_cifar_folder_is_normalised_with_the_literature_s_constants_by_default(
+        tmp_path: Path, kind: str, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    """Three pixels of the first training image set by hand: red 255 at (0, 0), green 0 at (5, 9), blue 51
+    at (31, 31); each must be ``(value / 255 - mean[c]) / std[c]`` with the constants, not the batch's own."""
+    folder = tmp_path / kind
+    batches = _write_cifar100(folder) if "100" in kind else _write_cifar10(folder)
+    first = "train" if "100" in kind else "data_batch_1"
+    batch = batches[first]
+    batch[b"data"][0, 0 * 1024 + 0] = 255
+    batch[b"data"][0, 1 * 1024 + 5 * 32 + 9] = 0
+    batch[b"data"][0, 2 * 1024 + 31 * 32 + 31] = 51
+    (folder / first).write_bytes(_pickle_batch(batch, python2=False))
+    data = sources.load(str(folder))
+    image = data.x_train[0]
+    assert image[0, 0, 0] == pytest.approx((1.0 - mean[0]) / std[0], abs=1e-6)
+    assert image[1, 5, 9] == pytest.approx((0.0 - mean[1]) / std[1], abs=1e-6)
+    assert image[2, 31, 31] == pytest.approx((0.2 - mean[2]) / std[2], abs=1e-6)
+    raw_test = batches["test" if "100" in kind else "test_batch"][b"data"]
+    np.testing.assert_allclose(data.x_valid[:raw_test.shape[0]],
+                               _expected_images(raw_test, np.array(mean), np.array(std)), atol=1e-5)
+    assert data.source == f"{folder.resolve()}:normalise=standard"
+    assert sources.load(f"{folder}:normalise=standard").fingerprint() == data.fingerprint()
+    # the other normalisation is other data: a cache keyed by the fingerprint never mixes the two
+    assert sources.load(f"{folder}:normalise=computed").fingerprint() != data.fingerprint()
+
+
+def test_a_study_records_a_cifar_folder_with_its_normalisation(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-100-python"
+    _write_cifar100(folder)
+    assert sources.canonical(str(folder)) == f"{folder.resolve()}:normalise=standard"
+    assert sources.canonical(f"{folder}:normalise=computed") == f"{folder.resolve()}:normalise=computed"
+    assert sources.canonical("builtin:d0.5") == "builtin:d0.5"
+    npz = tmp_path / "x.npz"
+    assert sources.canonical(str(npz)) == str(npz.resolve())
+
+
+@pytest.mark.parametrize(("suffix", "match"), [
+    (":normalise=mean", r"normalise must be one of \['standard', 'computed'\], but got 'mean'"),
+    (":normalize=computed", r"unknown option 'normalize'; a CIFAR folder takes :normalise=standard\|computed"),
+    (":normalise=computed:normalise=standard", "normalise is given twice"),
+])
+def test_a_bad_normalisation_is_one_line(tmp_path: Path, suffix: str, match: str) -> None:
+    folder = tmp_path / "cifar-100-python"
+    _write_cifar100(folder)
+    _one_line_error(f"{folder}{suffix}", match)
+
+
+def test_a_normalisation_of_data_that_is_no_cifar_folder_is_one_line(tmp_path: Path) -> None:
+    _one_line_error("builtin:digits:normalise=computed", "applies to CIFAR folders only")
+    _one_line_error(f"{tmp_path / 'x.npz'}:normalise=computed", "applies to CIFAR folders only")
 
 
 def test_pixel_lands_where_the_format_says(tmp_path: Path) -> None:
@@ -409,7 +470,7 @@ def test_pixel_lands_where_the_format_says(tmp_path: Path) -> None:
     first[b"data"] = np.zeros_like(first[b"data"])
     first[b"data"][0, 1 * 1024 + 3 * 32 + 7] = 255
     (folder / "data_batch_1").write_bytes(_pickle_batch(first, python2=True))
-    data = sources.load(str(folder))
+    data = sources.load(f"{folder}:normalise=computed")
     image = data.x_train[0]
     assert np.unravel_index(image.argmax(), image.shape) == (1, 3, 7)
     assert (np.delete(image[1].ravel(), 3 * 32 + 7) == image[1].min()).all()

@@ -109,3 +109,34 @@ def test_a_space_that_samples_simkd_for_several_teachers_is_refused_before_ray(t
         "knobs:\n", "knobs:\n  kd.method: {type: categorical, choices: [hinton, simkd]}\n"))
     with pytest.raises(ConfigError, match="kd.method 'simkd' distils one teacher that knows every class"):
         plan_study(SearchSettings(data="builtin:digits", space=str(space), name="x", storage=tmp_path, num_samples=1))
+
+
+def _loaded_teacher_config(tmp_path: Path) -> tuple[Path, Path]:
+    """A config whose teacher 0 (digits 0..3) is a file of a CNN of the teacher's widths, never trained."""
+    ckpt = tmp_path / "resnet32x4_cifar100.pth"  # a name the file does not live up to: an untrained CNN
+    torch.save(networks.build(FitConfig(model="cnn", channels=(4, 8)).model_spec, (1, 8, 8), 4, 0).state_dict(), ckpt)
+    config = tmp_path / "ckpt.yaml"
+    config.write_text(
+        "teacher: {model: cnn, channels: [4, 8]}\n"
+        f"task: {{routing: label, teachers: [{{classes: [0, 1, 2, 3], checkpoint: {ckpt}}}, "
+        "{classes: [4, 5, 6, 7, 8, 9]}]}\n")
+    return ckpt, config
+
+
+def test_a_loaded_teacher_shows_its_file_beside_its_accuracy(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt, config = _loaded_teacher_config(tmp_path)
+    args = ("--data", "builtin:digits", "--config", str(config), "--epochs", "1", "--seeds", "0,1", "--quiet")
+    rc, out, err = _run(capsys, *args, "--json")
+    assert rc == 0, err
+    methods = json.loads(out)["methods"]
+    loaded = methods["teacher_0"]
+    assert loaded["loaded_from"] == str(ckpt) and loaded["epochs_run"] == 0
+    assert "loaded_from" not in methods["teacher_1"] and "loaded_from" not in methods["student"]
+    rc, out, err = _run(capsys, *args)
+    assert rc == 0, err
+    line = next(x for x in out.splitlines() if x.startswith("teacher_0 was loaded"))
+    accuracy = f"{100 * loaded['holdout_acc_mean']:.2f}"  # the same network, so the same figure as --json
+    assert line.startswith(f"teacher_0 was loaded from {ckpt}, not trained here: holdout {accuracy} ")
+    assert line.endswith("on its own 4 classes, chance 25.00 %")
+    assert not any(x.startswith("teacher_1 was loaded") for x in out.splitlines())
