@@ -9,7 +9,7 @@ the student's alone; with ``crop_flip`` the teacher runs on every augmented batc
 two epochs of ``--steps`` steps; the second is timed (the first pays for first-call allocations and
 kernel choices), its end-of-epoch evaluation on 64 images included. images/s counts every seed's images.
 
-    python bench/image_throughput.py                          # CPU: 1 thread, 2 seeds, 1 step: ~2 minutes
+    python bench/image_throughput.py                          # CPU: 1 thread, 2 seeds, 1 step: minutes
     python bench/image_throughput.py --device cuda --seeds 5 --steps 20 --layouts contiguous,channels_last
     python bench/image_throughput.py --smoke-test             # tiny: every path once, seconds
 

@@ -32,7 +32,10 @@ convolutions (one thread, 5 seeds, B=64: vmap runs ResNet-8 on 32x32 input at 0.
 digits-sized CNNs at 1.1-1.4x), but the loop's figures differ from vmap's in the last bits (another
 convolution algorithm), and ``auto`` must keep every existing figure: so CPU stays on vmap, and ``loop`` is
 there to ask for. On CUDA the rule is vmap (one launch for all seeds) until ``bench/image_throughput.py``
-has measured it on a GPU (``bench/gpu_check.sh``); that has not happened yet.
+has measured it on a GPU (``bench/gpu_check.sh``); that has not happened yet. Under bf16 autocast the loop
+gains more on CPU (``bench/image_throughput.py``: vmap at 0.4-0.5x the loop's speed against 0.6-0.7x in
+fp32): vmap's batching rules for batch norm and linear add float32 weights to bf16 products, so its
+activations return to float32 between layers, while the loop's stay bf16.
 """
 from __future__ import annotations
 
