@@ -20,7 +20,8 @@ PUBLIC: dict[str, tuple[str, str]] = {
     # settings
     **{name: ("kdcore.config", name) for name in (
         "ExperimentConfig", "FitConfig", "KDConfig", "ModelSpec", "DEFAULT_SEEDS", "PUBLISHED_FIT", "MODEL_NAMES",
-        "KD_METHODS", "OPTIMIZERS", "SCHEDULES", "PROTOCOLS", "INNER", "knob_paths", "set_path")},
+        "KD_METHODS", "OPTIMIZERS", "SCHEDULES", "PROTOCOLS", "INNER", "PRECISIONS", "SEED_BATCHINGS", "knob_paths",
+        "set_path")},
     **{name: ("kdcore.task_config", name) for name in ("TaskConfig", "TeacherSpec", "ROUTINGS")},
     # data
     "load_data": ("kdcore.sources", "load"),

@@ -8,6 +8,9 @@ The toolboxes pad *raw* pixels with 0 and normalise after; kdtune's images are n
 the padding is the normalised value of a black pixel, ``fill`` (per channel: ``-mean / std``). Every seed
 draws its crops and flips from its own ``torch.Generator``, so what seed s sees depends on s alone, not on
 which other seeds train beside it, and a re-run draws the same.
+
+The draws are made on the CPU (their generators are CPU generators, which pins the values) and go to an
+accelerator from pinned memory without blocking, so a training step does not wait for the device.
 """
 
 from __future__ import annotations
@@ -54,9 +57,10 @@ def crop_and_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, p
         return x
     padded = fill.to(x.dtype).view(1, 1, c, 1, 1).expand(s, b, c, h + 2 * padding, w + 2 * padding).clone()
     padded[..., padding:padding + h, padding:padding + w] = x
-    rows = offsets[..., 0, None].to(x.device) + torch.arange(h, device=x.device)  # (S, B, H)
-    cols = offsets[..., 1, None].to(x.device) + torch.arange(w, device=x.device)  # (S, B, W)
-    cols = torch.where(flips.to(x.device)[..., None], cols.flip(-1), cols)  # a flip reads the columns backwards
+    offsets, flips = _to_device(offsets, x.device), _to_device(flips, x.device)
+    rows = offsets[..., 0, None] + torch.arange(h, device=x.device)  # (S, B, H)
+    cols = offsets[..., 1, None] + torch.arange(w, device=x.device)  # (S, B, W)
+    cols = torch.where(flips[..., None], cols.flip(-1), cols)  # a flip reads the columns backwards
     flat = padded.reshape(s * b, c, h + 2 * padding, w + 2 * padding)
     sample = torch.arange(s * b, device=x.device)[:, None, None]
     out = flat[sample, :, rows.reshape(s * b, h, 1), cols.reshape(s * b, 1, w)]  # (S*B, H, W, C)
@@ -77,6 +81,17 @@ def augment(x: torch.Tensor, kind: str, generators: Sequence[torch.Generator], f
                           f"generator per seed, but got shape {tuple(x.shape)} and {len(generators)} generator(s)")
     offsets, flips = draw(kind, generators, x.shape[1])
     return crop_and_flip(x, offsets, flips, padding, fill)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; a CPU tensor bound for CUDA goes from pinned memory without blocking (a copy from
+    pageable memory waits for every queued kernel). The pinned block is fresh, so nothing overwrites it
+    before the copy has run."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _settings(kind: str) -> tuple[int, bool]:

@@ -7,9 +7,16 @@ every seed, and no gradient mixes seeds.
 Two ``SeedModel`` kinds:
 
 - ``StackedModel``, any architecture: the seeds' parameters and buffers stacked on a leading axis
-  (``torch.func.stack_module_state``) and the one-seed network run under ``vmap(functional_call)``. Batch
-  norm works as standalone: per-seed batch statistics, and the running statistics, batched like every
-  buffer, are updated in place per seed by vmap (checked in this torch, 2.13).
+  (``torch.func.stack_module_state``) and the one-seed network run either under ``vmap(functional_call)``
+  (``seed_batching="vmap"``: one call serves every seed; vmap turns a convolution into one grouped
+  convolution) or once per seed on that seed's slices of the same stacks (``"loop"``: the standalone
+  kernels, S calls). Both keep one state dict (seed axis first), one optimizer and the same per-seed
+  maths; they agree to float rounding (a test holds them to 1e-6 through training). Batch norm works as
+  standalone: per-seed batch statistics, and the running statistics, batched like every buffer, are updated
+  in place per seed (by vmap, or through the slice views; checked in this torch, 2.13).
+  ``channels_last`` stores every convolution weight channels-last within each seed's slice, so that the
+  convolutions of either path (the grouped one of vmap, a seed's own of the loop) take cuDNN's / oneDNN's
+  NHWC kernels.
 - ``BatchedFFNN``, the ``mlp``: one hand-written ``baddbmm`` per layer, kept because the generic path is
   neither as fast nor bit-identical. ``bench/batched_models.py`` (2-20-10-2, 5 seeds, forward + backward +
   Adam, one thread, two runs on a shared 2-core machine): batch 128: BatchedFFNN 0.65-1.19 ms, generic vmap
@@ -18,6 +25,17 @@ Two ``SeedModel`` kinds:
   hand-written) the weights part by 1e-2 after 50 Adam steps, which would change every existing study's
   numbers. Its state dict keeps its own layout (``weights.i`` stored (S, in, out), ...), so teachers cached
   by older versions still load; ``seed_state`` gives ``FFNN``'s layout.
+
+Which seed batching ``auto`` means is ``AUTO_SEED_BATCHING``, by device, from measurements
+(``bench/batched_models.py``, ``bench/image_throughput.py``). On CPU the per-seed loop is the faster for
+convolutions (one thread, 5 seeds, B=64: vmap runs ResNet-8 on 32x32 input at 0.6-0.8x the loop's speed,
+digits-sized CNNs at 1.1-1.4x), but the loop's figures differ from vmap's in the last bits (another
+convolution algorithm), and ``auto`` must keep every existing figure: so CPU stays on vmap, and ``loop`` is
+there to ask for. On CUDA the rule is vmap (one launch for all seeds) until ``bench/image_throughput.py``
+has measured it on a GPU (``bench/gpu_check.sh``); that has not happened yet. Under bf16 autocast the loop
+gains more on CPU (``bench/image_throughput.py``: vmap at 0.4-0.5x the loop's speed against 0.6-0.7x in
+fp32): vmap's batching rules for batch norm and linear add float32 weights to bf16 products, so its
+activations return to float32 between layers, while the loop's stay bf16.
 """
 from __future__ import annotations
 
@@ -30,11 +48,44 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdcore.config import ModelSpec
+from kdcore.config import SEED_BATCHINGS, ModelSpec
 from kdcore.errors import ConfigError, DataError
 from kdcore.networks import BN_EPS, BN_MOMENTUM, FFNN, build, check_shape_args
 
 # --- seed batching ----------------------------------------------------------------------------------------
+
+# device type -> what seed_batching "auto" means there (the module docstring has the measurements). The mlp
+# has its own hand-batched kernel (BatchedFFNN) under "auto" and "vmap" alike.
+AUTO_SEED_BATCHING: dict[str, str] = {"cpu": "vmap", "cuda": "vmap"}
+
+
+def seed_batching_for(setting: str, device: str | torch.device) -> str:
+    """``vmap`` or ``loop``: the fit's ``seed_batching`` setting, with ``auto`` resolved for ``device``."""
+    if setting not in SEED_BATCHINGS:
+        raise ConfigError(f"seed_batching must be one of {list(SEED_BATCHINGS)}, but got {setting!r}")
+    if setting != "auto":
+        return setting
+    return AUTO_SEED_BATCHING.get(torch.device(device).type, "vmap")
+
+
+def _seed_channels_last(stack: torch.Tensor) -> torch.Tensor:
+    """A stack (S, O, I, kh, kw) of convolution weights restrided so that each seed's slice is channels-last
+    (memory order S, O, kh, kw, I); the values are unchanged, and so is every other tensor."""
+    if stack.dim() != 5:
+        return stack
+    return stack.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
+def _stacked(outputs: Sequence[Any]) -> Any:
+    """Per-seed results (a tensor, or tuples and lists of them) -> the same structure, tensors stacked on a
+    new leading seed axis (what vmap returns)."""
+    first = outputs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(list(outputs))
+    if isinstance(first, (tuple, list)):
+        return type(first)(_stacked([o[j] for o in outputs]) for j in range(len(first)))
+    raise TypeError(f"a per-seed network must return tensors (or tuples and lists of them), but returned a "
+                    f"{type(first).__name__}")
 
 
 class SeedModel(nn.Module, abc.ABC):
@@ -113,7 +164,8 @@ class _Method(nn.Module):
 
 
 class StackedModel(SeedModel):
-    """Any architecture batched over seeds: stacked weights, the one-seed network run under ``vmap``.
+    """Any architecture batched over seeds: stacked weights, the one-seed network run under ``vmap`` or in a
+    loop over the seeds (``seed_batching``).
 
     ``net`` is the standalone architecture with every parameter and buffer replaced by its (S, ...) stack,
     so its ``state_dict`` keys are the standalone ones, prefixed ``net.``. Random layers (dropout) draw
@@ -121,14 +173,23 @@ class StackedModel(SeedModel):
     fixed momentum (``momentum=None`` reads its counter in Python, which vmap cannot). On one CPU thread vmap
     gains little over five standalone networks for convolutions (they are compute-bound: digits cnn 1.1-1.4x,
     resnet8 on 8x8 about 1x, resnet8 on 32x32 0.6-0.8x; ``bench/batched_models.py``); the win it exists for
-    is on accelerators, where one launch serves all seeds.
+    is on accelerators, where one launch serves all seeds. ``loop`` runs seed i's network on the views
+    ``stack[i]`` of the same parameters (one ``unbind`` per tensor, whose backward stacks the seeds' gradients
+    once), so optimizer, state dict and checkpoints are those of ``vmap``.
     """
 
-    def __init__(self, nets: Sequence[nn.Module], seeds: Sequence[int], input_shape: tuple[int, ...]) -> None:
+    def __init__(self, nets: Sequence[nn.Module], seeds: Sequence[int], input_shape: tuple[int, ...], *,
+                 seed_batching: str = "vmap", channels_last: bool = False) -> None:
         super().__init__(seeds, input_shape)
         if len(nets) != self.n_seeds:
             raise ConfigError(f"one network per seed must be given, but got {len(nets)} for {self.n_seeds} seeds")
+        if seed_batching not in ("vmap", "loop"):
+            raise ConfigError(f"a StackedModel batches its seeds by 'vmap' or 'loop', but got {seed_batching!r}")
+        self.seed_batching = seed_batching
+        self.channels_last = channels_last
         params, buffers = torch.func.stack_module_state(list(nets))  # {name: (S, ...)}
+        if channels_last:
+            params = {name: _seed_channels_last(p) for name, p in params.items()}
         template = copy.deepcopy(nets[0])
         # Tied tensors appear once in named_parameters(); every module slot holding one gets the same stack.
         new_params = {id(p): nn.Parameter(params[name].detach(), requires_grad=p.requires_grad)
@@ -158,9 +219,16 @@ class StackedModel(SeedModel):
         def one(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor) -> Any:
             return torch.func.functional_call(net, (params, buffers), (x,), kwargs)
 
+        params = {prefix + k: v for k, v in self.net.named_parameters()}
+        buffers = {prefix + k: v for k, v in self.net.named_buffers()}
+        if self.seed_batching == "loop":
+            slices = [dict(zip(params, seed)) for seed in zip(*(p.unbind(0) for p in params.values()))]
+            views = [dict(zip(buffers, seed)) for seed in zip(*(b.unbind(0) for b in buffers.values()))]
+            if not views:  # a network without buffers
+                views = [{} for _ in range(self.n_seeds)]
+            return _stacked([one(slices[i], views[i], x if shared else x[i]) for i in range(self.n_seeds)])
         run = torch.func.vmap(one, in_dims=(0, 0, None if shared else 0), randomness="different")
-        return run({prefix + k: v for k, v in self.net.named_parameters()},
-                   {prefix + k: v for k, v in self.net.named_buffers()}, x)
+        return run(params, buffers, x)
 
     def seed_state(self, i: int) -> dict[str, torch.Tensor]:
         return {key: value[i].clone() for key, value in self.net.state_dict().items()}
@@ -287,23 +355,30 @@ class BatchedFFNN(SeedModel):
                     getattr(self, f"bn_var_{j}")[i, 0].copy_(state[f"{self._key(j, bn=True)}.running_var"])
 
 
-def batched(spec: ModelSpec, input_shape: tuple[int, ...], n_classes: int, seeds: Sequence[int]) -> SeedModel:
-    """All seeds as one model; seed s's weights equal ``build(spec, input_shape, n_classes, seed=s)``'s."""
+def batched(spec: ModelSpec, input_shape: tuple[int, ...], n_classes: int, seeds: Sequence[int], *,
+            seed_batching: str = "vmap", channels_last: bool = False) -> SeedModel:
+    """All seeds as one model; seed s's weights equal ``build(spec, input_shape, n_classes, seed=s)``'s.
+
+    ``seed_batching`` is ``vmap`` or ``loop`` (``seed_batching_for`` resolves ``auto``); the mlp under
+    ``vmap`` is the hand-batched ``BatchedFFNN`` (which has no convolutions, so ``channels_last`` is moot).
+    """
     shape = check_shape_args(input_shape, n_classes)
-    if spec.name == "mlp":
+    if spec.name == "mlp" and seed_batching != "loop":
         return BatchedFFNN(math.prod(shape), spec.hidden, n_classes, seeds, batch_norm=spec.batch_norm,
                            input_shape=shape)
-    return StackedModel([build(spec, shape, n_classes, s) for s in seeds], seeds, shape)
+    return StackedModel([build(spec, shape, n_classes, s) for s in seeds], seeds, shape, seed_batching=seed_batching,
+                        channels_last=channels_last)
 
 
 def from_states(spec: ModelSpec, input_shape: tuple[int, ...], n_classes: int,
-                states: Sequence[Mapping[str, torch.Tensor]], seeds: Sequence[int]) -> SeedModel:
+                states: Sequence[Mapping[str, torch.Tensor]], seeds: Sequence[int], *, seed_batching: str = "vmap",
+                channels_last: bool = False) -> SeedModel:
     """A batched model whose seed i holds standalone state dict ``states[i]`` (e.g. a teacher checkpoint,
     the same state for every seed)."""
     if len(states) != len(seeds):
         raise ConfigError(f"one state per seed must be given, but got {len(states)} state(s) for "
                           f"{len(seeds)} seed(s)")
-    model = batched(spec, input_shape, n_classes, seeds)
+    model = batched(spec, input_shape, n_classes, seeds, seed_batching=seed_batching, channels_last=channels_last)
     for i, state in enumerate(states):
         model.load_seed_state(i, state)
     return model

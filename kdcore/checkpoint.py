@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from kdcore.batching import SeedModel, from_states
+from kdcore.batching import SeedModel, from_states, seed_batching_for
 from kdcore.errors import ConfigError, one_line
 from kdcore.task import Teacher
 
@@ -66,7 +66,8 @@ def load_teacher(teacher: Teacher, input_shape: tuple[int, ...], seeds: Sequence
     state = read_state(teacher.checkpoint, who)
     try:
         model = from_states(teacher.fit.model_spec, input_shape, len(teacher.classes), [state] * len(seeds),
-                                   seeds)
+                            seeds, seed_batching=seed_batching_for(teacher.fit.seed_batching, device),
+                            channels_last=teacher.fit.channels_last)
     except ConfigError as exc:
         raise ConfigError(f"{who}: checkpoint {teacher.checkpoint} does not fit its architecture "
                           f"{teacher.fit.model!r} with {len(teacher.classes)} outputs: {exc}") from None

@@ -35,6 +35,11 @@ PROTOCOLS = ("honest", "seed")
 # shift a small translation without flips, for 8x8 digits (a flipped digit is another digit).
 AUGMENTATIONS: dict[str, tuple[int, bool]] = {"none": (0, False), "crop_flip": (4, True), "shift": (1, False)}
 INNER = ("folds", "split")
+# How a fit computes (kdcore.loop, kdcore.batching): its training steps' precision (bf16: forward and loss
+# under torch.autocast, the loss itself in float32), and how its seeds are batched: one vmap call for all
+# seeds, a loop over the seeds, or the per-device rule of ``kdcore.batching.AUTO_SEED_BATCHING``.
+PRECISIONS = ("fp32", "bf16")
+SEED_BATCHINGS = ("auto", "vmap", "loop")
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,12 @@ class FitConfig:
     that decays (``adamw``, ``adam_coupled``, ``sgd``). ``augment`` (``AUGMENTATIONS``) transforms each
     training batch of images on the device, every seed drawing its own crops and flips; the teacher of a
     distilled student sees the same augmented batch.
+    How it computes, which changes figures only to float rounding (fp32) or to bf16's (bf16): ``precision``
+    (``fp32``; ``bf16`` runs each training step's forward passes and loss under bf16 autocast, the loss in
+    float32; evaluation stays in float32), ``channels_last`` (convolution weights stored channels-last per
+    seed, so that cuDNN and oneDNN pick their NHWC kernels) and ``seed_batching`` (``auto``: the per-device
+    rule of ``kdcore.batching.AUTO_SEED_BATCHING``; ``vmap``: one call for all seeds; ``loop``: one call per
+    seed on the same stacked weights).
     """
 
     model: str = "mlp"
@@ -82,6 +93,9 @@ class FitConfig:
     cycle_epochs: int = 20
     pct_start: float = 0.3
     augment: str = "none"
+    precision: str = "fp32"
+    channels_last: bool = False
+    seed_batching: str = "auto"
 
     def __post_init__(self) -> None:
         where = "fit settings"
@@ -125,6 +139,10 @@ class FitConfig:
         choice(self.optimizer, "optimizer", OPTIMIZERS)
         choice(self.schedule, "schedule", SCHEDULES)
         choice(self.augment, "augment", tuple(AUGMENTATIONS))
+        choice(self.precision, "precision", PRECISIONS)
+        choice(self.seed_batching, "seed_batching", SEED_BATCHINGS)
+        if not isinstance(self.channels_last, bool):
+            raise ConfigError(f"{where}: channels_last must be true or false, but got {self.channels_last!r}")
         for name in ("lr", "weight_decay", "momentum", "gamma", "max_lr", "pct_start"):
             object.__setattr__(self, name, number(getattr(self, name), name))
         for name in ("epochs", "step_size", "cycle_epochs"):
@@ -197,7 +215,8 @@ class FitConfig:
 
 
 # Settings added after teacher-cache format 1: left out of a key while at their defaults.
-FIT_V2_SETTINGS = ("model", "channels", "width", "depth", "momentum", "nesterov", "milestones", "augment")
+FIT_V2_SETTINGS = ("model", "channels", "width", "depth", "momentum", "nesterov", "milestones", "augment",
+                   "precision", "channels_last", "seed_batching")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,15 @@
 """Measuring a seed-batched model on a set: its logits in chunks, each seed's accuracy and cross-entropy,
-per-class accuracy, and its size. Evaluation runs in eval mode without gradients.
+per-class accuracy, and its size. Evaluation runs in eval mode without gradients, in float32.
+
+The per-seed figures of one evaluation stay on the device until they are complete and then come to the host
+in one copy (``to_host``): on an accelerator each copy waits for all queued work, so one per evaluation
+rather than one per figure.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,22 +33,49 @@ def trainable_parameters(model: SeedModel) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad) // model.n_seeds
 
 
-def accuracy_and_ce(logits: torch.Tensor, subset: Subset) -> tuple[np.ndarray, np.ndarray]:
-    """Per-seed accuracy and mean cross-entropy over the set's real rows. logits (S, M, C) -> (S,), (S,)."""
+def to_host(*values: torch.Tensor) -> list[np.ndarray]:
+    """Per-seed figures (S,) on any device -> numpy arrays of their own dtypes, in one copy to the host
+    (through float64, which holds float32 and float64 values exactly)."""
+    host = torch.stack([v.double() for v in values]).cpu().numpy()
+    return [row.astype(torch.empty(0, dtype=v.dtype).numpy().dtype) for row, v in zip(host, values)]
+
+
+def accuracy_and_ce(logits: torch.Tensor, subset: Subset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-seed accuracy (float64) and mean cross-entropy over the set's real rows, on the device.
+    logits (S, M, C) -> (S,), (S,)."""
     # In float64: an accuracy is a ratio of counts, and float32 would print 0.974 as 0.9740000247955322.
     hits = (logits.argmax(dim=-1) == subset.y).double()
     weight = None if subset.weight is None else subset.weight.double()
     acc = losses.weighted_mean(hits, weight)
-    return acc.cpu().numpy(), losses.cross_entropy(logits, subset.y, subset.weight).cpu().numpy()
+    return acc, losses.cross_entropy(logits, subset.y, subset.weight)
 
 
-def evaluate(model: torch.nn.Module, select: Subset, holdout: Subset
-             ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Eval-mode logits on the selection and holdout sets and each seed's accuracy and CE on both."""
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation of a seed-batched model: the logits on the selection and holdout sets (on the device)
+    and each seed's figures (S,) on the host; ``select_loss`` when a selection loss was given."""
+
+    select_logits: torch.Tensor
+    holdout_logits: torch.Tensor
+    inner_acc: np.ndarray
+    inner_loss: np.ndarray
+    holdout_acc: np.ndarray
+    holdout_loss: np.ndarray
+    select_loss: np.ndarray | None = None
+
+
+def evaluate(model: torch.nn.Module, select: Subset, holdout: Subset,
+             select_loss: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Evaluation:
+    """Eval-mode logits on the selection and holdout sets, each seed's accuracy and CE on both and, given
+    ``select_loss`` (logits (S, M, C) -> (S,)), its value: computed on the device, copied over once."""
     model.eval()
     with torch.no_grad():
         sel_logits, hold_logits = logits_of(model, select), logits_of(model, holdout)
-    return (sel_logits, hold_logits, *accuracy_and_ce(sel_logits, select), *accuracy_and_ce(hold_logits, holdout))
+        figures = [*accuracy_and_ce(sel_logits, select), *accuracy_and_ce(hold_logits, holdout)]
+        if select_loss is not None:
+            figures.append(select_loss(sel_logits))
+    host = to_host(*figures)
+    return Evaluation(sel_logits, hold_logits, *host[:4], select_loss=host[4] if select_loss is not None else None)
 
 
 def class_accuracy(logits: torch.Tensor, subset: Subset) -> np.ndarray:

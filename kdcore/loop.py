@@ -12,10 +12,19 @@ selection loss, stops early when no seed improved for ``patience`` epochs, and r
 With early stopping the batched run stops when *every* seed has stalled, so a seed may train past the point
 where it would have stopped alone and find a later best; without it, batched equals standalone. The holdout
 (the given validation set) is only ever reported.
+
+A training step never waits for the device: it reads no tensor on the host (the LR is a Python float, each
+epoch's shuffle is copied over once, the augmentation's draws go over without blocking, the teachers'
+routing is computed once), so an accelerator's queue stays full; the figures of an evaluation come over in
+one copy (``kdcore.evaluation``). Under ``precision: bf16`` the step's forward passes (the model's and, where
+it runs per batch, the teacher's) and its loss run under ``torch.autocast(dtype=torch.bfloat16)``, the loss
+on float32 copies of the model's outputs; evaluation and selection stay in float32. fp32 runs without
+autocast, so the default path is what it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -95,6 +104,24 @@ def make_optimizer(model: torch.nn.Module, fit: FitConfig) -> torch.optim.Optimi
     return torch.optim.Adam(params, lr=fit.lr)
 
 
+def autocast(fit: FitConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The context a training step of ``fit`` runs in: bf16 autocast on ``device`` under ``precision: bf16``,
+    nothing at all under fp32 (so that fp32 is bit for bit the path without autocast)."""
+    if fit.precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def as_float(out: Any) -> Any:
+    """The model's training output with every floating tensor in float32 (a loss's log-softmax of bf16
+    logits loses most of its digits); float32 tensors are returned as they are, not copied."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, (tuple, list)):
+        return type(out)(as_float(o) for o in out)
+    return out
+
+
 def run_phase(phase: Phase, train: Subset, select: Subset, holdout: Subset,
               on_epoch: ReportFn | None = None) -> FitResult:
     """Train ``phase`` on ``train`` (shuffled per-seed mini-batches, scheduled LR), select on ``select``, report
@@ -144,8 +171,9 @@ def run_phase(phase: Phase, train: Subset, select: Subset, holdout: Subset,
                 x = whole if whole is not None else train.take_x(idx)  # (N, ...) or (S, N, ...), or (S, B, ...)
                 if augmenting:
                     x = augment.augment(x, fit.augment, crops, fill, n_seeds)  # (S, B, C, H, W)
-                out = model(x) if phase.train_forward is None else phase.train_forward(model, x)
-                loss = phase.batch_loss(out, idx, epoch - 1, x).sum()
+                with autocast(fit, device):
+                    out = model(x) if phase.train_forward is None else phase.train_forward(model, x)
+                    loss = phase.batch_loss(as_float(out), idx, epoch - 1, x).sum()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -156,9 +184,9 @@ def run_phase(phase: Phase, train: Subset, select: Subset, holdout: Subset,
 
         if epoch % phase.eval_every and epoch != epochs:
             continue
-        sel_logits, _, inner_acc, inner_ce, holdout_acc, holdout_ce = evaluate(model, select, holdout)
-        with torch.no_grad():
-            sel_loss = phase.select_loss(sel_logits).cpu().numpy()
+        ev = evaluate(model, select, holdout, phase.select_loss)
+        inner_acc, inner_ce, holdout_acc, holdout_ce = ev.inner_acc, ev.inner_loss, ev.holdout_acc, ev.holdout_loss
+        sel_loss: np.ndarray = ev.select_loss  # type: ignore[assignment]  # given a selection loss
         if not np.isfinite(sel_loss).all():
             bad = [seeds[i] for i in np.flatnonzero(~np.isfinite(sel_loss))]
             raise TrainingError(f"{method}: loss became NaN or infinite at epoch {epoch_offset + epoch} (seeds {bad})")

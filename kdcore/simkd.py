@@ -126,7 +126,10 @@ def simkd_model(prep: Prepared, config: ExperimentConfig, teacher: SeedModel) ->
             torch.random.default_generator.manual_seed(int(seed))
             nets.append(build_student(student, frozen, prep.input_shape, factor=config.kd.factor,
                                       placement=config.kd.placement))
-    return batching.StackedModel(nets, config.seeds, prep.input_shape).to(prep.device)
+    fit = config.student
+    return batching.StackedModel(nets, config.seeds, prep.input_shape,
+                                 seed_batching=batching.seed_batching_for(fit.seed_batching, prep.device),
+                                 channels_last=fit.channels_last).to(prep.device)
 
 
 def feature_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str,

@@ -23,7 +23,7 @@ from kdcore.prepared import Prepared, Subset, rows_of, task_of
 from kdcore.result import FitResult, ReportFn, joined
 from kdcore.supervised import hard_label_losses, new_model
 from kdcore.task import Task
-from kdcore.teachers import Targets, teacher_outputs, teacher_targets
+from kdcore.teachers import Routing, Targets, routed_targets, routing_of, teacher_outputs, teacher_targets
 
 
 @dataclass(frozen=True)
@@ -70,13 +70,24 @@ class StudentRun:
         """Whether the student's batches are augmented (then the teachers run on each augmented batch)."""
         return self.student.augments
 
+    @functools.cached_property
+    def fit_routing(self) -> Routing:
+        """The task's routing of every fit-set row, computed once (``batch_targets`` takes its rows)."""
+        if len(self.teachers) != len(self.task.teachers):
+            raise TrainingError(f"the task has {len(self.task.teachers)} teachers, but {len(self.teachers)} "
+                                "models were given")
+        if self.teachers[0].n_seeds != len(self.config.seeds):
+            raise TrainingError(f"teachers have {self.teachers[0].n_seeds} seeds, but the student has "
+                                f"{len(self.config.seeds)}")
+        return routing_of(self.task, self.prep.fit, len(self.config.seeds))
+
     def batch_targets(self, targets: Targets, idx: torch.Tensor, x: torch.Tensor) -> Targets:
         """The routed teachers' targets for the batch ``idx`` (S, B): rows of ``targets`` (computed once on
-        the fit set) when batches are not augmented, else the teachers run on the augmented batch ``x``."""
+        the fit set) when batches are not augmented, else the teachers run on the augmented batch ``x``,
+        routed by the rows of the fit set's routing (nothing read on the host inside a step)."""
         if not self.augmenting:
             return targets.rows(idx)
-        train = self.prep.fit
-        return self.targets(Subset(x, train.take(train.y, idx), train.take(train.d, idx)))
+        return routed_targets(self.task, self.teachers, self.fit_routing.rows(idx), x)
 
     def hard_label_losses(self) -> tuple[BatchLoss, SelectLoss]:
         """Cross-entropy on the fit set's labels and on the selection set's."""

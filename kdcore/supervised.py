@@ -18,7 +18,9 @@ from kdcore.result import FitResult, ReportFn
 def new_model(prep: Prepared, fit: FitConfig, seeds: Sequence[int], n_out: int | None = None) -> SeedModel:
     """A fresh seed-batched network of ``fit``'s architecture for ``prep``'s inputs (``n_out`` classes)."""
     n_out = prep.n_classes if n_out is None else n_out
-    return batching.batched(fit.model_spec, prep.input_shape, n_out, seeds).to(prep.device)
+    return batching.batched(fit.model_spec, prep.input_shape, n_out, seeds,
+                            seed_batching=batching.seed_batching_for(fit.seed_batching, prep.device),
+                            channels_last=fit.channels_last).to(prep.device)
 
 
 def hard_label_losses(train: Subset, select: Subset) -> tuple[BatchLoss, SelectLoss]:

@@ -32,7 +32,7 @@ def teacher_outputs(teacher: SeedModel, x: torch.Tensor | Subset,
     """The teacher's logits (S, N, C) on x (N, ...) or (S, N, ...), or on every row of a set, and, for feature
     distillation, its last ``stages`` feature maps (S, N, C_i, H_i, W_i): the only place teachers run (eval
     mode, no gradient, so a row's outputs do not depend on the rows beside it), in chunks of ``EVAL_CHUNK``
-    rows."""
+    rows; in the caller's precision (bf16 inside a bf16 training step), returned in float32."""
     if isinstance(x, Subset):
         parts = x.chunks(EVAL_CHUNK)
     else:
@@ -47,19 +47,21 @@ def teacher_outputs(teacher: SeedModel, x: torch.Tensor | Subset,
                     raise ConfigError(f"feature distillation needs a teacher with feature maps, but got "
                                       f"{type(teacher).__name__}")
                 maps.append(teacher.call("features", part)[-stages:])
-    return torch.cat(logits, dim=1), [torch.cat([m[i] for m in maps], dim=1) for i in range(stages)]
+    # float32 whatever precision the caller's autocast ran them in (float32 tensors are not copied)
+    return (torch.cat(logits, dim=1).float(),
+            [torch.cat([m[i] for m in maps], dim=1).float() for i in range(stages)])
 
 
 def evaluate_teacher(prep: Prepared, teacher: Teacher, model: SeedModel, seconds: float = 0.0) -> FitResult:
     """A teacher that was not trained here (a checkpoint): its metrics on its own classes' samples, marked
     with the file it came from (``FitResult.loaded_from``)."""
     _, select, holdout = prep.part(teacher.classes, teacher.group)
-    _, hold_logits, inner_acc, inner_ce, holdout_acc, holdout_ce = evaluate(model, select, holdout)
-    class_acc = class_accuracy(hold_logits, holdout)
+    ev = evaluate(model, select, holdout)
+    class_acc = class_accuracy(ev.holdout_logits, holdout)
     zeros = np.zeros(model.n_seeds, dtype=np.int64)
-    return FitResult(teacher.name, model.seeds, inner_acc, inner_ce, holdout_acc, holdout_ce, zeros, 0, seconds,
-                     model, classes=teacher.classes, class_acc=class_acc, params=trainable_parameters(model),
-                     loaded_from=teacher.checkpoint)
+    return FitResult(teacher.name, model.seeds, ev.inner_acc, ev.inner_loss, ev.holdout_acc, ev.holdout_loss, zeros,
+                     0, seconds, model, classes=teacher.classes, class_acc=class_acc,
+                     params=trainable_parameters(model), loaded_from=teacher.checkpoint)
 
 
 def train_teachers(prep: Prepared, config: ExperimentConfig, on_epoch: ReportFn | None = None) -> list[FitResult]:
@@ -99,30 +101,62 @@ class Targets:
                        None if self.weight is None else rows_of(self.weight, idx))
 
 
-def teacher_targets(task: Task, teachers: Sequence[SeedModel], subset: Subset) -> Targets:
-    """The routed teachers' targets for ``subset``, each teacher run once (``teacher_outputs``)."""
-    if len(teachers) != len(task.teachers):
-        raise TrainingError(f"the task has {len(task.teachers)} teachers, but {len(teachers)} models were given")
+@dataclass(frozen=True)
+class Routing:
+    """Which teacher fills each target slot of each sample, from the samples' labels and groups alone.
+
+    slot (S, N, K, R): teacher k fills slot r of sample i; mask and weight as in ``Targets``; columns[k]
+    the global classes of teacher k's outputs, on the device. Computed once per set (it reads the labels
+    on the host), so that a batch's targets (``rows``, then ``routed_targets``) need nothing from the host.
+    """
+
+    slot: torch.Tensor
+    mask: torch.Tensor | None
+    weight: torch.Tensor | None
+    columns: tuple[torch.Tensor, ...]
+
+    def rows(self, idx: torch.Tensor) -> Routing:
+        """Each seed's rows ``idx`` (S, B) -> the routing of that batch."""
+        return Routing(rows_of(self.slot, idx), None if self.mask is None else rows_of(self.mask, idx),
+                       None if self.weight is None else rows_of(self.weight, idx), self.columns)
+
+
+def routing_of(task: Task, subset: Subset, n_seeds: int) -> Routing:
+    """The task's routing of every row of ``subset`` for ``n_seeds`` seeds."""
     device = subset.y.device
     route = torch.as_tensor(task.route(subset.y.cpu().numpy(), subset.d.cpu().numpy()), device=device)
-    n_seeds = teachers[0].n_seeds
     route = route.expand(n_seeds, *route.shape[-2:])  # (S, N, K)
     n_slots = max(1, int(route.sum(dim=-1).max()))
     slot = torch.nn.functional.one_hot((route.cumsum(dim=-1) - 1).clamp_min(0), n_slots).bool()  # (S, N, K, R)
     slot &= route.unsqueeze(-1)
-    shape = (*route.shape[:2], n_slots, task.n_classes)
-    logits = torch.zeros(shape, device=device)
-    mask = torch.zeros(shape, dtype=torch.bool, device=device)
+    mask = torch.zeros((*route.shape[:2], n_slots, task.n_classes), dtype=torch.bool, device=device)
     known = torch.as_tensor(task.class_mask, device=device)  # (K, C)
-    for teacher, model in zip(task.teachers, teachers):
-        local, _ = teacher_outputs(model, subset)  # (S, N, |S_k|): every row, kept where routed to this teacher
-        full = torch.zeros((*local.shape[:2], task.n_classes), device=device)
-        full[..., list(teacher.classes)] = local
-        here = slot[:, :, teacher.index].unsqueeze(-1)  # (S, N, R, 1)
-        logits = torch.where(here, full.unsqueeze(2), logits)
-        mask = mask | (here & known[teacher.index])
+    for teacher in task.teachers:
+        mask = mask | (slot[:, :, teacher.index].unsqueeze(-1) & known[teacher.index])
     filled = slot.any(dim=2)  # (S, N, R)
     # An empty slot (a sample with fewer teachers than R) counts for nothing (weight 0); every class is
     # "known" there so that its softmax stays finite.
     mask = mask | ~filled.unsqueeze(-1)
-    return Targets(logits, None if bool(mask.all()) else mask, None if bool(filled.all()) else filled.float())
+    columns = tuple(torch.as_tensor(list(t.classes), device=device) for t in task.teachers)
+    return Routing(slot, None if bool(mask.all()) else mask, None if bool(filled.all()) else filled.float(), columns)
+
+
+def routed_targets(task: Task, teachers: Sequence[SeedModel], routing: Routing, x: torch.Tensor | Subset) -> Targets:
+    """The targets of the samples ``x`` (a set, or a batch (S, B, ...)) routed by ``routing``: each teacher
+    run once on them (``teacher_outputs``), its logits placed in its classes' columns of its slots."""
+    slot = routing.slot
+    logits = torch.zeros((*slot.shape[:2], slot.shape[-1], task.n_classes), device=slot.device)
+    for teacher, model, columns in zip(task.teachers, teachers, routing.columns):
+        local, _ = teacher_outputs(model, x)  # (S, N, |S_k|): every row, kept where routed to this teacher
+        full = torch.zeros((*local.shape[:2], task.n_classes), device=slot.device)
+        full[..., columns] = local
+        here = slot[:, :, teacher.index].unsqueeze(-1)  # (S, N, R, 1)
+        logits = torch.where(here, full.unsqueeze(2), logits)
+    return Targets(logits, routing.mask, routing.weight)
+
+
+def teacher_targets(task: Task, teachers: Sequence[SeedModel], subset: Subset) -> Targets:
+    """The routed teachers' targets for ``subset``, each teacher run once (``teacher_outputs``)."""
+    if len(teachers) != len(task.teachers):
+        raise TrainingError(f"the task has {len(task.teachers)} teachers, but {len(teachers)} models were given")
+    return routed_targets(task, teachers, routing_of(task, subset, teachers[0].n_seeds), subset)
