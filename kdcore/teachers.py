@@ -60,20 +60,26 @@ def evaluate_teacher(prep: Prepared, teacher: Teacher, model: SeedModel, seconds
                      model, classes=teacher.classes, class_acc=class_acc, params=trainable_parameters(model))
 
 
+def train_teacher(prep: Prepared, config: ExperimentConfig, teacher: Teacher,
+                  on_epoch: ReportFn | None = None) -> FitResult:
+    """One teacher, trained (or loaded from its checkpoint and evaluated) on its own classes and group,
+    selected and reported on those samples only, in its own label space.
+
+    What it trains depends on the teacher alone: its network is initialised, its batches shuffled and
+    augmented from generators seeded by the seeds (``kdcore.networks.build``, ``kdcore.loop``), never
+    from state an earlier teacher left, so teacher k comes out the same whether trained after the others
+    or alone in its own process."""
+    if teacher.checkpoint is not None:
+        start = time.perf_counter()
+        model = load_teacher(teacher, prep.input_shape, config.seeds, prep.device)
+        return evaluate_teacher(prep, teacher, model, time.perf_counter() - start)
+    return train_supervised(prep, teacher.fit, config.seeds, method=teacher.name, eval_every=config.eval_every,
+                            on_epoch=on_epoch, classes=teacher.classes, group=teacher.group)
+
+
 def train_teachers(prep: Prepared, config: ExperimentConfig, on_epoch: ReportFn | None = None) -> list[FitResult]:
-    """The task's teachers: each trained (or loaded from its checkpoint) on its own classes and group,
-    selected and reported on those samples only, in its own label space."""
-    out = []
-    for teacher in task_of(prep, config).teachers:
-        if teacher.checkpoint is not None:
-            start = time.perf_counter()
-            model = load_teacher(teacher, prep.input_shape, config.seeds, prep.device)
-            out.append(evaluate_teacher(prep, teacher, model, time.perf_counter() - start))
-            continue
-        out.append(train_supervised(prep, teacher.fit, config.seeds, method=teacher.name,
-                                    eval_every=config.eval_every, on_epoch=on_epoch, classes=teacher.classes,
-                                    group=teacher.group))
-    return out
+    """The task's teachers, one after another (``train_teacher``)."""
+    return [train_teacher(prep, config, teacher, on_epoch) for teacher in task_of(prep, config).teachers]
 
 
 @dataclass(frozen=True)
