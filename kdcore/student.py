@@ -23,18 +23,22 @@ from kdcore.prepared import Prepared, Subset, rows_of, task_of
 from kdcore.result import FitResult, ReportFn, joined
 from kdcore.supervised import hard_label_losses, new_model
 from kdcore.task import Task
-from kdcore.teachers import Targets, teacher_outputs, teacher_targets
+from kdcore.teachers import Targets, routed_targets, teacher_outputs, teacher_targets
+from kdcore.variant_logits import VariantLogits, compute
 
 
 @dataclass(frozen=True)
 class StudentRun:
     """What a KD method trains its student from: ``prep``'s sets, ``config``'s student settings, the task
-    resolved against the data and, for a method that uses them, the task's trained ``teachers``."""
+    resolved against the data and, for a method that uses them, the task's trained ``teachers``, with their
+    logits over every crop/flip variant (``variants``) when ``kd.targets`` is ``variants`` and the caller
+    keeps them (a study's cache); else they are computed here when needed."""
 
     prep: Prepared
     config: ExperimentConfig
     teachers: Sequence[SeedModel]
     on_epoch: ReportFn | None = None
+    variants: VariantLogits | None = None
 
     # the building blocks every method shares
     rows = staticmethod(rows_of)
@@ -70,13 +74,25 @@ class StudentRun:
         """Whether the student's batches are augmented (then the teachers run on each augmented batch)."""
         return self.student.augments
 
-    def batch_targets(self, targets: Targets, idx: torch.Tensor, x: torch.Tensor) -> Targets:
+    @functools.cached_property
+    def variant_logits(self) -> VariantLogits:
+        """The teachers' logits over every variant of the fit set's images (given, or computed once here)."""
+        if self.variants is not None:
+            return self.variants
+        return compute(self.teachers, self.prep.fit, self.student.augment)
+
+    def batch_targets(self, targets: Targets, idx: torch.Tensor, x: torch.Tensor,
+                      variant: torch.Tensor | None = None) -> Targets:
         """The routed teachers' targets for the batch ``idx`` (S, B): rows of ``targets`` (computed once on
-        the fit set) when batches are not augmented, else the teachers run on the augmented batch ``x``."""
+        the fit set) when batches are not augmented, else the teachers run on the augmented batch ``x`` or,
+        under ``kd.targets: variants``, their logits looked up at each image's ``variant`` (S, B)."""
         if not self.augmenting:
             return targets.rows(idx)
         train = self.prep.fit
-        return self.targets(Subset(x, train.take(train.y, idx), train.take(train.d, idx)))
+        y, d = train.take(train.y, idx), train.take(train.d, idx)
+        if self.kd.targets == "variants" and variant is not None:
+            return routed_targets(self.task, self.variant_logits.lookup(train, idx, variant), y, d)
+        return self.targets(Subset(x, y, d))
 
     def hard_label_losses(self) -> tuple[BatchLoss, SelectLoss]:
         """Cross-entropy on the fit set's labels and on the selection set's."""
@@ -97,15 +113,17 @@ def train_student(
     config: ExperimentConfig,
     teachers: Sequence[SeedModel] | None,
     on_epoch: ReportFn | None = None,
+    variants: VariantLogits | None = None,
 ) -> FitResult:
     """The student distilled from the task's teachers by ``config.kd.method`` (its entry of ``METHODS``).
 
     A configuration without a KD term (``none``, or Hinton with alpha = 0) trains on hard labels alone, and
-    ``teachers`` may then be None.
+    ``teachers`` may then be None. ``variants``: the teachers' logits over every crop/flip variant, kept by
+    the caller (``kdcore.variant_logits.VariantCache``), for ``kd.targets: variants``.
     """
     kd = config.kd
     method = METHODS[kd.method]
-    run = StudentRun(prep, config, () if teachers is None else tuple(teachers), on_epoch)
+    run = StudentRun(prep, config, () if teachers is None else tuple(teachers), on_epoch, variants)
     if method.uses_teachers(kd):
         if teachers is None:
             raise TrainingError(f"kd.method {kd.method!r} (alpha={kd.alpha}) learns from teachers, but none were "

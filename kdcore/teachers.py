@@ -107,9 +107,16 @@ def teacher_targets(task: Task, teachers: Sequence[SeedModel], subset: Subset) -
     """The routed teachers' targets for ``subset``, each teacher run once (``teacher_outputs``)."""
     if len(teachers) != len(task.teachers):
         raise TrainingError(f"the task has {len(task.teachers)} teachers, but {len(teachers)} models were given")
-    device = subset.y.device
-    route = torch.as_tensor(task.route(subset.y.cpu().numpy(), subset.d.cpu().numpy()), device=device)
-    n_seeds = teachers[0].n_seeds
+    return routed_targets(task, [teacher_outputs(model, subset)[0] for model in teachers], subset.y, subset.d)
+
+
+def routed_targets(task: Task, outputs: Sequence[torch.Tensor], y: torch.Tensor, d: torch.Tensor) -> Targets:
+    """The targets of samples with labels y and groups d ((N,) or (S, N)) from each teacher's logits on them,
+    ``outputs[k]`` (S, N, |S_k|), routed as the task says: from teachers run on them, or looked up
+    (``kdcore.variant_logits``)."""
+    device = y.device
+    route = torch.as_tensor(task.route(y.cpu().numpy(), d.cpu().numpy()), device=device)
+    n_seeds = outputs[0].shape[0]
     route = route.expand(n_seeds, *route.shape[-2:])  # (S, N, K)
     n_slots = max(1, int(route.sum(dim=-1).max()))
     slot = torch.nn.functional.one_hot((route.cumsum(dim=-1) - 1).clamp_min(0), n_slots).bool()  # (S, N, K, R)
@@ -118,8 +125,8 @@ def teacher_targets(task: Task, teachers: Sequence[SeedModel], subset: Subset) -
     logits = torch.zeros(shape, device=device)
     mask = torch.zeros(shape, dtype=torch.bool, device=device)
     known = torch.as_tensor(task.class_mask, device=device)  # (K, C)
-    for teacher, model in zip(task.teachers, teachers):
-        local, _ = teacher_outputs(model, subset)  # (S, N, |S_k|): every row, kept where routed to this teacher
+    for teacher, local in zip(task.teachers, outputs):
+        # local (S, N, |S_k|): every row, kept where routed to this teacher
         full = torch.zeros((*local.shape[:2], task.n_classes), device=device)
         full[..., list(teacher.classes)] = local
         here = slot[:, :, teacher.index].unsqueeze(-1)  # (S, N, R, 1)
