@@ -77,9 +77,11 @@ class StudentRun:
     @functools.cached_property
     def variant_logits(self) -> VariantLogits:
         """The teachers' logits over every variant of the fit set's images (given, or computed once here)."""
-        if self.variants is not None:
-            return self.variants
-        return compute(self.teachers, self.prep.fit, self.student.augment)
+        found = self.variants if self.variants is not None else compute(self.teachers, self.prep.fit,
+                                                                          self.student.augment)
+        # On an accelerator the tables move there once (1.62 GB per seed for CIFAR-100): no host round trip
+        # per batch; on the CPU they stay memory-mapped, shared by the trials of the node.
+        return found if self.prep.device.type == "cpu" else found.to(self.prep.device)
 
     def batch_targets(self, targets: Targets, idx: torch.Tensor, x: torch.Tensor,
                       variant: torch.Tensor | None = None) -> Targets:

@@ -17,7 +17,8 @@ maps (164 times the logits of ResNet-32x4 per image), which no table holds: it r
 
 On disk (``VariantCache``): one ``.npy`` table per teacher beside the teacher entry, named by a key of the
 teachers' key, the augmentation and the precision, written atomically under the key's lock, and read
-memory-mapped, so the trials on one node share one copy in the page cache.
+memory-mapped, so the trials on one node share one copy in the page cache; a trial on an accelerator
+moves them there once (``VariantLogits.to``), so that a look-up needs no round trip to the host.
 """
 
 from __future__ import annotations
@@ -56,16 +57,27 @@ class VariantLogits:
     """Each teacher's logits (S, N, V, |S_k|) on variant v of image n of the fit set's features x (N, ...)."""
 
     kind: str
-    tables: tuple[np.ndarray, ...]  # float16, possibly memory-mapped
+    tables: tuple[np.ndarray | torch.Tensor, ...]  # float16: numpy (possibly memory-mapped), or on a device
+
+    def to(self, device: str | torch.device) -> VariantLogits:
+        """The tables as tensors on ``device``, so that a look-up there needs no round trip to the host."""
+        return VariantLogits(self.kind, tuple(torch.as_tensor(np.array(t)).to(device) if isinstance(t, np.ndarray)
+                                              else t.to(device) for t in self.tables))
 
     def lookup(self, fit: Subset, idx: torch.Tensor, variant: torch.Tensor) -> list[torch.Tensor]:
         """Each teacher's logits (S, B, |S_k|), float32 on the fit set's device, for the batch ``idx`` (S, B)
         of ``fit`` whose images became variants ``variant`` (S, B)."""
         rows = idx if fit.rows is None else rows_of(fit.rows, idx)  # (S, B) rows of x
-        rows_np, variant_np = rows.cpu().numpy(), variant.cpu().numpy()
-        seeds = np.arange(rows_np.shape[0])[:, None]
-        return [torch.from_numpy(np.ascontiguousarray(t[seeds, rows_np, variant_np])).to(fit.device).float()
-                for t in self.tables]
+        out = []
+        for t in self.tables:
+            if isinstance(t, torch.Tensor):
+                seeds = torch.arange(rows.shape[0], device=t.device)[:, None]
+                out.append(t[seeds, rows.to(t.device), variant.to(t.device)].to(fit.device).float())
+            else:
+                rows_np, variant_np = rows.cpu().numpy(), variant.cpu().numpy()
+                picked = t[np.arange(rows_np.shape[0])[:, None], rows_np, variant_np]
+                out.append(torch.from_numpy(np.ascontiguousarray(picked)).to(fit.device).float())
+        return out
 
 
 def compute(teachers: Sequence[SeedModel], fit: Subset, kind: str) -> VariantLogits:

@@ -60,6 +60,10 @@ def test_looked_up_logits_are_the_teacher_on_the_same_augmented_batch(kind: str)
     x, variant = augment.augment_drawn(fit.take_x(idx), kind, augment.generators(config.seeds),
                                        augment.black(fit.x), 2)
     assert variant is not None and int(variant.max()) < augment.variant_count(kind)
+    on_device = table.to("cpu")  # the tables as tensors, as on an accelerator: the same rows
+    assert all(isinstance(t, torch.Tensor) for t in on_device.tables)
+    for a, b in zip(table.lookup(fit, idx, variant), on_device.lookup(fit, idx, variant)):
+        assert torch.equal(a, b)
     for teacher, looked in zip(teachers, table.lookup(fit, idx, variant)):
         on_batch, _ = teacher_outputs(teacher, x)  # type: ignore[arg-type]
         assert looked.dtype == torch.float32 and looked.shape == on_batch.shape
