@@ -1,7 +1,7 @@
 """The reference phase (mixed baseline + teachers) of a study: as kdtune runs it, and as it used to run.
 
-- ``ray``: kdtune's way (``tune.reference.run_jobs``): two Ray tasks with one trial's resources (1 CPU,
-  ``torch.set_num_threads(1)``), in parallel where there are CPUs.
+- ``ray``: kdtune's way (``tune.reference.run_jobs``): the baseline and each teacher its own Ray task with
+  one trial's resources (1 CPU, ``torch.set_num_threads(1)``), in parallel where there are CPUs.
 - ``driver``: the old way: baseline then teachers in the driver process with torch's default threads
   (one per core), as before issue 11.
 
@@ -60,10 +60,10 @@ def planned(storage: Path, name: str, data: str, space: str) -> tuple[object, ob
 
 def ray_way(paths: object, meta: object) -> float:
     from tune.plan import RunOptions
-    from tune.reference import run_jobs
+    from tune.reference import reference_jobs, run_jobs
 
     start = time.perf_counter()
-    run_jobs(paths, meta, [("baseline", None), ("teachers", None)], label="references",  # type: ignore[arg-type]
+    run_jobs(paths, meta, reference_jobs(meta, set()), label="references",  # type: ignore[arg-type]
              options=RunOptions(quiet=True))
     return time.perf_counter() - start
 

@@ -48,6 +48,7 @@ PUBLIC: dict[str, tuple[str, str]] = {
     **{name: ("kdcore.teachers", name) for name in ("train_teachers", "teacher_targets")},
     "train_student": ("kdcore.student", "train_student"),
     **{name: ("kdcore.teacher_cache", name) for name in ("TeacherCache", "teacher_key")},
+    **{name: ("kdcore.variant_logits", name) for name in ("VariantCache", "VariantLogits")},
     # files
     **{name: ("kdcore.atomic_file", name) for name in ("write_atomic", "replacing")},
     "safe_load": ("kdcore.yaml_loader", "safe_load"),
@@ -109,4 +110,5 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from kdcore.task_config import ROUTINGS, TaskConfig, TeacherSpec
     from kdcore.teacher_cache import TeacherCache, teacher_key
     from kdcore.teachers import teacher_targets, train_teachers
+    from kdcore.variant_logits import VariantCache, VariantLogits
     from kdcore.yaml_loader import safe_load

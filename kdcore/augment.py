@@ -71,16 +71,46 @@ def augment(x: torch.Tensor, kind: str, generators: Sequence[torch.Generator], f
             n_seeds: int) -> torch.Tensor:
     """The augmented batch (S, B, C, H, W) of ``x``: (S, B, C, H, W) per seed or (B, C, H, W) shared by every
     seed (then each seed still draws its own crops and flips); ``x`` itself when ``kind`` is ``none``."""
+    return augment_drawn(x, kind, generators, fill, n_seeds)[0]
+
+
+def augment_drawn(x: torch.Tensor, kind: str, generators: Sequence[torch.Generator], fill: torch.Tensor,
+                  n_seeds: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``augment``, and which variant (``variant_index``) each seed's image became (S, B) on the CPU;
+    None for ``none``."""
     padding, flips = _settings(kind)
     if padding == 0 and not flips:  # ``none``
-        return x
+        return x, None
     if x.dim() == 4:
         x = x.unsqueeze(0).expand(n_seeds, *x.shape)
     if x.dim() != 5 or x.shape[0] != n_seeds or len(generators) != n_seeds:
         raise ConfigError(f"augmentation {kind!r} needs images (S={n_seeds}, B, C, H, W) or (B, C, H, W) and one "
                           f"generator per seed, but got shape {tuple(x.shape)} and {len(generators)} generator(s)")
-    offsets, flips = draw(kind, generators, x.shape[1])
-    return crop_and_flip(x, offsets, flips, padding, fill)
+    offsets, flipped = draw(kind, generators, x.shape[1])
+    return crop_and_flip(x, offsets, flipped, padding, fill), variant_index(kind, offsets, flipped)
+
+
+def variant_count(kind: str) -> int:
+    """How many images augmentation ``kind`` makes of one: (2 * padding + 1)^2 offsets, times 2 with flips
+    (``crop_flip``: 162; ``shift``: 9; ``none``: 1)."""
+    padding, flips = _settings(kind)
+    return (2 * padding + 1) ** 2 * (2 if flips else 1)
+
+
+def variant_index(kind: str, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """The variant number of crop offsets (..., 2) and flips (...): ``(row * (2p + 1) + col) * F + flip``,
+    F = 2 with flips, else 1 (0 .. ``variant_count(kind)`` - 1)."""
+    padding, flipping = _settings(kind)
+    cell = offsets[..., 0].long() * (2 * padding + 1) + offsets[..., 1].long()
+    return cell * 2 + flips.long() if flipping else cell
+
+
+def variants(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every variant of ``kind`` in the order of ``variant_index``: offsets (V, 2) and flips (V,)."""
+    padding, flipping = _settings(kind)
+    side = torch.arange(2 * padding + 1)
+    grid = torch.cartesian_prod(side, side, torch.arange(2 if flipping else 1)).reshape(-1, 3)  # (V, 3)
+    return grid[:, :2], grid[:, 2].bool()
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

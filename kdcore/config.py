@@ -34,6 +34,8 @@ PROTOCOLS = ("honest", "seed")
 # crop_flip is the CIFAR standard of the KD literature (RandomCrop(32, padding=4) + RandomHorizontalFlip);
 # shift a small translation without flips, for 8x8 digits (a flipped digit is another digit).
 AUGMENTATIONS: dict[str, tuple[int, bool]] = {"none": (0, False), "crop_flip": (4, True), "shift": (1, False)}
+# Where a logit-target method's targets come from on augmented batches (KDConfig.targets).
+KD_TARGETS = ("batch", "variants")
 INNER = ("folds", "split")
 # How a fit computes (kdcore.loop, kdcore.batching): its training steps' precision (bf16: forward and loss
 # under torch.autocast, the loss itself in float32), and how its seeds are batched: one vmap call for all
@@ -235,6 +237,9 @@ class KDConfig:
     between them, on the samples the teacher classifies right when ``use_labels``, plus ``ce_weight`` * CE and
     ``logit_weight`` * T^2 * KL(teacher || reused head) on the reused-classifier path; the teacher's frozen
     classifier predicts. alpha is not used.
+    ``targets`` (logit-target methods, on augmented batches): ``batch`` runs the teachers on each augmented
+    batch; ``variants`` looks their logits up in tables over every crop/flip variant, computed once
+    (``kdcore.variant_logits``; float16, so within 2^-11 of each logit: not the same figures bit for bit).
     """
 
     method: str = "hinton"
@@ -249,8 +254,10 @@ class KDConfig:
     use_labels: bool = False
     ce_weight: float = 0.0
     logit_weight: float = 0.0
+    targets: str = "batch"
 
     def __post_init__(self) -> None:
+        choice(self.targets, "kd.targets", KD_TARGETS)
         choice(self.method, "kd.method", tuple(METHODS))  # the live registry: a test may add an entry
         choice(self.placement, "kd.placement", PLACEMENTS)
         choice(self.feature_loss, "kd.feature_loss", FEATURE_LOSSES)
@@ -298,7 +305,10 @@ class KDConfig:
         return cls(**dict(data))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["targets"] == "batch":  # added later: only where it differs, so records made before stay equal
+            del out["targets"]
+        return out
 
 
 def is_import_path(name: str) -> bool:

@@ -36,12 +36,13 @@ def hinton(run: StudentRun) -> FitResult:
     targets = None if run.augmenting else run.targets(train)  # (S, N, R, C) routed by the task
     _, select_ce = run.hard_label_losses()
 
-    def hinton_loss(logits: torch.Tensor, idx: torch.Tensor, epoch: int, x: torch.Tensor) -> torch.Tensor:
-        t = run.batch_targets(targets, idx, x)  # type: ignore[arg-type]  # None only when augmenting
+    def hinton_loss(logits: torch.Tensor, idx: torch.Tensor, epoch: int, x: torch.Tensor,
+                    variant: torch.Tensor | None = None) -> torch.Tensor:
+        t = run.batch_targets(targets, idx, x, variant)  # type: ignore[arg-type]  # None only when augmenting
         return losses.subset_hinton_kd(logits, t.logits, t.mask, t.weight, train.take(train.y, idx), kd.alpha,
                                        kd.temperature)
 
-    return run.fit(run.phase(model, hinton_loss, select_ce))
+    return run.fit(run.phase(model, hinton_loss, select_ce, wants_variant=True))
 
 
 def annealing(run: StudentRun) -> FitResult:
@@ -52,16 +53,17 @@ def annealing(run: StudentRun) -> FitResult:
     fit_targets = None if run.augmenting else run.targets(run.prep.fit)
     select_targets = run.targets(select).logits[:, :, 0]
 
-    def phase1_loss(logits: torch.Tensor, idx: torch.Tensor, epoch: int, x: torch.Tensor) -> torch.Tensor:
+    def phase1_loss(logits: torch.Tensor, idx: torch.Tensor, epoch: int, x: torch.Tensor,
+                    variant: torch.Tensor | None = None) -> torch.Tensor:
         phi = annealing_phi(epoch, epochs=kd.anneal_epochs, tau_max=kd.tau_max)
-        full = run.batch_targets(fit_targets, idx, x).logits[:, :, 0]  # type: ignore[arg-type]
+        full = run.batch_targets(fit_targets, idx, x, variant).logits[:, :, 0]  # type: ignore[arg-type]
         return losses.annealing_mse(logits, losses.annealing_target(full, phi))  # the one routed teacher
 
     def phase1_select(logits: torch.Tensor) -> torch.Tensor:
         return losses.annealing_mse(logits, select_targets, select.weight)
 
     first = run.fit(run.phase(model, phase1_loss, phase1_select, epochs=kd.anneal_epochs, patience=None,
-                              restore_best=True))
+                              restore_best=True, wants_variant=True))
     second = run.fit(run.phase(first.model, *run.hard_label_losses(), epoch_offset=first.epochs_run))
     return run.joined(first, second)
 

@@ -80,6 +80,7 @@ class Phase:
     head: str = "student"
     epoch_offset: int = 0
     params_detail: Mapping[str, int] = field(default_factory=dict)
+    wants_variant: bool = False  # the batch loss also takes ``variant=``: each image's augmentation (S, B)
 
     @classmethod
     def of(cls, name: str, model: SeedModel, fit: FitConfig, batch_loss: BatchLoss, select_loss: SelectLoss, *,
@@ -169,11 +170,13 @@ def run_phase(phase: Phase, train: Subset, select: Subset, holdout: Subset,
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x = whole if whole is not None else train.take_x(idx)  # (N, ...) or (S, N, ...), or (S, B, ...)
-                if augmenting:
-                    x = augment.augment(x, fit.augment, crops, fill, n_seeds)  # (S, B, C, H, W)
+                variant = None
+                if augmenting:  # x (S, B, C, H, W); variant (S, B): which crop and flip each image became
+                    x, variant = augment.augment_drawn(x, fit.augment, crops, fill, n_seeds)
+                extra = {"variant": variant} if phase.wants_variant else {}
                 with autocast(fit, device):
                     out = model(x) if phase.train_forward is None else phase.train_forward(model, x)
-                    loss = phase.batch_loss(as_float(out), idx, epoch - 1, x).sum()
+                    loss = phase.batch_loss(as_float(out), idx, epoch - 1, x, **extra).sum()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -135,6 +135,11 @@ class SimKD(Method):
     trainer = "kdcore.distillers:simkd"
     model_check = "kdcore.distillers:simkd_models"
 
+    def check_config(self, kd: KDConfig) -> None:
+        if kd.targets != "batch":
+            raise ConfigError("kd.method 'simkd' learns the teacher's feature maps, which no table over crop/flip "
+                              f"variants holds; kd.targets must be 'batch', but got {kd.targets!r}")
+
     @staticmethod
     def stages(kd: KDConfig) -> int:
         return 2 if kd.placement == "last_two" else 1

@@ -64,20 +64,26 @@ def evaluate_teacher(prep: Prepared, teacher: Teacher, model: SeedModel, seconds
                      params=trainable_parameters(model), loaded_from=teacher.checkpoint)
 
 
+def train_teacher(prep: Prepared, config: ExperimentConfig, teacher: Teacher,
+                  on_epoch: ReportFn | None = None) -> FitResult:
+    """One teacher, trained (or loaded from its checkpoint and evaluated) on its own classes and group,
+    selected and reported on those samples only, in its own label space.
+
+    What it trains depends on the teacher alone: its network is initialised, its batches shuffled and
+    augmented from generators seeded by the seeds (``kdcore.networks.build``, ``kdcore.loop``), never
+    from state an earlier teacher left, so teacher k comes out the same whether trained after the others
+    or alone in its own process."""
+    if teacher.checkpoint is not None:
+        start = time.perf_counter()
+        model = load_teacher(teacher, prep.input_shape, config.seeds, prep.device)
+        return evaluate_teacher(prep, teacher, model, time.perf_counter() - start)
+    return train_supervised(prep, teacher.fit, config.seeds, method=teacher.name, eval_every=config.eval_every,
+                            on_epoch=on_epoch, classes=teacher.classes, group=teacher.group)
+
+
 def train_teachers(prep: Prepared, config: ExperimentConfig, on_epoch: ReportFn | None = None) -> list[FitResult]:
-    """The task's teachers: each trained (or loaded from its checkpoint) on its own classes and group,
-    selected and reported on those samples only, in its own label space."""
-    out = []
-    for teacher in task_of(prep, config).teachers:
-        if teacher.checkpoint is not None:
-            start = time.perf_counter()
-            model = load_teacher(teacher, prep.input_shape, config.seeds, prep.device)
-            out.append(evaluate_teacher(prep, teacher, model, time.perf_counter() - start))
-            continue
-        out.append(train_supervised(prep, teacher.fit, config.seeds, method=teacher.name,
-                                    eval_every=config.eval_every, on_epoch=on_epoch, classes=teacher.classes,
-                                    group=teacher.group))
-    return out
+    """The task's teachers, one after another (``train_teacher``)."""
+    return [train_teacher(prep, config, teacher, on_epoch) for teacher in task_of(prep, config).teachers]
 
 
 @dataclass(frozen=True)
@@ -141,15 +147,16 @@ def routing_of(task: Task, subset: Subset, n_seeds: int) -> Routing:
     return Routing(slot, None if bool(mask.all()) else mask, None if bool(filled.all()) else filled.float(), columns)
 
 
-def routed_targets(task: Task, teachers: Sequence[SeedModel], routing: Routing, x: torch.Tensor | Subset) -> Targets:
-    """The targets of the samples ``x`` (a set, or a batch (S, B, ...)) routed by ``routing``: each teacher
-    run once on them (``teacher_outputs``), its logits placed in its classes' columns of its slots."""
+def routed_targets(task: Task, outputs: Sequence[torch.Tensor], routing: Routing) -> Targets:
+    """The targets of samples routed by ``routing`` from each teacher's logits on them, ``outputs[k]``
+    (S, N, |S_k|): from the teacher run on them (``teacher_outputs``) or looked up in its tables
+    (``kdcore.variant_logits``), placed in its classes' columns of its slots."""
     slot = routing.slot
     logits = torch.zeros((*slot.shape[:2], slot.shape[-1], task.n_classes), device=slot.device)
-    for teacher, model, columns in zip(task.teachers, teachers, routing.columns):
-        local, _ = teacher_outputs(model, x)  # (S, N, |S_k|): every row, kept where routed to this teacher
+    for teacher, local, columns in zip(task.teachers, outputs, routing.columns):
+        # local (S, N, |S_k|): every row, kept where routed to this teacher
         full = torch.zeros((*local.shape[:2], task.n_classes), device=slot.device)
-        full[..., columns] = local
+        full[..., columns] = local.to(full.dtype)
         here = slot[:, :, teacher.index].unsqueeze(-1)  # (S, N, R, 1)
         logits = torch.where(here, full.unsqueeze(2), logits)
     return Targets(logits, routing.mask, routing.weight)
@@ -159,4 +166,5 @@ def teacher_targets(task: Task, teachers: Sequence[SeedModel], subset: Subset) -
     """The routed teachers' targets for ``subset``, each teacher run once (``teacher_outputs``)."""
     if len(teachers) != len(task.teachers):
         raise TrainingError(f"the task has {len(task.teachers)} teachers, but {len(teachers)} models were given")
-    return routed_targets(task, teachers, routing_of(task, subset, teachers[0].n_seeds), subset)
+    outputs = [teacher_outputs(model, subset)[0] for model in teachers]
+    return routed_targets(task, outputs, routing_of(task, subset, teachers[0].n_seeds))

@@ -11,6 +11,8 @@ references never oversubscribe the cores the way training in the driver's thread
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,56 +29,102 @@ from tune.study import StudyMeta, StudyPaths, load_optuna_study
 from tune.tables import ABLATION, reference_rows, study_tables
 
 
-def _job(study_dir: str, what: str, params: dict[str, Any] | None, threads: int, use_gpu: bool) -> dict[str, Any]:
-    """One reference, in a Ray worker: ``baseline``, ``teachers`` or ``ablation`` (of ``params``)."""
-    import dataclasses
+@dataclass(frozen=True)
+class Job:
+    """One reference to train as a Ray task: ``what`` is ``baseline``, ``teachers`` (those of ``teachers``, by
+    index; None: every teacher, one after another, as a study of an older kdtune recorded no task) or
+    ``ablation`` (of ``params``); ``name`` is what the progress line and an error call it."""
 
+    name: str
+    what: str
+    params: dict[str, Any] | None = None
+    teachers: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class JobOutput:
+    """What a job gave: its references' summaries (name, summary), the teachers it trained rather than
+    found in the cache, its seconds, and the Ray task and worker it ran in (``task_id``, ``pid``, ``node``)."""
+
+    name: str
+    summaries: list[tuple[str, dict[str, Any]]]
+    trained: tuple[str, ...]
+    seconds: float
+    worker: dict[str, Any]
+
+
+def _job(study_dir: str, job: Job, threads: int, use_gpu: bool) -> dict[str, Any]:
+    """One reference job, in a Ray worker."""
+    import dataclasses
+    import os
+
+    import ray
     import torch
 
     import kdcore
-    from kdcore import TeacherCache, prepare, train_baseline, train_student
+    from kdcore import TeacherCache, prepare, task_of, train_baseline, train_student
 
     torch.set_num_threads(max(1, threads))
     paths = StudyPaths(Path(study_dir))
     meta = StudyMeta.read(paths)
     space = meta.space(paths)
-    config = space.base if params is None else space.experiment(params)
+    config = space.base if job.params is None else space.experiment(job.params)
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
     dataset = kdcore.load_data(meta.data)
     prep = prepare(dataset, config, device)
     start = time.perf_counter()
-    if what == "baseline":
+    trained: list[str] = []
+    if job.what == "baseline":
         summaries = [("baseline", train_baseline(prep, config).summary())]
-    elif what == "teachers":
-        cached = TeacherCache(paths.teachers).get_or_train(prep, config, dataset.fingerprint())
-        summaries = [(f"teacher_{k}", s) for k, s in enumerate(cached.summaries)]
-    elif what == ABLATION:
+        trained = ["baseline"]
+    elif job.what == "teachers":
+        indices = range(len(task_of(prep, config).teachers)) if job.teachers is None else job.teachers
+        parts = TeacherCache(paths.teachers).train_parts(prep, config, dataset.fingerprint(), list(indices))
+        summaries = [(f"teacher_{p.index}", p.summary) for p in parts]
+        trained = [f"teacher_{p.index}" for p in parts if p.trained]
+    elif job.what == ABLATION:
         config = dataclasses.replace(config, kd=config.kd.without_kd())
         summaries = [(ABLATION, train_student(prep, config, None).summary())]
+        trained = [ABLATION]
     else:
-        raise ValueError(f"unknown reference job {what!r}")
-    return {"summaries": summaries, "seconds": time.perf_counter() - start}
+        raise ValueError(f"unknown reference job {job.what!r}")
+    context = ray.get_runtime_context()
+    return {"summaries": summaries, "trained": trained, "seconds": time.perf_counter() - start,
+            "worker": {"task_id": context.get_task_id(), "node": context.get_node_id(), "pid": os.getpid()}}
 
 
-def run_jobs(paths: StudyPaths, meta: StudyMeta, jobs: list[tuple[str, dict[str, Any] | None]], *,
-             label: str, options: RunOptions) -> list[tuple[str, dict[str, Any]]]:
-    """Run reference jobs as Ray tasks (in parallel where the cluster has room) with a clock on stderr."""
+def run_jobs(paths: StudyPaths, meta: StudyMeta, jobs: list[Job], *, label: str, options: RunOptions,
+             on_done: Callable[[JobOutput], None] | None = None) -> list[JobOutput]:
+    """Run reference jobs as Ray tasks (in parallel where the cluster has room) with a clock on stderr; their
+    outputs in the order of ``jobs``, each handed to ``on_done`` as it finishes.
+
+    The first job that fails stops the others and is one line (its own error when kdcore raised it)."""
     import ray
 
     line = ProgressLine(options.stream, enabled=not options.quiet)
     task = ray.remote(num_cpus=meta.cpus_per_trial, num_gpus=meta.gpus_per_trial, max_retries=2)(_job)
     threads = max(1, int(meta.cpus_per_trial))
-    pending = {task.remote(str(paths.root), what, params, threads, meta.gpus_per_trial > 0): what
-               for what, params in jobs}
+    pending = {task.remote(str(paths.root), job, threads, meta.gpus_per_trial > 0): job for job in jobs}
     refs = list(pending)
     start = time.monotonic()
-    done: list[Any] = []
+    outputs: dict[Any, JobOutput] = {}
     try:
-        while len(done) < len(refs):
-            ready, _ = ray.wait([r for r in refs if r not in done], timeout=0.5)
-            done.extend(ready)
-            waiting = ", ".join(pending[r] for r in refs if r not in done) or "-"
-            line.update(f"{label}: {len(done)}/{len(refs)} done (running: {waiting}); "
+        while len(outputs) < len(refs):
+            ready, _ = ray.wait([r for r in refs if r not in outputs], timeout=0.5)
+            for ref in ready:
+                try:
+                    got = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - a job's error, or its worker's death: one line, others stopped
+                    for other in refs:
+                        if other not in outputs and other is not ref:
+                            ray.cancel(other, force=True)
+                    raise _failure(exc, label, pending[ref].name) from None
+                outputs[ref] = JobOutput(pending[ref].name, [tuple(s) for s in got["summaries"]],  # type: ignore[misc]
+                                         tuple(got["trained"]), got["seconds"], got["worker"])
+                if on_done is not None:
+                    on_done(outputs[ref])
+            running = ", ".join(pending[r].name for r in refs if r not in outputs) or "-"
+            line.update(f"{label}: {len(outputs)}/{len(refs)} done (running: {running}); "
                         f"{time.monotonic() - start:.0f} s", force=bool(ready))
     except KeyboardInterrupt:
         for ref in refs:
@@ -84,32 +132,62 @@ def run_jobs(paths: StudyPaths, meta: StudyMeta, jobs: list[tuple[str, dict[str,
         raise
     finally:
         line.done()
-    out: list[tuple[str, dict[str, Any]]] = []
-    for ref in refs:
-        try:
-            out.extend(ray.get(ref)["summaries"])
-        except Exception as exc:  # noqa: BLE001 - a job's error, or its worker's death: one line, others stopped
-            for other in refs:
-                ray.cancel(other, force=True)
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, KDCoreError):
-                raise cause from None
-            # The last line: Ray's RayTaskError text ends with the job's own exception.
-            last = (str(cause or exc).strip().splitlines() or [type(exc).__name__])[-1]
-            raise KDTuneError(f"{label}: the {pending[ref]} job failed: {last[:300]}") from None
-    return out
+    return [outputs[ref] for ref in refs]
 
 
-def train_references(paths: StudyPaths, meta: StudyMeta, tables: StudyTables, options: RunOptions) -> None:
-    """Train the mixed baseline and the teachers once, on the study's seeds, as two Ray tasks.
+def _failure(exc: Exception, label: str, name: str) -> Exception:
+    """The one-line error of a failed job: kdcore's own, or the last line of what Ray reports."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, KDCoreError):
+        return cause
+    # The last line: Ray's RayTaskError text ends with the job's own exception.
+    last = (str(cause or exc).strip().splitlines() or [type(exc).__name__])[-1]
+    return KDTuneError(f"{label}: the {name} job failed: {last[:300]}")
+
+
+def reference_jobs(meta: StudyMeta, recorded: set[str]) -> list[Job]:
+    """The study's references not yet in its tables: the baseline, and each teacher that trains as its own
+    task, beside one task that evaluates the loaded (checkpoint) teachers; a study of an older kdtune, which
+    recorded no task, trains its teachers in one task."""
+    jobs = [] if "baseline" in recorded else [Job("baseline", "baseline")]
+    if meta.task is None:
+        if not any(m.startswith("teacher_") for m in recorded):
+            jobs.append(Job("teachers", "teachers"))
+        return jobs
+    teachers = [(k, t.get("checkpoint")) for k, t in enumerate(meta.task["teachers"])
+                if f"teacher_{k}" not in recorded]
+    jobs += [Job(f"teacher_{k}", "teachers", teachers=(k,)) for k, checkpoint in teachers if checkpoint is None]
+    loaded = tuple(k for k, checkpoint in teachers if checkpoint is not None)
+    if loaded:
+        jobs.append(Job("loaded " + ", ".join(f"teacher_{k}" for k in loaded), "teachers", teachers=loaded))
+    return jobs
+
+
+def references_missing(meta: StudyMeta, tables: StudyTables) -> bool:
+    """Whether the study's baseline or one of its teachers is not recorded yet (``train_references``)."""
+    return meta.references and bool(reference_jobs(meta, tables.methods()))
+
+
+def train_references(paths: StudyPaths, meta: StudyMeta, tables: StudyTables,
+                     options: RunOptions) -> list[JobOutput]:
+    """Train the mixed baseline and the teachers once, on the study's seeds, each its own Ray task with a
+    trial's resources; those already recorded (a study stopped during this phase) are not trained again.
 
     The teachers go into the study's teacher cache, so the trials that share the base teacher settings
-    never train them; the baseline gives every analysis its "student vs baseline" on equal terms.
+    never train them; the baseline gives every analysis its "student vs baseline" on equal terms. Each
+    job's rows are recorded as it finishes, and a teacher whose task finished is kept in the cache as its
+    part, so that after a failure a resume trains only what is missing. Returns the jobs' outputs.
     """
-    done = run_jobs(paths, meta, [("baseline", None), ("teachers", None)],
-                    label="training the references (mixed baseline, teachers)", options=options)
-    rows = [row for method, summary in done for row in reference_rows(meta.name, method, summary)]
-    tables.append("reference", rows)
+    jobs = reference_jobs(meta, tables.methods())
+    if not jobs:
+        return []
+
+    def record(done: JobOutput) -> None:
+        tables.append("reference", [row for method, summary in done.summaries
+                                    for row in reference_rows(meta.name, method, summary)])
+
+    return run_jobs(paths, meta, jobs, label="training the references (mixed baseline, teachers)",
+                    options=options, on_done=record)
 
 
 def ablation_trials(paths: StudyPaths, meta: StudyMeta) -> list[Any]:
@@ -175,7 +253,7 @@ def record_ablation(paths: StudyPaths, meta: StudyMeta, tables: StudyTables, opt
         return None
     numbers = ", ".join(str(t.number) for t in trials)
     try:
-        done = run_jobs(paths, meta, [(ABLATION, dict(t.params)) for t in trials],
+        done = run_jobs(paths, meta, [Job(ABLATION, ABLATION, dict(t.params)) for t in trials],
                         label=(f"ablation: trial{'s' if len(trials) > 1 else ''} {numbers} without "
                                f"{'their' if len(trials) > 1 else 'its'} KD term"), options=options)
     except KeyboardInterrupt:
@@ -183,7 +261,8 @@ def record_ablation(paths: StudyPaths, meta: StudyMeta, tables: StudyTables, opt
     except Exception as exc:  # noqa: BLE001 - a reference that fails must not cost the study its trials
         return (f"the ablation of trial{'s' if len(trials) > 1 else ''} {numbers} failed: {one_line(exc)[:300]}; "
                 "`kdtune resume` tries it again")
-    rows = [row for t, (_, summary) in zip(trials, done) for row in reference_rows(meta.name, ABLATION, summary, t.number)]
+    rows = [row for t, out in zip(trials, done) for _, summary in out.summaries
+            for row in reference_rows(meta.name, ABLATION, summary, t.number)]
     if replace:
         tables.replace_method(rows, ABLATION)
     else:

@@ -30,7 +30,7 @@ from tune.plan import (  # noqa: F401 - re-exported: the runner is where users l
 )
 from tune.progress import study_progress
 from tune.recorder import ResultsRecorder
-from tune.reference import record_ablation, train_references
+from tune.reference import record_ablation, references_missing, train_references
 from tune.scheduler import RungASHA
 from tune.searcher import ASHA_KEY, SCHEDULER_KEY, PruneAwareOptunaSearch
 from tune.study import (
@@ -93,7 +93,7 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: 
                             + f"; follow it with `kdtune analyse {paths.root}`")
                 tables = study_tables(paths, meta, space)
                 tables.write_metadata()
-                if meta.references and "baseline" not in tables.methods():
+                if references_missing(meta, tables):
                     train_references(paths, meta, tables, options)
                 tuner = _build_tuner(paths, meta, space, tables, budget=budget, sampler_seed=sampler_seed,
                                      options=options)

@@ -44,6 +44,7 @@ from kdcore import (
     Prepared,
     TeacherCache,
     TrainingError,
+    VariantCache,
     prepare,
     round_acc,
     train_student,
@@ -251,7 +252,11 @@ def _run_trial(config: dict[str, Any], paths: StudyPaths, meta: StudyMeta, space
                          where, exp.seeds, (space.objective.metric, space.objective.mode), log,
                          before=asha_offset(meta, exp))
     try:
-        result = train_student(prep, exp, teachers.models if teachers else None, reporter.evaluation)
+        variants = None
+        if teachers and exp.kd.targets == "variants" and exp.student.augments:  # shared by the study's trials
+            variants = VariantCache(paths.teachers).get_or_compute(teachers.key, teachers.models, prep.fit,
+                                                                   exp.student.augment)
+        result = train_student(prep, exp, teachers.models if teachers else None, reporter.evaluation, variants)
     except TrainingError as exc:
         # Deterministic divergence: end now as an error with its reason (a retry would diverge again).
         reporter.fail(f"TrainingError: {exc}", time.perf_counter() - start)

@@ -93,16 +93,16 @@ def test_the_teacher_runs_on_the_augmented_batch_the_student_sees(monkeypatch: p
 
     made: list[torch.Tensor] = []
     seen: list[torch.Tensor] = []
-    real_augment, real_targets = augment_module.augment, StudentRun.batch_targets
+    real_augment, real_targets = augment_module.augment_drawn, StudentRun.batch_targets
 
     def recording_augment(*args, **kwargs):  # type: ignore[no-untyped-def]
-        out = real_augment(*args, **kwargs)
+        out, variant = real_augment(*args, **kwargs)
         made.append(out)
-        return out
+        return out, variant
 
-    def recording_targets(self, targets, idx, x):  # type: ignore[no-untyped-def]
+    def recording_targets(self, targets, idx, x, variant=None):  # type: ignore[no-untyped-def]
         seen.append(x)
-        got = real_targets(self, targets, idx, x)
+        got = real_targets(self, targets, idx, x, variant)
         assert targets is None  # nothing precomputed on the raw images when batches are augmented
         assert torch.equal(got.logits, self.targets(_batch(self, idx, x)).logits)
         return got
@@ -113,7 +113,7 @@ def test_the_teacher_runs_on_the_augmented_batch_the_student_sees(monkeypatch: p
         train = run.prep.fit
         return Subset(x, train.take(train.y, idx), train.take(train.d, idx))
 
-    monkeypatch.setattr(augment_module, "augment", recording_augment)
+    monkeypatch.setattr(augment_module, "augment_drawn", recording_augment)
     monkeypatch.setattr(StudentRun, "batch_targets", recording_targets)
     _digits_run(DIGITS_TASK)
     assert seen and all(any(x is m for m in made) for x in seen)
