@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
@@ -55,7 +56,8 @@ def _trial_dirname(trial: Any) -> str:
 
 
 def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: int, options: RunOptions,
-              new: bool = False, write_meta: bool = False) -> SearchOutcome:
+              new: bool = False, write_meta: bool = False, trainable: Callable[[dict[str, Any]], None] = kd_trial,
+              callbacks: Sequence[tune.Callback] = ()) -> SearchOutcome:
     """Start (or join) Ray and run ``budget`` more trials of the study with TPE + ASHA; read the outcome back.
 
     With ``new``, the study folder is created (whole: ``tune.study.create_study``) only once Ray is up
@@ -67,6 +69,8 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: 
     trials are done, the ablation of the best trial (off for the CE-only baseline search).
     A Ctrl-C or SIGTERM at any point ends the run as interrupted: trials left RUNNING are ended, the
     tables compacted, and ``kdtune resume`` continues from there.
+    ``trainable`` and ``callbacks`` are seams for ``bench/driver_scale.py``: a trainable that trains nothing
+    (reporting what ``kd_trial`` reports), and callbacks that meter the driver beside the study's own.
     """
     space = meta.space(paths)
     direction = space.objective.direction
@@ -96,7 +100,7 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: 
                 if meta.references and "baseline" not in tables.methods():
                     train_references(paths, meta, tables, options)
                 tuner = _build_tuner(paths, meta, space, tables, budget=budget, sampler_seed=sampler_seed,
-                                     options=options)
+                                     options=options, trainable=trainable, callbacks=callbacks)
                 sigint = signal.getsignal(signal.SIGINT)
                 try:
                     tuner.fit()
@@ -125,7 +129,9 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: 
 
 
 def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: SearchSpace, tables: Any, *, budget: int,
-                 sampler_seed: int, options: RunOptions) -> tune.Tuner:
+                 sampler_seed: int, options: RunOptions,
+                 trainable: Callable[[dict[str, Any]], None] = kd_trial,
+                 callbacks: Sequence[tune.Callback] = ()) -> tune.Tuner:
     mode = space.objective.mode
     searcher = PruneAwareOptunaSearch(
         space=space.sample, metric=space.objective.metric, mode=mode,
@@ -137,7 +143,7 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: SearchSpace, tables:
     resources = {"cpu": meta.cpus_per_trial, "gpu": meta.gpus_per_trial}
     knobs = [k.path for k in space.knobs]
     return tune.Tuner(
-        tune.with_resources(kd_trial, resources),
+        tune.with_resources(trainable, resources),
         param_space={STUDY_KEY: str(paths.root)},
         # No metric here: the searcher optimises the objective, ASHA compares its best value so far.
         tune_config=tune.TuneConfig(
@@ -149,7 +155,7 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: SearchSpace, tables:
             name=meta.name, storage_path=str(paths.storage), verbose=0,
             callbacks=[ResultsRecorder(tables, searcher, meta.name, space.objective.metric, knobs, paths.root),
                        study_progress(budget, options, knobs, searcher.optuna_number, METRIC,
-                                      best_value(load_optuna_study(paths, meta), METRIC))],
+                                      best_value(load_optuna_study(paths, meta), METRIC)), *callbacks],
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
         ),
     )
