@@ -8,6 +8,8 @@ outcome returned at the end is read back from it (``tune.outcome``).
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +51,17 @@ from tune.trainable import METRIC, STUDY_KEY, kd_trial
 # the service) and random search (its yardstick).
 SAMPLERS = {"tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
             "random": lambda seed: optuna.samplers.RandomSampler(seed=seed)}
+
+
+def trial_slots(cpus: float, gpus: float, cpus_per_trial: float, gpus_per_trial: float,
+                max_concurrent: int = 0) -> int:
+    """How many trials the cluster runs at once: what its CPUs (and GPUs) hold, capped by ``max_concurrent``."""
+    slots = math.floor(cpus / cpus_per_trial + 1e-9)
+    if gpus_per_trial > 0:
+        slots = min(slots, math.floor(gpus / gpus_per_trial + 1e-9))
+    if max_concurrent:
+        slots = min(slots, max_concurrent)
+    return max(1, slots)
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -101,6 +114,10 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: 
                     train_references(paths, meta, tables, options)
                 tuner = _build_tuner(paths, meta, space, tables, budget=budget, sampler_seed=sampler_seed,
                                      options=options, trainable=trainable, callbacks=callbacks)
+                # Tune starts one pending trial at a time for a searcher like ours: a cluster of N slots would
+                # fill one trial per controller step. A user's own setting wins.
+                os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(trial_slots(
+                    handle.cpus, handle.gpus, meta.cpus_per_trial, meta.gpus_per_trial, meta.max_concurrent)))
                 sigint = signal.getsignal(signal.SIGINT)
                 try:
                     tuner.fit()
