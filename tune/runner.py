@@ -8,8 +8,11 @@ outcome returned at the end is read back from it (``tune.outcome``).
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import signal
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
@@ -50,12 +53,24 @@ SAMPLERS = {"tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
             "random": lambda seed: optuna.samplers.RandomSampler(seed=seed)}
 
 
+def trial_slots(cpus: float, gpus: float, cpus_per_trial: float, gpus_per_trial: float,
+                max_concurrent: int = 0) -> int:
+    """How many trials the cluster runs at once: what its CPUs (and GPUs) hold, capped by ``max_concurrent``."""
+    slots = math.floor(cpus / cpus_per_trial + 1e-9)
+    if gpus_per_trial > 0:
+        slots = min(slots, math.floor(gpus / gpus_per_trial + 1e-9))
+    if max_concurrent:
+        slots = min(slots, max_concurrent)
+    return max(1, slots)
+
+
 def _trial_dirname(trial: Any) -> str:
     return f"t_{trial.trial_id}"
 
 
 def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: int, options: RunOptions,
-              new: bool = False, write_meta: bool = False) -> SearchOutcome:
+              new: bool = False, write_meta: bool = False, trainable: Callable[[dict[str, Any]], None] = kd_trial,
+              callbacks: Sequence[tune.Callback] = ()) -> SearchOutcome:
     """Start (or join) Ray and run ``budget`` more trials of the study with TPE + ASHA; read the outcome back.
 
     With ``new``, the study folder is created (whole: ``tune.study.create_study``) only once Ray is up
@@ -67,6 +82,8 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: 
     trials are done, the ablation of the best trial (off for the CE-only baseline search).
     A Ctrl-C or SIGTERM at any point ends the run as interrupted: trials left RUNNING are ended, the
     tables compacted, and ``kdtune resume`` continues from there.
+    ``trainable`` and ``callbacks`` are seams for ``bench/driver_scale.py``: a trainable that trains nothing
+    (reporting what ``kd_trial`` reports), and callbacks that meter the driver beside the study's own.
     """
     space = meta.space(paths)
     direction = space.objective.direction
@@ -96,7 +113,11 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: 
                 if references_missing(meta, tables):
                     train_references(paths, meta, tables, options)
                 tuner = _build_tuner(paths, meta, space, tables, budget=budget, sampler_seed=sampler_seed,
-                                     options=options)
+                                     options=options, trainable=trainable, callbacks=callbacks)
+                # Tune starts one pending trial at a time for a searcher like ours: a cluster of N slots would
+                # fill one trial per controller step. A user's own setting wins.
+                os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(trial_slots(
+                    handle.cpus, handle.gpus, meta.cpus_per_trial, meta.gpus_per_trial, meta.max_concurrent)))
                 sigint = signal.getsignal(signal.SIGINT)
                 try:
                     tuner.fit()
@@ -125,7 +146,9 @@ def run_study(paths: StudyPaths, meta: StudyMeta, *, budget: int, sampler_seed: 
 
 
 def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: SearchSpace, tables: Any, *, budget: int,
-                 sampler_seed: int, options: RunOptions) -> tune.Tuner:
+                 sampler_seed: int, options: RunOptions,
+                 trainable: Callable[[dict[str, Any]], None] = kd_trial,
+                 callbacks: Sequence[tune.Callback] = ()) -> tune.Tuner:
     mode = space.objective.mode
     searcher = PruneAwareOptunaSearch(
         space=space.sample, metric=space.objective.metric, mode=mode,
@@ -137,7 +160,7 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: SearchSpace, tables:
     resources = {"cpu": meta.cpus_per_trial, "gpu": meta.gpus_per_trial}
     knobs = [k.path for k in space.knobs]
     return tune.Tuner(
-        tune.with_resources(kd_trial, resources),
+        tune.with_resources(trainable, resources),
         param_space={STUDY_KEY: str(paths.root)},
         # No metric here: the searcher optimises the objective, ASHA compares its best value so far.
         tune_config=tune.TuneConfig(
@@ -149,7 +172,7 @@ def _build_tuner(paths: StudyPaths, meta: StudyMeta, space: SearchSpace, tables:
             name=meta.name, storage_path=str(paths.storage), verbose=0,
             callbacks=[ResultsRecorder(tables, searcher, meta.name, space.objective.metric, knobs, paths.root),
                        study_progress(budget, options, knobs, searcher.optuna_number, METRIC,
-                                      best_value(load_optuna_study(paths, meta), METRIC))],
+                                      best_value(load_optuna_study(paths, meta), METRIC)), *callbacks],
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
         ),
     )

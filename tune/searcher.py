@@ -15,6 +15,7 @@ one-epoch score reaches TPE as if it were a finished trial's. Here:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -92,9 +93,18 @@ class PruneAwareOptunaSearch(OptunaSearch):
             ot_trial.set_user_attr("ray_trial_id", trial_id)
         return params
 
+    def _batch(self) -> contextlib.AbstractContextManager[Any]:
+        """The storage's block of writes appended at once (``tune.journal_storage``), where it has one."""
+        batch = getattr(self._storage, "batch", None)
+        return batch() if batch is not None else contextlib.nullcontext()
+
     def _report(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id not in self._ot_trials:
             return
+        with self._batch():
+            self._report_block(trial_id, result)
+
+    def _report_block(self, trial_id: str, result: dict[str, Any]) -> None:
         for step, metrics in evaluations(result):
             value = metrics.get(self.metric)
             if value is None or step <= self._last_step.get(trial_id, 0):
@@ -118,9 +128,10 @@ class PruneAwareOptunaSearch(OptunaSearch):
             return
         try:
             if result:
-                for key in RECORDED_KEYS:
-                    if result.get(key) is not None:
-                        ot_trial.set_user_attr(key, result[key])
+                with self._batch():
+                    for key in RECORDED_KEYS:
+                        if result.get(key) is not None:
+                            ot_trial.set_user_attr(key, result[key])
             self._ot_study.tell(ot_trial, value, state=state)
         except Exception as exc:  # noqa: BLE001 - e.g. a NaN value; bookkeeping must never end the experiment
             _log.warning("could not tell Optuna the end of trial %s: %s", trial_id, exc)

@@ -223,14 +223,17 @@ def journal_storage(paths: StudyPaths) -> Any:
     """The study's Optuna storage: the journal file ``DIR/NAME/optuna.journal`` (imports optuna, never Ray).
 
     A torn last line (a driver killed mid-write, a full disk) is first set aside into a side file and the
-    journal cut to its last whole line (``tune.journal.repair_tail``), and one line on stderr says so."""
-    from optuna.storages import JournalStorage
+    journal cut to its last whole line (``tune.journal.repair_tail``), and one line on stderr says so. Its
+    ``batch()`` writes a trial's intermediate values and user attributes in one append
+    (``tune.journal_storage``)."""
     from optuna.storages.journal import JournalFileBackend
+
+    from tune.journal_storage import BatchedJournalStorage
 
     message = repair_tail(paths.journal)
     if message is not None:
         print(f"kdtune: {message}", file=sys.stderr, flush=True)
-    return JournalStorage(JournalFileBackend(str(paths.journal)))
+    return BatchedJournalStorage(JournalFileBackend(str(paths.journal)))
 
 
 @contextlib.contextmanager
