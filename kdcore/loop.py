@@ -29,7 +29,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -53,6 +53,36 @@ SelectLoss = Callable[[torch.Tensor], torch.Tensor]
 Forward = Callable[[torch.nn.Module, torch.Tensor], Any]
 
 
+class Members(Protocol):
+    """What a pack (``kdcore.pack``) adds to a phase whose members are configurations x seeds: each member's
+    optimizer settings and learning rate, and which members go on after an evaluation (a configuration
+    pruned or stalled leaves, and costs nothing from then on). The loop owns its bookkeeping; this owns the
+    members' models, optimizer and data."""
+
+    def optimizer(self, model: SeedModel) -> Any:
+        """The optimizer of the members' parameters (``zero_grad``, ``step``)."""
+
+    def set_lr(self, optimizer: Any, step: int, steps_per_epoch: int, total_steps: int) -> None:
+        """Each member's learning rate for optimizer step ``step``."""
+
+    def keep(self, report: EpochReport, stalled: np.ndarray, failed: np.ndarray) -> np.ndarray | None:
+        """After an evaluation (``report``; (M,) bools: ``stalled``, the members past their patience;
+        ``failed``, those whose selection loss is NaN or infinite): a bool (M,) of the members that go on,
+        or None for all of them."""
+
+    def shrink(self, model: SeedModel, optimizer: Any, index: torch.Tensor) -> None:
+        """``model`` and ``optimizer`` cut, in place, to the members ``index``."""
+
+    def take(self, model: SeedModel, index: torch.Tensor) -> SeedModel:
+        """A new model of ``model``'s members ``index``."""
+
+    def subset(self, part: Subset, index: torch.Tensor) -> Subset:
+        """A set cut to the members ``index``."""
+
+    def left(self, result: FitResult) -> None:
+        """The outcome of the members that just left (their selected weights and metrics)."""
+
+
 @dataclass(frozen=True)
 class Phase:
     """One training phase: ``model`` trained on ``batch_loss`` with ``fit``'s optimizer, LR schedule and batch
@@ -64,6 +94,7 @@ class Phase:
     logits of the head that predicts at test time (named by ``head``). ``classes[j]`` is the global class of
     output j; ``epoch_offset`` numbers this phase's epochs after an earlier phase's; ``params_detail`` counts
     the parameters of each part where there are several. ``name`` is the method the reports carry.
+    ``members`` (a pack's, ``Members``): per-member learning rates and weight decays, and members leaving.
     """
 
     name: str
@@ -81,6 +112,7 @@ class Phase:
     epoch_offset: int = 0
     params_detail: Mapping[str, int] = field(default_factory=dict)
     wants_variant: bool = False  # the batch loss also takes ``variant=``: each image's augmentation (S, B)
+    members: Members | None = None
 
     @classmethod
     def of(cls, name: str, model: SeedModel, fit: FitConfig, batch_loss: BatchLoss, select_loss: SelectLoss, *,
@@ -142,7 +174,8 @@ def run_phase(phase: Phase, train: Subset, select: Subset, holdout: Subset,
     total_steps = steps_per_epoch * epochs
     # Shuffling draws from its own generator per seed, so the order seed s sees does not depend on S.
     shufflers = [torch.Generator().manual_seed(s) for s in seeds]
-    optimizer = make_optimizer(model, fit)
+    members = phase.members
+    optimizer = make_optimizer(model, fit) if members is None else members.optimizer(model)
     all_idx = torch.arange(n, device=device).expand(n_seeds, n)
 
     best_loss = np.full(n_seeds, np.inf)
@@ -166,9 +199,12 @@ def run_phase(phase: Phase, train: Subset, select: Subset, holdout: Subset,
             batches = perm.split(batch_size, dim=1)
         try:
             for idx in batches:
-                lr = lr_at(fit, step, steps_per_epoch, total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                if members is None:
+                    lr = lr_at(fit, step, steps_per_epoch, total_steps)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                else:
+                    members.set_lr(optimizer, step, steps_per_epoch, total_steps)
                 x = whole if whole is not None else train.take_x(idx)  # (N, ...) or (S, N, ...), or (S, B, ...)
                 variant = None
                 if augmenting:  # x (S, B, C, H, W); variant (S, B): which crop and flip each image became
@@ -190,7 +226,7 @@ def run_phase(phase: Phase, train: Subset, select: Subset, holdout: Subset,
         ev = evaluate(model, select, holdout, phase.select_loss)
         inner_acc, inner_ce, holdout_acc, holdout_ce = ev.inner_acc, ev.inner_loss, ev.holdout_acc, ev.holdout_loss
         sel_loss: np.ndarray = ev.select_loss  # type: ignore[assignment]  # given a selection loss
-        if not np.isfinite(sel_loss).all():
+        if not np.isfinite(sel_loss).all() and members is None:  # a pack's diverged members leave (``keep``)
             bad = [seeds[i] for i in np.flatnonzero(~np.isfinite(sel_loss))]
             raise TrainingError(f"{method}: loss became NaN or infinite at epoch {epoch_offset + epoch} (seeds {bad})")
         report = EpochReport(method, epoch_offset + epoch, inner_acc, inner_ce, holdout_acc, holdout_ce)
@@ -210,18 +246,52 @@ def run_phase(phase: Phase, train: Subset, select: Subset, holdout: Subset,
                 best_state[key] = torch.where(mask.view(shape), value.detach(), best_state[key])
         if on_epoch is not None:
             on_epoch(report)
-        if stop_after is not None and (epoch_offset + epoch - last_improved >= stop_after).all():
+        stalled = (epoch_offset + epoch - last_improved >= stop_after) if stop_after is not None else None
+        if members is not None:
+            keep = members.keep(report, np.zeros(n_seeds, dtype=bool) if stalled is None else stalled,
+                                ~np.isfinite(sel_loss))
+            if keep is not None and not keep.all():
+                # The members that leave get their outcome now; the rest train on, the model cut to them.
+                gone, index = (torch.as_tensor(np.flatnonzero(k)) for k in (~keep, keep))
+                members.left(_outcome(phase, members.take(model, gone),
+                                      {k: v[gone.to(v.device)] for k, v in best_state.items()},
+                                      members.subset(holdout, gone), best_epoch[~keep], epoch_offset + epoch,
+                                      start, [], {k: v[~keep] for k, v in best_metrics.items()}))
+                if not keep.any():
+                    return None  # type: ignore[return-value]  # every member left: ``Members.left`` had them all
+                members.shrink(model, optimizer, index)
+                train, select, holdout = (members.subset(part, index) for part in (train, select, holdout))
+                seeds, n_seeds = model.seeds, model.n_seeds
+                shufflers = [shufflers[i] for i in index.tolist()]
+                if augmenting:
+                    crops = [crops[i] for i in index.tolist()]
+                all_idx = torch.arange(n, device=device).expand(n_seeds, n)
+                whole = train.inputs() if full_batch else None
+                best_loss, best_epoch, last_improved = best_loss[keep], best_epoch[keep], last_improved[keep]
+                best_metrics = {k: v[keep] for k, v in best_metrics.items()}
+                best_state = {k: v[index.to(v.device)] for k, v in best_state.items()}
+                stalled = None if stalled is None else stalled[keep]
+        if stalled is not None and stalled.all():
             break
 
+    return _outcome(phase, model, best_state, holdout, best_epoch, epoch_offset + epoch, start, history,
+                    best_metrics)
+
+
+def _outcome(phase: Phase, model: SeedModel, best_state: dict[str, torch.Tensor], holdout: Subset,
+             best_epoch: np.ndarray, epochs_run: int, start: float, history: list[EpochReport],
+             best_metrics: dict[str, np.ndarray]) -> FitResult:
+    """The phase's result for ``model``'s members: their selected weights loaded, their class accuracy on
+    the holdout measured."""
     model.load_state_dict(best_state)
     model.eval()
     with torch.no_grad():
         class_acc = class_accuracy(logits_of(model, holdout), holdout)
     return FitResult(
-        method=method,
-        seeds=seeds,
+        method=phase.name,
+        seeds=model.seeds,
         best_epoch=best_epoch,
-        epochs_run=epoch_offset + epoch,
+        epochs_run=epochs_run,
         seconds=time.perf_counter() - start,
         model=model,
         history=history,

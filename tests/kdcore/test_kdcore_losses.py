@@ -177,3 +177,17 @@ def test_annealing_mse_hand_value() -> None:
     assert losses.annealing_mse(student, target).item() == pytest.approx(3.5)
     assert losses.annealing_mse(target, target).item() == 0.0
     assert np.isclose(losses.annealing_mse(student[None], target[None]).numpy(), [3.5]).all()
+
+
+def test_settings_per_member_give_each_member_its_own_float_loss_bit_for_bit() -> None:
+    gen = torch.Generator().manual_seed(3)
+    s, t, y = torch.randn(4, 16, 3, generator=gen), torch.randn(4, 16, 1, 3, generator=gen), torch.randint(0, 3, (16,))
+    alpha, temperature = (0.0, 0.3, 0.9, 1.0), (1.0, 1.7, 4.0, 20.0)
+    packed = losses.subset_hinton_kd(s, t, None, None, y, torch.tensor(alpha, dtype=torch.float64),
+                                     torch.tensor(temperature, dtype=torch.float64))
+    for m in range(4):
+        assert torch.equal(packed[m], losses.subset_hinton_kd(s[m:m + 1], t[m:m + 1], None, None, y, alpha[m],
+                                                              temperature[m])[0])
+    phi = (0.1, 0.25, 0.5, 1.0)
+    target = losses.annealing_target(t[:, :, 0], torch.tensor(phi, dtype=torch.float64))
+    assert all(torch.equal(target[m], losses.annealing_target(t[m, :, 0], phi[m])) for m in range(4))
