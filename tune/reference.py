@@ -88,9 +88,11 @@ def _job(study_dir: str, job: Job, threads: int, use_gpu: bool) -> dict[str, Any
         trained = [ABLATION]
     else:
         raise ValueError(f"unknown reference job {job.what!r}")
-    context = ray.get_runtime_context()
-    return {"summaries": summaries, "trained": trained, "seconds": time.perf_counter() - start,
-            "worker": {"task_id": context.get_task_id(), "node": context.get_node_id(), "pid": os.getpid()}}
+    worker: dict[str, Any] = {"task_id": None, "node": None, "pid": os.getpid()}
+    if ray.is_initialized():  # in a Ray task (a test may call the job in its own process)
+        context = ray.get_runtime_context()
+        worker.update(task_id=context.get_task_id(), node=context.get_node_id())
+    return {"summaries": summaries, "trained": trained, "seconds": time.perf_counter() - start, "worker": worker}
 
 
 def run_jobs(paths: StudyPaths, meta: StudyMeta, jobs: list[Job], *, label: str, options: RunOptions,

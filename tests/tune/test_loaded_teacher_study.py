@@ -12,7 +12,7 @@ import yaml
 from kdcore import FitConfig, networks
 from results.report import analyse
 from tune.plan import SearchSettings, plan_study
-from tune.reference import _job
+from tune.reference import Job, _job
 from tune.render import analysis_lines
 from tune.tables import reference_rows, study_tables
 
@@ -38,7 +38,7 @@ def test_a_loaded_teacher_s_accuracy_reaches_the_tables_and_the_analysis_beside_
     meta.write(paths)
     assert meta.task is not None and meta.task["teachers"][0]["checkpoint"] == str(ckpt)
 
-    summaries = dict(_job(str(paths.root), "teachers", None, 1, False)["summaries"])
+    summaries = dict(_job(str(paths.root), Job("teachers", "teachers"), 1, False)["summaries"])
     loaded = summaries["teacher_0"]
     assert loaded["loaded_from"] == str(ckpt) and loaded["epochs_run"] == 0
     assert "loaded_from" not in summaries["teacher_1"]
